@@ -1,0 +1,1 @@
+"""Configuration profiles (YAML). A package only so that the files ship in the wheel."""

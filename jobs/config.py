@@ -1,0 +1,202 @@
+"""Pipeline configuration: YAML files in ``conf/`` plus ``--set key=value`` overrides.
+
+The configuration is validated once, at start, against the models below. An unknown or
+mistyped key fails with a message that names it, e.g.::
+
+    ConfigError: aggregate.horizon_dayz: unknown key (did you mean 'horizon_days'?)
+
+Example
+-------
+>>> conf = load_config(overrides=["aggregate.horizon_days=180"])
+>>> conf.aggregate.horizon_days
+180
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_PROFILE = "local.yaml"
+
+
+class ConfigError(ValueError):
+    """Raised when configuration cannot be loaded or fails validation."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConf(_Strict):
+    # "latest" = the last event date found in bronze.events.
+    date: dt.date | Literal["latest"] = "latest"
+    run_id: str | None = None
+
+
+class SparkConf(_Strict):
+    master: str = "local[*]"
+    app_name: str = "discovery"
+    shuffle_partitions: int = Field(8, ge=1)
+    driver_memory: str = "4g"
+    log_level: str = "WARN"
+    # Any further Spark settings, passed through unchanged.
+    extra: dict[str, str] = {}
+
+
+class StorageConf(_Strict):
+    # Local / HDFS / object-store root: tables live at <root>/<layer>/<table>.
+    root: str = "warehouse"
+    # When set (e.g. "main.discovery" on Databricks), tables are catalog tables named
+    # <catalog>.<schema>_<layer>.<table> instead of paths under root.
+    catalog: str | None = None
+
+
+class SourceConf(_Strict):
+    name: str
+    format: Literal["online_retail", "taobao_userbehavior", "generic", "synthetic"]
+    path: str | None = None
+    # generic only: csv | json | parquet
+    file_format: Literal["csv", "json", "parquet"] | None = None
+    # Time zone the source's local timestamps (and calendar days) are in.
+    timezone: str = "UTC"
+    # synthetic only
+    users: int | None = Field(None, ge=1)
+    days: int | None = Field(None, ge=1)
+    seed: int = 7
+
+    @field_validator("path")
+    @classmethod
+    def _no_blank_path(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("path must not be blank")
+        return v
+
+
+class IngestConf(_Strict):
+    sources: list[SourceConf] = []
+
+
+class WindowsConf(_Strict):
+    long_term: int = Field(365, ge=1)
+    eight_weeks: int = Field(56, ge=1)
+    recent: int = Field(14, ge=1)
+
+
+class AggregateConf(_Strict):
+    horizon_days: int = Field(365, ge=1)
+    windows: WindowsConf = WindowsConf()
+    top_search_terms: int = Field(5, ge=0)
+    min_term_length: int = Field(3, ge=1)
+    # Rules file for titles without a catalog category (see docs/categories.md).
+    category_rules: str = "categories.yaml"
+
+
+class Config(_Strict):
+    run: RunConf = RunConf()
+    spark: SparkConf = SparkConf()
+    storage: StorageConf = StorageConf()
+    ingest: IngestConf = IngestConf()
+    aggregate: AggregateConf = AggregateConf()
+
+
+def conf_dir_file(name: str) -> str:
+    """Text of a file shipped in the ``conf`` package (works from a wheel or a zip)."""
+    return resources.files("conf").joinpath(name).read_text(encoding="utf-8")
+
+
+def _read_yaml(path: str | None) -> dict[str, Any]:
+    if path is None:
+        text, where = conf_dir_file(DEFAULT_PROFILE), f"conf/{DEFAULT_PROFILE}"
+    else:
+        p = Path(path)
+        if not p.exists():
+            # A bare profile name ("cluster.yaml") refers to the packaged conf/.
+            try:
+                text, where = conf_dir_file(p.name), f"conf/{p.name}"
+            except (FileNotFoundError, OSError):
+                raise ConfigError(f"config file not found: {path}") from None
+        else:
+            text, where = p.read_text(encoding="utf-8"), str(p)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: top level must be a mapping")
+    return data
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. aggregate.horizon_days=180")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            model: type[BaseModel] = Config
+            for part in e["loc"][:-1]:
+                if isinstance(part, int):
+                    continue
+                ann = model.model_fields[str(part)].annotation
+                model = getattr(ann, "__args__", (ann,))[0] if not isinstance(ann, type) else ann
+            known = list(getattr(model, "model_fields", {}))
+            close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+            lines.append(f"{loc}: unknown key{hint}")
+        else:
+            lines.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML profile (default ``conf/local.yaml``), apply overrides, validate.
+
+    Parameters
+    ----------
+    path : a YAML file, or the name of a profile in ``conf/``; ``None`` for the default.
+    overrides : ``key=value`` strings with dotted keys; values are parsed as YAML.
+    """
+    data = _read_yaml(path)
+    for item in overrides or []:
+        _apply_override(data, item)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+
+
+def source_path(path: str) -> str:
+    """Resolve a source path: absolute, relative to the working directory, or bundled.
+
+    ``data/online_retail/...`` is the sample shipped with the project; when the command
+    runs outside a checkout (an installed wheel) it is looked up next to the package.
+    """
+    p = Path(path)
+    if p.is_absolute() or p.exists() or "://" in path:
+        return path
+    repo_root = Path(__file__).resolve().parent.parent
+    candidate = repo_root / path
+    return str(candidate) if candidate.exists() else path

@@ -1,0 +1,73 @@
+"""One way to get a SparkSession with Delta Lake, locally and on a cluster.
+
+- Databricks, a notebook, or ``spark-submit`` (which already passed ``--packages``):
+  the active session is used as it is.
+- Local mode (``python -m jobs`` / the ``discovery`` command): a session is built from
+  ``conf.spark`` and the Delta jars are resolved from Maven Central on first use, then
+  from the local Ivy cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from pyspark.sql import SparkSession
+
+from jobs.config import Config
+
+log = logging.getLogger("discovery")
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+def delta_package() -> str:
+    """Maven coordinate of the Delta jar that matches the installed delta-spark."""
+    from importlib.metadata import version
+
+    return f"io.delta:delta-spark_2.13:{version('delta-spark')}"
+
+
+def get_spark(conf: Config) -> SparkSession:
+    """Return the active SparkSession, or build a local one with Delta configured.
+
+    Example
+    -------
+    >>> spark = get_spark(load_config())
+    >>> spark.range(3).write.format("delta").save("/tmp/t")
+    """
+    active = SparkSession.getActiveSession()
+    if active is None and os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Launched by spark-submit / pyspark shell: the JVM already holds the packages.
+        active = SparkSession.builder.getOrCreate()
+    if active is not None:
+        _session_settings(active, conf)
+        return active
+
+    sc = conf.spark
+    builder = (
+        SparkSession.builder.master(sc.master)
+        .appName(sc.app_name)
+        .config("spark.sql.extensions", DELTA_EXTENSION)
+        .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+        .config("spark.jars.packages", delta_package())
+        .config("spark.driver.memory", sc.driver_memory)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(sc.shuffle_partitions))
+        .config("spark.ui.showConsoleProgress", "false")
+        # Delta's defaults keep every version; tiny local tables don't need auto-compaction.
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+    )
+    for k, v in sc.extra.items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(sc.log_level)
+    return spark
+
+
+def _session_settings(spark: SparkSession, conf: Config) -> None:
+    # Settings that are safe to change on a running session; cluster-level ones
+    # (memory, packages) belong to spark-submit or the cluster definition.
+    spark.conf.set("spark.sql.session.timeZone", "UTC")
+    spark.conf.set("spark.sql.shuffle.partitions", str(conf.spark.shuffle_partitions))

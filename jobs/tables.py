@@ -1,0 +1,133 @@
+"""Table IO: where each Delta table lives, and the idempotent ways we write them.
+
+Tables are named ``<layer>.<table>`` in code (``"bronze.events"``). With
+``storage.root`` they are Delta folders ``<root>/<layer>/<table>``; with
+``storage.catalog = "main.discovery"`` they are catalog tables
+``main.discovery_<layer>.<table>`` (Unity Catalog style).
+
+Every write here is idempotent: re-running a job on the same input leaves every
+table with the same rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from jobs.config import Config
+
+LAYERS = ("bronze", "silver", "gold")
+
+
+def _split(name: str) -> tuple[str, str]:
+    layer, _, table = name.partition(".")
+    if layer not in LAYERS or not table:
+        raise ValueError(f"table name must be '<layer>.<table>' with layer in {LAYERS}: {name!r}")
+    return layer, table
+
+
+def location(conf: Config, name: str) -> str:
+    """Path (storage.root) or catalog name (storage.catalog) of a table."""
+    layer, table = _split(name)
+    if conf.storage.catalog:
+        return f"{conf.storage.catalog}_{layer}.{table}"
+    root = conf.storage.root
+    if "://" not in root:
+        root = str(Path(root).resolve())
+    return f"{root}/{layer}/{table}"
+
+
+def exists(spark: SparkSession, conf: Config, name: str) -> bool:
+    loc = location(conf, name)
+    if conf.storage.catalog:
+        return spark.catalog.tableExists(loc)
+    return DeltaTable.isDeltaTable(spark, loc)
+
+
+def read(spark: SparkSession, conf: Config, name: str) -> DataFrame:
+    """Read a Delta table; fails with the table's name if it was never written."""
+    if not exists(spark, conf, name):
+        raise FileNotFoundError(
+            f"table {name} does not exist at {location(conf, name)}: run the job that writes it first"
+        )
+    loc = location(conf, name)
+    return spark.read.table(loc) if conf.storage.catalog else spark.read.format("delta").load(loc)
+
+
+def _delta_table(spark: SparkSession, conf: Config, name: str) -> DeltaTable:
+    loc = location(conf, name)
+    return DeltaTable.forName(spark, loc) if conf.storage.catalog else DeltaTable.forPath(spark, loc)
+
+
+def _writer(df: DataFrame, conf: Config, partition_by: list[str] | None):
+    w = df.write.format("delta")
+    if partition_by:
+        w = w.partitionBy(*partition_by)
+    return w
+
+
+def _save(writer, conf: Config, name: str) -> None:
+    loc = location(conf, name)
+    if conf.storage.catalog:
+        writer.saveAsTable(loc)
+    else:
+        writer.save(loc)
+
+
+def overwrite(df: DataFrame, conf: Config, name: str, partition_by: list[str] | None = None) -> None:
+    """Replace the whole table with ``df`` (schema included)."""
+    w = _writer(df, conf, partition_by).mode("overwrite").option("overwriteSchema", "true")
+    _save(w, conf, name)
+
+
+def merge_insert_new(
+    df: DataFrame, conf: Config, name: str, keys: list[str], partition_by: list[str] | None = None
+) -> None:
+    """Insert the rows of ``df`` whose key is not in the table yet; existing rows stay as they are.
+
+    The table is created on first use. ``df`` must not hold two rows with one key.
+    """
+    spark = df.sparkSession
+    if not exists(spark, conf, name):
+        _save(_writer(df, conf, partition_by).mode("errorifexists"), conf, name)
+        return
+    cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    if partition_by:
+        # Lets Delta prune files: rows of a batch only touch their own partitions.
+        cond += "".join(f" AND t.`{p}` = s.`{p}`" for p in partition_by)
+    (
+        _delta_table(spark, conf, name)
+        .alias("t")
+        .merge(df.alias("s"), cond)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def merge_upsert(
+    df: DataFrame,
+    conf: Config,
+    name: str,
+    keys: list[str],
+    update_when: str,
+    update_set: dict[str, str],
+) -> None:
+    """Insert new keys; update a matched row only where ``update_when`` holds.
+
+    With an ``update_when`` that is false for identical input, a re-run changes nothing.
+    """
+    spark = df.sparkSession
+    if not exists(spark, conf, name):
+        _save(_writer(df, conf, None).mode("errorifexists"), conf, name)
+        return
+    cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    (
+        _delta_table(spark, conf, name)
+        .alias("t")
+        .merge(df.alias("s"), cond)
+        .whenMatchedUpdate(condition=update_when, set=update_set)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )

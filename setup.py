@@ -1,0 +1,33 @@
+"""Packaging: one wheel with the jobs, the executor code, prompts and default config.
+
+    pip install -e ".[dev]"      # development
+    python setup.py bdist_wheel  # or: pip wheel --no-deps . -w dist  (Databricks wheel task)
+"""
+
+from setuptools import find_packages, setup
+
+# pyspark and delta-spark must belong together: delta-spark 4.0.1 is built for Spark 4.0.
+SPARK = ["pyspark==4.0.1", "delta-spark==4.0.1"]
+
+setup(
+    name="discovery-recsys",
+    version="0.1.0",
+    description="Inference-driven discovery recommender for wholesale buyers, on Spark and Delta Lake",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jobs", "jobs.*", "udfs", "udfs.*", "prompts", "prompts.*", "conf"]),
+    package_data={"conf": ["*.yaml"], "prompts": ["*.md", "*.txt", "*.json", "*.yaml", "**/*"]},
+    include_package_data=True,
+    install_requires=SPARK + [
+        "pandas>=2.2,<3",
+        "pyarrow>=15",
+        "pyyaml>=6",
+        "pydantic>=2.6,<3",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.1", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["discovery=jobs.cli:main"]},
+)

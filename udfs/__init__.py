@@ -1,0 +1,1 @@
+"""Code that runs inside Spark executors: LLM agents, embeddings, FAISS shards."""
