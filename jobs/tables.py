@@ -82,17 +82,23 @@ def overwrite(df: DataFrame, conf: Config, name: str, partition_by: list[str] | 
     _save(w, conf, name)
 
 
+def _last_commit(spark: SparkSession, conf: Config, name: str):
+    return _delta_table(spark, conf, name).history(1).collect()[0]
+
+
 def merge_insert_new(
     df: DataFrame, conf: Config, name: str, keys: list[str], partition_by: list[str] | None = None
-) -> None:
+) -> int:
     """Insert the rows of ``df`` whose key is not in the table yet; existing rows stay as they are.
 
     The table is created on first use. ``df`` must not hold two rows with one key.
+    Returns the number of rows inserted.
     """
     spark = df.sparkSession
     if not exists(spark, conf, name):
         _save(_writer(df, conf, partition_by).mode("errorifexists"), conf, name)
-        return
+        return int(_last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
+    before = _last_commit(spark, conf, name)["version"]
     cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if partition_by:
         # Lets Delta prune files: rows of a batch only touch their own partitions.
@@ -104,6 +110,9 @@ def merge_insert_new(
         .whenNotMatchedInsertAll()
         .execute()
     )
+    last = _last_commit(spark, conf, name)
+    # A MERGE that changes nothing may leave no commit at all.
+    return int(last["operationMetrics"].get("numTargetRowsInserted", 0)) if last["version"] != before else 0
 
 
 def merge_upsert(

@@ -67,18 +67,6 @@ def stage_source(spark: SparkSession, src: SourceConf) -> DataFrame:
     return ADAPTERS[src.format](spark, src, files)
 
 
-def _last_merge_inserted(spark: SparkSession, conf: Config, name: str) -> int:
-    from delta.tables import DeltaTable
-
-    loc = tables.location(conf, name)
-    dtab = DeltaTable.forName(spark, loc) if conf.storage.catalog else DeltaTable.forPath(spark, loc)
-    last = dtab.history(1).collect()[0]
-    metrics = last["operationMetrics"] or {}
-    if last["operation"] == "MERGE":
-        return int(metrics.get("numTargetRowsInserted", 0))
-    return int(metrics.get("numOutputRows", 0))
-
-
 def ingest_source(spark: SparkSession, conf: Config, src: SourceConf, run_id: str) -> IngestSummary:
     """Stage, validate, deduplicate and MERGE one source into bronze."""
     try:
@@ -104,8 +92,7 @@ def ingest_source(spark: SparkSession, conf: Config, src: SourceConf, run_id: st
     quarantined = sum(by_reason.values())
 
     events = staging.to_events(validated)
-    tables.merge_insert_new(events, conf, "bronze.events", keys=["event_id"], partition_by=["dt"])
-    new_events = _last_merge_inserted(spark, conf, "bronze.events")
+    new_events = tables.merge_insert_new(events, conf, "bronze.events", keys=["event_id"], partition_by=["dt"])
     tables.merge_insert_new(
         staging.to_quarantine(validated, run_id), conf, "bronze.quarantine", keys=["quarantine_id"]
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -78,7 +79,7 @@ def _check_readable(f: str) -> None:
         else:
             with open(f, "rb") as fh:
                 fh.read(1)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise IngestError(f"cannot read input file {f}: {e}") from None
 
 
@@ -180,7 +181,8 @@ def taobao_userbehavior(spark: SparkSession, src: SourceConf, files: list[str]) 
 
 
 def _read_generic_raw(spark: SparkSession, src: SourceConf, files: list[str]) -> DataFrame:
-    fmt = src.file_format or Path(files[0]).suffixes[0].lstrip(".") if files else None
+    suffixes = Path(files[0]).suffixes
+    fmt = src.file_format or (suffixes[0].lstrip(".") if suffixes else None)
     fmt = {"jsonl": "json", "ndjson": "json"}.get(fmt, fmt)
     if fmt == "csv":
         header = spark.read.option("header", True).csv(files[0]).columns
@@ -264,7 +266,7 @@ def generic_frame(df: DataFrame, src: SourceConf) -> DataFrame:
         blank_to_null(F.col("category_path")).alias("category_path"),
         F.coalesce(
             blank_to_null(F.col("leaf_category")),
-            F.element_at(F.split(blank_to_null(F.col("category_path")), ">"), -1),
+            F.trim(F.element_at(F.split(blank_to_null(F.col("category_path")), ">"), -1)),
         ).alias("leaf_category"),
         price.alias("price"),
         blank_to_null(F.col("image_url")).alias("image_url"),

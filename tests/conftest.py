@@ -1,0 +1,50 @@
+"""Shared fixtures: one Spark session with Delta for the whole test run, tiny frames."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+BUNDLED_ONLINE_RETAIL = REPO / "data" / "online_retail" / "by-day"
+
+
+def shared_dataset(name: str) -> Path:
+    """A dataset in ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real dataset {name} not found at {path} (the shared data folder beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from jobs.config import load_config
+    from jobs.session import get_spark
+
+    conf = load_config(overrides=["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.driver_memory=3g"])
+    session = get_spark(conf)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def conf_factory(tmp_path):
+    """Config with tables under a fresh temporary root: ``conf_factory(["k=v", ...])``."""
+    from jobs.config import load_config
+
+    def make(overrides: list[str] | None = None):
+        base = [f"storage.root={tmp_path / 'warehouse'}", "spark.shuffle_partitions=2"]
+        return load_config(overrides=base + list(overrides or []))
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    # Relative paths in conf (data/online_retail/...) resolve from the repo root.
+    monkeypatch.chdir(REPO)
+    os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)

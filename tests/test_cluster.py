@@ -1,0 +1,286 @@
+"""End to end on a real Spark standalone cluster (one master, two workers, all on 127.0.0.1).
+
+The aggregate stage runs twice on the same bronze tables: once in local mode through the
+``discovery`` command, once through ``./spark-submit.sh`` on the cluster, with its code
+shipped as a zip to executors in other processes. Both must write the same silver rows.
+
+Slow (about 2-3 minutes): run with ``pytest -m cluster``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parent.parent
+SILVER_TABLES = [
+    "silver.item_categories",
+    "silver.user_week_category",
+    "silver.user_windows",
+    "silver.search_terms_weekly",
+]
+N_DAY_FILES = 6
+APP_NAME = "discovery-cluster-test"
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read().decode("utf-8"))
+
+
+def _tail(path: Path, n: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The test process may host its own Spark JVM; children must not attach to it.
+    for k in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_CONF_DIR"):
+        env.pop(k, None)
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"  # RPC, web UIs and the driver: loopback only
+    env.setdefault("PYSPARK_PYTHON", sys.executable)
+    return env
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group (daemon, executors, Python workers), then SIGKILL."""
+    pgid = proc.pid  # started with start_new_session=True: pid == pgid
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if not _group_alive(pgid):
+            break
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(pgid):
+                break
+            time.sleep(0.2)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _run(cmd: list[str], log: Path, timeout: float = 360) -> str:
+    """Run a command in its own process group; return its output, fail with its tail."""
+    t0 = time.monotonic()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=_child_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc, grace=2)
+            pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{_tail(log)}")
+        finally:
+            if _group_alive(proc.pid):
+                _kill_group(proc, grace=2)
+    out = log.read_text(errors="replace")
+    print(f"{' '.join(cmd[:2])}: rc {rc} in {time.monotonic() - t0:.0f}s (log {log})")
+    if rc != 0:
+        pytest.fail(f"exit {rc}: {' '.join(cmd)}\n{_tail(log)}")
+    return out
+
+
+def _day_files() -> Path:
+    for candidate in (REPO / "data" / "online_retail" / "by-day",
+                      REPO.parent / "shared" / "data" / "online_retail" / "by-day"):  # fmt: skip
+        if candidate.is_dir() and any(candidate.glob("*.csv*")):
+            return candidate
+    pytest.skip(
+        "no online_retail day files: neither data/online_retail/by-day in the repo nor "
+        "../shared/data/online_retail/by-day beside it"
+    )
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def standalone_cluster(tmp_path_factory):
+    """Master + 2 workers (1 core, 1g each) as subprocesses; killed, group and all, at the end."""
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        pytest.skip("no Java runtime: a Spark standalone cluster needs java on PATH or JAVA_HOME")
+    import pyspark
+
+    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
+    if not os.access(spark_class, os.X_OK):
+        pytest.skip(f"pyspark ships no executable bin/spark-class at {spark_class}")
+
+    base = tmp_path_factory.mktemp("standalone")
+    env = _child_env()
+    procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(name: str, args: list[str]) -> subprocess.Popen:
+        log = base / f"{name}.log"
+        fh = open(log, "w")
+        proc = subprocess.Popen(
+            [str(spark_class), *args], cwd=base, env=env, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        fh.close()  # the child holds its own descriptor
+        procs.append((proc, log))
+        return proc
+
+    def logs() -> str:
+        return "\n".join(f"--- {log.name}\n{_tail(log, 30)}" for _, log in procs)
+
+    master_port, master_ui = _free_port(), _free_port()
+    master_url = f"spark://127.0.0.1:{master_port}"
+    worker_uis = [_free_port(), _free_port()]
+    work_dirs = [base / f"worker-{i}" for i in range(2)]
+    try:
+        start("master", ["org.apache.spark.deploy.master.Master",
+                         "--host", "127.0.0.1", "--port", str(master_port), "--webui-port", str(master_ui)])  # fmt: skip
+        for i, ui in enumerate(worker_uis):
+            work_dirs[i].mkdir()
+            start(f"worker-{i}", ["org.apache.spark.deploy.worker.Worker",
+                                  "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
+                                  "--webui-port", str(ui), "--work-dir", str(work_dirs[i]), master_url])  # fmt: skip
+
+        status_url = f"http://127.0.0.1:{master_ui}/json/"
+        deadline, status = time.monotonic() + 90, {}
+        while time.monotonic() < deadline:
+            dead = [log.name for p, log in procs if p.poll() is not None]
+            if dead:
+                pytest.fail(f"cluster process(es) exited early: {dead}\n{logs()}")
+            try:
+                status = _get_json(status_url)
+            except OSError:
+                status = {}
+            if sum(w.get("state") == "ALIVE" for w in status.get("workers", [])) == 2:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"master did not report 2 ALIVE workers in 90s: {status}\n{logs()}")
+
+        yield {
+            "master_url": master_url,
+            "status_url": status_url,
+            "worker_status_urls": [f"http://127.0.0.1:{ui}/json/" for ui in worker_uis],
+            "work_dirs": work_dirs,
+        }
+    finally:
+        for proc, _ in reversed(procs):  # workers (and their executors) first, then the master
+            _kill_group(proc)
+        left = [log.stem for p, log in procs if _group_alive(p.pid)]
+        assert not left, f"Spark processes left running: {left}"
+
+
+@pytest.fixture(scope="module")
+def bronze_root(tmp_path_factory) -> Path:
+    """storage root with bronze tables ingested from a handful of online_retail days."""
+    src_dir = _day_files()
+    base = tmp_path_factory.mktemp("bronze")
+    days = base / "by-day"
+    days.mkdir()
+    for f in sorted(src_dir.glob("*.csv*"))[:N_DAY_FILES]:
+        shutil.copy(f, days / f.name)
+    root = base / "local"
+    _run(
+        [str(REPO / ".venv" / "bin" / "discovery") if (REPO / ".venv" / "bin" / "discovery").exists()
+         else shutil.which("discovery") or "discovery",
+         "ingest", "--set", f"storage.root={root}", "--set", "spark.master=local[2]",
+         "--set", f"ingest.sources=[{{name: online_retail, format: online_retail, path: '{days}', timezone: Europe/London}}]"],
+        base / "ingest.log",
+    )  # fmt: skip
+    for t in ("events", "items"):
+        assert (root / "bronze" / t / "_delta_log").is_dir(), f"ingest wrote no bronze.{t}"
+    return root
+
+
+# --- the test -----------------------------------------------------------------------------
+
+
+def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronze_root, tmp_path, request):
+    local_root = bronze_root
+    cluster_root = tmp_path / "cluster"
+    shutil.copytree(local_root / "bronze", cluster_root / "bronze")
+    discovery = REPO / ".venv" / "bin" / "discovery"
+    discovery_cmd = str(discovery) if discovery.exists() else (shutil.which("discovery") or "discovery")
+
+    _run(
+        [discovery_cmd, "aggregate", "--set", f"storage.root={local_root}", "--set", "spark.master=local[2]"],
+        tmp_path / "aggregate-local.log",
+    )
+    out = _run(
+        [str(REPO / "spark-submit.sh"), "--master", standalone_cluster["master_url"],
+         "aggregate", "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={APP_NAME}"],
+        tmp_path / "aggregate-cluster.log",
+    )  # fmt: skip
+
+    # 1. The cluster run went through spark-submit to the standalone master ...
+    assert f"--master {standalone_cluster['master_url']}" in out, out[-3000:]
+    assert "aggregate: silver.user_windows" in out, out[-3000:]
+    # ... which finished exactly this application ...
+    status = _get_json(standalone_cluster["status_url"])
+    apps = [a for a in status.get("completedapps", []) if a.get("name") == APP_NAME]
+    assert len(apps) == 1, f"master lists no completed app {APP_NAME}: {status.get('completedapps')}"
+    app_id = apps[0]["id"]
+    assert apps[0].get("state") == "FINISHED", apps[0]
+    # ... and each worker ran an executor of it, in a process of its own (its own logs).
+    for url, work_dir in zip(standalone_cluster["worker_status_urls"], standalone_cluster["work_dirs"]):
+        worker = _get_json(url)
+        executors = worker.get("finishedexecutors", []) + worker.get("executors", [])
+        assert any(e.get("appid") == app_id for e in executors), f"worker {url} ran no executor of {app_id}"
+        stderr_logs = list((work_dir / app_id).glob("*/stderr"))
+        assert stderr_logs, f"no executor logs under {work_dir / app_id}"
+        text = "\n".join(p.read_text(errors="replace") for p in stderr_logs)
+        assert "CoarseGrainedExecutorBackend" in text, text[-2000:]
+        assert "Finished task" in text, f"executor in {work_dir} ran no task:\n{text[-2000:]}"
+
+    # 2. Both runs wrote the same silver rows.
+    from jobs import tables
+    from jobs.config import load_config
+
+    spark = request.getfixturevalue("spark")
+    conf_local = load_config(overrides=[f"storage.root={local_root}"])
+    conf_cluster = load_config(overrides=[f"storage.root={cluster_root}"])
+    for name in SILVER_TABLES:
+        a = tables.read(spark, conf_local, name)
+        b = tables.read(spark, conf_cluster, name)
+        assert a.schema == b.schema, f"{name}: schemas differ\n{a.schema}\n{b.schema}"
+        n_a, n_b = a.count(), b.count()
+        assert n_a > 0, f"{name}: no rows (nothing to compare)"
+        assert n_a == n_b, f"{name}: {n_a} rows locally, {n_b} on the cluster"
+        only_local = a.exceptAll(b)
+        only_cluster = b.exceptAll(a)
+        assert only_local.count() == 0, f"{name}: rows only in the local run: {only_local.limit(5).collect()}"
+        assert only_cluster.count() == 0, f"{name}: rows only in the cluster run: {only_cluster.limit(5).collect()}"
