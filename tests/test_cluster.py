@@ -31,7 +31,7 @@ SILVER_TABLES = [
     "silver.user_windows",
     "silver.search_terms_weekly",
 ]
-N_DAY_FILES = 6
+N_DAY_FILES = 4
 APP_NAME = "discovery-cluster-test"
 
 
@@ -218,6 +218,7 @@ def bronze_root(tmp_path_factory) -> Path:
         [str(REPO / ".venv" / "bin" / "discovery") if (REPO / ".venv" / "bin" / "discovery").exists()
          else shutil.which("discovery") or "discovery",
          "ingest", "--set", f"storage.root={root}", "--set", "spark.master=local[2]",
+         "--set", "spark.shuffle_partitions=2",
          "--set", f"ingest.sources=[{{name: online_retail, format: online_retail, path: '{days}', timezone: Europe/London}}]"],
         base / "ingest.log",
     )  # fmt: skip
@@ -237,12 +238,14 @@ def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronz
     discovery_cmd = str(discovery) if discovery.exists() else (shutil.which("discovery") or "discovery")
 
     _run(
-        [discovery_cmd, "aggregate", "--set", f"storage.root={local_root}", "--set", "spark.master=local[2]"],
+        [discovery_cmd, "aggregate", "--set", f"storage.root={local_root}", "--set", "spark.master=local[2]",
+         "--set", "spark.shuffle_partitions=2"],
         tmp_path / "aggregate-local.log",
     )
     out = _run(
         [str(REPO / "spark-submit.sh"), "--master", standalone_cluster["master_url"],
-         "aggregate", "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={APP_NAME}"],
+         "aggregate", "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={APP_NAME}",
+         "--set", "spark.shuffle_partitions=2"],
         tmp_path / "aggregate-cluster.log",
     )  # fmt: skip
 

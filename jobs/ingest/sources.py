@@ -125,6 +125,10 @@ def online_retail(spark: SparkSession, src: SourceConf, files: list[str]) -> Dat
     ts, day = local_time_to_utc(local, src.timezone)
     stock = F.upper(F.trim("StockCode"))
     invoice = F.trim("InvoiceNo")
+    # Bookkeeping notes ("damaged", "check", "?") stand where a title should; real titles
+    # are upper case. A note is kept in extras, never used as the item's title.
+    description = blank_to_null(F.col("Description"))
+    is_note = ~description.rlike("[A-Z]{2}")
     adapter_reason = (
         F.when(F.col(CORRUPT).isNotNull(), "malformed_line")
         .when(stock.isin(*ONLINE_RETAIL_NON_PRODUCT), "non_product_line")
@@ -144,10 +148,15 @@ def online_retail(spark: SparkSession, src: SourceConf, files: list[str]) -> Dat
         qty.alias("quantity"),
         F.round(qty * price, 2).alias("amount"),
         invoice.alias("order_id"),
-        F.create_map(
-            F.lit("country"), F.trim("Country"), F.lit("unit_price"), F.trim("UnitPrice")
-        ).alias("extras"),
-        blank_to_null(F.col("Description")).alias("title"),
+        F.map_filter(
+            F.create_map(
+                F.lit("country"), F.trim("Country"),
+                F.lit("unit_price"), F.trim("UnitPrice"),
+                F.lit("note"), F.when(is_note, description),
+            ),
+            lambda k, v: v.isNotNull(),
+        ).alias("extras"),  # fmt: skip
+        F.when(~is_note, description).alias("title"),
         price.alias("price"),
         adapter_reason.alias("adapter_reason"),
     )
