@@ -82,16 +82,28 @@ QUICK_SIZES = (0.2, 0.4, 0.8)
 FULL_SIZES = (5.0, 10.0, 20.0)
 
 
+@dataclass(frozen=True)
+class Run:
+    """One timed run: wall clock and CPU seconds of the engine's process, 1-min load average."""
+
+    wall: float
+    cpu: float
+    load: float
+
+
 @dataclass
 class Timings:
-    """Wall times of one size, in seconds."""
+    """The runs of one size."""
 
     label: str
     events: int
     output_rows: int = 0
-    spark_warmup: float = 0.0
-    spark: list[float] = field(default_factory=list)
-    duckdb: list[float] = field(default_factory=list)
+    spark_warmup: Run | None = None
+    spark: list[Run] = field(default_factory=list)
+    duckdb: list[Run] = field(default_factory=list)
+
+    def runs(self, engine: str) -> list[Run]:
+        return self.spark if engine == "spark" else self.duckdb
 
 
 # --- data -----------------------------------------------------------------------------
@@ -188,10 +200,28 @@ def spark_result(spark: SparkSession, data: Path, broadcast_items: bool) -> Data
     return user_week_category(with_cat, TOP_TERMS, MIN_TERM_LENGTH)
 
 
-def run_spark(spark: SparkSession, data: Path, out: Path, broadcast_items: bool) -> float:
-    started = time.perf_counter()
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process: the Py4J client, or DuckDB's threads."""
+    t = os.times()
+    return t.user + t.system
+
+
+def jvm_cpu_seconds(spark: SparkSession) -> float:
+    """CPU seconds of the local-mode JVM (driver and executor threads), nan if unknown."""
+    try:
+        pid = spark.sparkContext._gateway.proc.pid  # type: ignore[attr-defined]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def run_spark(spark: SparkSession, data: Path, out: Path, broadcast_items: bool) -> Run:
+    load = os.getloadavg()[0]
+    cpu0, started = jvm_cpu_seconds(spark) + own_cpu_seconds(), time.perf_counter()
     spark_result(spark, data, broadcast_items).write.mode("overwrite").parquet(str(out))
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    return Run(wall, jvm_cpu_seconds(spark) + own_cpu_seconds() - cpu0, load)
 
 
 def sql_list(words: list[str]) -> str:
@@ -261,15 +291,16 @@ LEFT JOIN top_terms t
 """
 
 
-def run_duckdb(data: Path, out: Path, threads: int) -> float:
-    started = time.perf_counter()
+def run_duckdb(data: Path, out: Path, threads: int) -> Run:
+    load = os.getloadavg()[0]
+    cpu0, started = own_cpu_seconds(), time.perf_counter()
     con = duckdb.connect()
     try:
         con.execute(f"SET threads = {threads}")
         con.execute(f"COPY ({duckdb_sql(data)}) TO '{out.as_posix()}' (FORMAT parquet)")
     finally:
         con.close()
-    return time.perf_counter() - started
+    return Run(time.perf_counter() - started, own_cpu_seconds() - cpu0, load)
 
 
 # --- correctness ----------------------------------------------------------------------
@@ -392,42 +423,58 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def wall(runs: list[Run]) -> float:
+    return median([r.wall for r in runs])
+
+
+def cpu(runs: list[Run]) -> float:
+    return median([r.cpu for r in runs])
+
+
 def results_table(rows: list[Timings]) -> list[str]:
     lines = [
         "| size | events | output rows | Spark median s | DuckDB median s | Spark / DuckDB "
-        "| Spark events/s | Spark s per M events | DuckDB s per M events |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| Spark events/s | Spark s per M events | DuckDB s per M events "
+        "| Spark CPU s | DuckDB CPU s | Spark / DuckDB (CPU) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for t in rows:
-        s, d = median(t.spark), median(t.duckdb)
+        s, d = wall(t.spark), wall(t.duckdb)
+        cs, cd = cpu(t.spark), cpu(t.duckdb)
         m = t.events / 1e6
         lines.append(
             f"| {t.label} | {t.events:,} | {t.output_rows:,} | {s:.2f} | {d:.2f} | {s / d:.2f}x "
-            f"| {t.events / s:,.0f} | {s / m:.2f} | {d / m:.2f} |"
+            f"| {t.events / s:,.0f} | {s / m:.2f} | {d / m:.2f} | {cs:.1f} | {cd:.1f} | {cs / cd:.2f}x |"
         )
     return lines
 
 
 def runs_table(rows: list[Timings]) -> list[str]:
-    lines = ["| size | Spark warm-up s | Spark runs s | DuckDB runs s |", "|---|--:|---|---|"]
+    def fmt(runs: list[Run]) -> str:
+        return ", ".join(f"{r.wall:.2f} ({r.cpu:.0f} cpu, load {r.load:.1f})" for r in runs)
+
+    lines = [
+        "| size | Spark warm-up s | Spark runs s | DuckDB runs s |",
+        "|---|---|---|---|",
+    ]
     for t in rows:
-        fmt = ", ".join
-        lines.append(
-            f"| {t.label} | {t.spark_warmup:.2f} | {fmt(f'{x:.2f}' for x in t.spark)} "
-            f"| {fmt(f'{x:.2f}' for x in t.duckdb)} |"
-        )
+        warm = fmt([t.spark_warmup]) if t.spark_warmup else "-"
+        lines.append(f"| {t.label} | {warm} | {fmt(t.spark)} | {fmt(t.duckdb)} |")
     return lines
 
 
 def growth_lines(rows: list[Timings]) -> list[str]:
     """Time per million events at each size, relative to the smallest size."""
-    if len(rows) < 2 or not rows[0].spark or not rows[0].duckdb:
-        return []
     lines = []
     for engine in ("spark", "duckdb"):
-        per_m = [median(getattr(t, engine)) / (t.events / 1e6) for t in rows]
-        rel = ", ".join(f"{t.label} {p / per_m[0]:.2f}" for t, p in zip(rows, per_m))
-        lines.append(f"- {engine}: time per M events relative to {rows[0].label}: {rel} (1.00 = linear)")
+        if len(rows) < 2 or not rows[0].runs(engine):
+            continue
+        for name, measure in (("wall", wall), ("CPU", cpu)):
+            per_m = [measure(t.runs(engine)) / (t.events / 1e6) for t in rows]
+            rel = ", ".join(f"{t.label} {p / per_m[0]:.2f}" for t, p in zip(rows, per_m))
+            lines.append(
+                f"- {engine} {name} time per M events, relative to {rows[0].label}: {rel} (1.00 = linear)"
+            )
     return lines
 
 
@@ -436,8 +483,10 @@ def report(rows: list[Timings], header: list[str], repeats: int) -> str:
         [
             "## Aggregation benchmark: Spark (jobs.aggregate.user_week_category) vs DuckDB",
             "",
-            f"Median of {repeats} runs per engine (read Parquet + aggregate + write Parquet, wall clock), "
-            "after one untimed Spark warm-up per size; engines alternate. Noisy shared machine.",
+            f"Median of {repeats} runs per engine (read Parquet + aggregate + write Parquet), after one "
+            "untimed Spark warm-up per size; engines alternate. Wall clock is what a user waits; CPU "
+            "seconds (user + system of the engine's process) are less sensitive to other work on a "
+            "shared machine. Medians on a noisy machine: see the load averages of each run below.",
             "",
             *header,
             "",
@@ -445,7 +494,7 @@ def report(rows: list[Timings], header: list[str], repeats: int) -> str:
             "",
             *growth_lines(rows),
             "",
-            "Individual runs:",
+            "Individual runs, wall seconds (CPU seconds, 1-min load average at the start):",
             "",
             *runs_table(rows),
             "",
@@ -478,6 +527,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def show(run: Run) -> str:
+    return f"{run.wall:.2f} s wall, {run.cpu:.1f} s CPU, load {run.load:.1f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sorted(QUICK_SIZES if args.quick else (float(s) for s in args.sizes.split(",")))
@@ -502,14 +555,14 @@ def main(argv: list[str] | None = None) -> int:
             spark_result(spark, data, broadcast).explain()
         if "spark" in engines:
             t.spark_warmup = run_spark(spark, data, spark_out, broadcast)
-            print(f"[{label}] spark warm-up {t.spark_warmup:.2f} s", flush=True)
+            print(f"[{label}] spark warm-up {show(t.spark_warmup)}", flush=True)
         for r in range(args.repeats):
             if "spark" in engines:
                 t.spark.append(run_spark(spark, data, spark_out, broadcast))
-                print(f"[{label}] run {r + 1} spark  {t.spark[-1]:.2f} s", flush=True)
+                print(f"[{label}] run {r + 1} spark  {show(t.spark[-1])}", flush=True)
             if "duckdb" in engines:
                 t.duckdb.append(run_duckdb(data, duck_out, args.duckdb_threads))
-                print(f"[{label}] run {r + 1} duckdb {t.duckdb[-1]:.2f} s", flush=True)
+                print(f"[{label}] run {r + 1} duckdb {show(t.duckdb[-1])}", flush=True)
         result = spark_out if "spark" in engines else duck_out
         pattern = (result / "*.parquet") if result.is_dir() else result
         t.output_rows = count_rows(pattern)

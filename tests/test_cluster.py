@@ -244,6 +244,8 @@ def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronz
     )
     out = _run(
         [str(REPO / "spark-submit.sh"), "--master", standalone_cluster["master_url"],
+         # Tiny tables: as in the local session (jobs/session.py), not Delta's 50 tasks per snapshot.
+         "--spark-conf", "spark.databricks.delta.snapshotPartitions=2",
          "aggregate", "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={APP_NAME}",
          "--set", "spark.shuffle_partitions=2"],
         tmp_path / "aggregate-cluster.log",

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make demo   set up (virtualenv, packages, Java) and run the whole pipeline locally
+#   make test   set up and run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint bench-aggregate wheel clean
+
+setup: $(STAMP)
+	@scripts/ensure-java.sh
+
+$(STAMP): setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/discovery pipeline $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: setup   ## without the real-data and cluster tests
+	$(BIN)/python -m pytest -m "not real_data and not cluster" $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench-aggregate: setup
+	$(BIN)/python bench/aggregate.py $(ARGS)
+
+wheel: setup
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
+clean:
+	rm -rf warehouse spark-warehouse dist build *.egg-info bench/out
