@@ -339,7 +339,7 @@ def compare_outputs(spark_out: Path, duck_out: Path, sample: int = 1000) -> bool
 
     sums = ", ".join(f"sum({c})" for c in MEASURES)
     s_sums, d_sums = (con.execute(f"SELECT {sums} FROM {t}").fetchone() for t in ("s", "d"))
-    bad = [f"{c}: {x} vs {y}" for c, x, y in zip(MEASURES, s_sums, d_sums) if x != y]
+    bad = [f"{c}: {x} vs {y}" for c, x, y in zip(MEASURES, s_sums, d_sums, strict=True) if x != y]
     check("sums of integer columns", not bad, "; ".join(bad) or f"{len(MEASURES)} columns equal")
     amount_sql = "SELECT sum(CAST(amount AS DECIMAL(38, 2))), count(amount) FROM {}"
     (s_amt, s_cnt), (d_amt, d_cnt) = (con.execute(amount_sql.format(t)).fetchone() for t in ("s", "d"))
@@ -471,7 +471,7 @@ def growth_lines(rows: list[Timings]) -> list[str]:
             continue
         for name, measure in (("wall", wall), ("CPU", cpu)):
             per_m = [measure(t.runs(engine)) / (t.events / 1e6) for t in rows]
-            rel = ", ".join(f"{t.label} {p / per_m[0]:.2f}" for t, p in zip(rows, per_m))
+            rel = ", ".join(f"{t.label} {p / per_m[0]:.2f}" for t, p in zip(rows, per_m, strict=True))
             lines.append(
                 f"- {engine} {name} time per M events, relative to {rows[0].label}: {rel} (1.00 = linear)"
             )

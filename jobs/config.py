@@ -138,7 +138,10 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. aggregate.horizon_days=180")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, ValueError):
+        value = raw  # e.g. "2011-02-30": let validation say what is wrong with it
     node = data
     parts = key.split(".")
     for part in parts[:-1]:

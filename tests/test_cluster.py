@@ -97,26 +97,35 @@ def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
         pass
 
 
-def _run(cmd: list[str], log: Path, timeout: float = 360) -> str:
-    """Run a command in its own process group; return its output, fail with its tail."""
-    t0 = time.monotonic()
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """Start a command in its own process group, output to ``log``."""
     with open(log, "w") as fh:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             cmd, cwd=REPO, env=_child_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float = 420) -> str:
+    """Wait for a command from ``_start``; return its output, or fail with its tail."""
+    t0 = time.monotonic()
+    cmd = " ".join(str(a) for a in proc.args)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        if _group_alive(proc.pid):  # timed out, or left children behind
             _kill_group(proc, grace=2)
-            pytest.fail(f"timed out after {timeout}s: {' '.join(cmd)}\n{_tail(log)}")
-        finally:
-            if _group_alive(proc.pid):
-                _kill_group(proc, grace=2)
-    out = log.read_text(errors="replace")
-    print(f"{' '.join(cmd[:2])}: rc {rc} in {time.monotonic() - t0:.0f}s (log {log})")
+    if rc is None:
+        pytest.fail(f"timed out after {timeout}s: {cmd}\n{_tail(log)}")
+    print(f"{cmd[:100]}...: rc {rc}, finished {time.monotonic() - t0:.0f}s after waiting began (log {log})")
     if rc != 0:
-        pytest.fail(f"exit {rc}: {' '.join(cmd)}\n{_tail(log)}")
-    return out
+        pytest.fail(f"exit {rc}: {cmd}\n{_tail(log)}")
+    return log.read_text(errors="replace")
+
+
+def _run(cmd: list[str], log: Path, timeout: float = 420) -> str:
+    return _finish(_start(cmd, log), log, timeout)
 
 
 def _day_files() -> Path:
@@ -237,19 +246,27 @@ def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronz
     discovery = REPO / ".venv" / "bin" / "discovery"
     discovery_cmd = str(discovery) if discovery.exists() else (shutil.which("discovery") or "discovery")
 
-    _run(
+    # Both runs at once (different roots): most of their time is start-up and scheduling.
+    local_log, cluster_log = tmp_path / "aggregate-local.log", tmp_path / "aggregate-cluster.log"
+    local = _start(
         [discovery_cmd, "aggregate", "--set", f"storage.root={local_root}", "--set", "spark.master=local[2]",
          "--set", "spark.shuffle_partitions=2"],
-        tmp_path / "aggregate-local.log",
-    )
-    out = _run(
-        [str(REPO / "spark-submit.sh"), "--master", standalone_cluster["master_url"],
-         # Tiny tables: as in the local session (jobs/session.py), not Delta's 50 tasks per snapshot.
-         "--spark-conf", "spark.databricks.delta.snapshotPartitions=2",
-         "aggregate", "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={APP_NAME}",
-         "--set", "spark.shuffle_partitions=2"],
-        tmp_path / "aggregate-cluster.log",
+        local_log,
     )  # fmt: skip
+    try:
+        cluster = _start(
+            [str(REPO / "spark-submit.sh"), "--master", standalone_cluster["master_url"],
+             # Tiny tables: as in the local session (jobs/session.py), not Delta's 50 tasks per snapshot.
+             "--spark-conf", "spark.databricks.delta.snapshotPartitions=2",
+             "aggregate", "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={APP_NAME}",
+             "--set", "spark.shuffle_partitions=2"],
+            cluster_log,
+        )  # fmt: skip
+        out = _finish(cluster, cluster_log)
+    except BaseException:
+        _kill_group(local, grace=2)
+        raise
+    _finish(local, local_log)
 
     # 1. The cluster run went through spark-submit to the standalone master ...
     assert f"--master {standalone_cluster['master_url']}" in out, out[-3000:]
@@ -260,16 +277,22 @@ def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronz
     assert len(apps) == 1, f"master lists no completed app {APP_NAME}: {status.get('completedapps')}"
     app_id = apps[0]["id"]
     assert apps[0].get("state") == "FINISHED", apps[0]
-    # ... and each worker ran an executor of it, in a process of its own (its own logs).
-    for url, work_dir in zip(standalone_cluster["worker_status_urls"], standalone_cluster["work_dirs"]):
+    # ... and each worker launched an executor of it: a JVM of its own, with its own log,
+    # that ran the job's tasks.
+    tasks = {}
+    for url, work_dir in zip(
+        standalone_cluster["worker_status_urls"], standalone_cluster["work_dirs"], strict=True
+    ):
         worker = _get_json(url)
         executors = worker.get("finishedexecutors", []) + worker.get("executors", [])
         assert any(e.get("appid") == app_id for e in executors), f"worker {url} ran no executor of {app_id}"
         stderr_logs = list((work_dir / app_id).glob("*/stderr"))
         assert stderr_logs, f"no executor logs under {work_dir / app_id}"
         text = "\n".join(p.read_text(errors="replace") for p in stderr_logs)
-        assert "CoarseGrainedExecutorBackend" in text, text[-2000:]
-        assert "Finished task" in text, f"executor in {work_dir} ran no task:\n{text[-2000:]}"
+        assert "org.apache.spark.executor.CoarseGrainedExecutorBackend" in text, text[:2000]
+        tasks[work_dir.name] = text.count("Finished task")
+    print(f"tasks finished per worker: {tasks}")
+    assert sum(tasks.values()) > 0, f"the cluster's executors ran no task: {tasks}"
 
     # 2. Both runs wrote the same silver rows.
     from jobs import tables
@@ -288,4 +311,6 @@ def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronz
         only_local = a.exceptAll(b)
         only_cluster = b.exceptAll(a)
         assert only_local.count() == 0, f"{name}: rows only in the local run: {only_local.limit(5).collect()}"
-        assert only_cluster.count() == 0, f"{name}: rows only in the cluster run: {only_cluster.limit(5).collect()}"
+        assert only_cluster.count() == 0, (
+            f"{name}: rows only in the cluster run: {only_cluster.limit(5).collect()}"
+        )

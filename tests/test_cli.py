@@ -1,0 +1,39 @@
+"""The discovery command as a user runs it (subprocesses, exit codes, messages)."""
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def discovery(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_every_stage_and_pipeline():
+    out = discovery("--help")
+    assert out.returncode == 0
+    for name in ("pipeline", "ingest", "aggregate", "generate"):
+        assert name in out.stdout
+
+
+def test_bad_config_key_exits_2_naming_the_key():
+    out = discovery("aggregate", "--set", "aggregate.horizon_dayz=10")
+    assert out.returncode == 2
+    assert "aggregate.horizon_dayz: unknown key (did you mean 'horizon_days'?)" in out.stderr
+
+
+def test_bad_run_date_exits_2():
+    out = discovery("aggregate", "--run-date", "2011-02-30")
+    assert out.returncode == 2
+    assert "run.date" in out.stderr
+
+
+def test_unreadable_input_exits_1_naming_the_file(tmp_path):
+    (tmp_path / "in").mkdir()
+    bad = tmp_path / "in" / "2011-01-02.csv.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    src = f"ingest.sources=[{{name: r, format: online_retail, path: '{tmp_path / 'in'}'}}]"
+    out = discovery("ingest", "--set", src, "--set", f"storage.root={tmp_path / 'wh'}", "--set", "spark.master=local[1]")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"cannot read input file {bad}" in out.stderr
