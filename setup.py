@@ -27,7 +27,7 @@ setup(
         "pydantic>=2.6,<3",
     ],
     extras_require={
-        "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.1", "ruff>=0.6"],
+        "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.1", "ruff>=0.6", "wheel", "setuptools>=68"],
     },
     entry_points={"console_scripts": ["discovery=jobs.cli:main"]},
 )

@@ -37,3 +37,19 @@ def test_unreadable_input_exits_1_naming_the_file(tmp_path):
     out = discovery("ingest", "--set", src, "--set", f"storage.root={tmp_path / 'wh'}", "--set", "spark.master=local[1]")
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"cannot read input file {bad}" in out.stderr
+
+
+def test_wheel_ships_the_jobs_the_default_conf_and_the_console_command(tmp_path):
+    import zipfile
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    [wheel] = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for f in ("jobs/cli.py", "jobs/ingest/staging.py", "conf/local.yaml", "conf/categories.yaml", "prompts/__init__.py", "udfs/__init__.py"):
+        assert f in names, f
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "discovery = jobs.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
