@@ -22,7 +22,9 @@ Launcher options (before the subcommand):
                           or whatever --conf-file / --set spark.master=... give)
   --deploy-mode MODE      client (default) | cluster. Standalone masters do not run Python
                           apps in cluster mode (a Spark limitation); use it on YARN / Kubernetes.
-  --conf-file FILE        YAML profile for the CLI (passed on as: <subcommand> --conf FILE)
+  --conf-file FILE        YAML profile for the CLI (passed on as: <subcommand> --conf FILE).
+                          In cluster deploy mode the driver runs remotely: name a profile
+                          shipped in conf/ (--conf-file cluster.yaml), which travels in the zip.
   --spark-conf K=V        one Spark setting (spark-submit --conf K=V); repeatable
   -- ARGS...              raw spark-submit arguments (--num-executors 4, --executor-memory 2g,
                           --archives ..., ...), up to the first word that is a subcommand
@@ -68,6 +70,9 @@ Examples:
       --spark-conf spark.kubernetes.file.upload.path=s3a://bucket/spark-upload \\
       ingest --set storage.root=s3a://bucket/discovery
   ./spark-submit.sh generate --users 1000 --days 30 --out /tmp/synthetic
+
+The zip is rebuilt on every launch (an atomic replace). Executors fetch it from the driver
+when they start, so do not delete dist/ (make clean) while a job runs.
 
 Environment: PYTHON, SPARK_HOME, PYSPARK_PYTHON, PYSPARK_DRIVER_PYTHON (see above);
 DISCOVERY_DRY_RUN=1 prints the spark-submit command instead of running it.
@@ -123,7 +128,8 @@ while (($#)); do
                     SPARK_CONFS+=(--conf "$v"); shift ;;
     --)
       shift
-      read -r -a KNOWN <<<"$(subcommands)" || die "cannot list the discovery subcommands with $PY"
+      known="$(subcommands)" || die "cannot list the discovery subcommands with $PY"
+      read -r -a KNOWN <<<"$known"
       while (($#)); do
         for s in "${KNOWN[@]}"; do [[ "$1" == "$s" ]] && break 2; done
         EXTRA+=("$1"); shift
@@ -133,7 +139,7 @@ while (($#)); do
     *) break ;;
   esac
 done
-(($#)) || { usage >&2; die "no subcommand given"; }
+(($#)) || die "no subcommand given (pipeline, ingest, aggregate, generate, ...; see --help)"
 case "$DEPLOY_MODE" in ""|client|cluster) ;; *) die "--deploy-mode must be client or cluster" ;; esac
 SUB="$1"; shift
 CLI_ARGS=("$SUB")

@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from typing import Callable
+
+if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    # Run as a file (spark-submit's application): Python put jobs/ itself on the path,
+    # where jobs/tables.py or jobs/config.py would shadow top-level modules of that name.
+    sys.path.pop(0)
 
 from jobs.config import Config, ConfigError, load_config
 

@@ -71,3 +71,13 @@ def _session_settings(spark: SparkSession, conf: Config) -> None:
     # (memory, packages) belong to spark-submit or the cluster definition.
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     spark.conf.set("spark.sql.shuffle.partitions", str(conf.spark.shuffle_partitions))
+    spark.sparkContext.setLogLevel(conf.spark.log_level)
+    for k, v in conf.spark.extra.items():
+        if spark.conf.isModifiable(k):
+            spark.conf.set(k, v)
+    if "DeltaSparkSessionExtension" not in (spark.conf.get("spark.sql.extensions", "") or ""):
+        log.warning(
+            "the active Spark session has no Delta extension: launch with ./spark-submit.sh "
+            "(or --packages %s and the Delta extension/catalog settings)",
+            delta_package(),
+        )

@@ -63,3 +63,12 @@ def test_profile_file_from_a_path(tmp_path):
     assert conf.storage.root == "/data/wh"
     assert conf.spark.shuffle_partitions == 64
     assert conf.ingest.sources == []  # a file replaces the defaults of local.yaml, section by section
+
+
+def test_every_shipped_profile_validates():
+    from importlib import resources
+
+    names = [p.name for p in resources.files("conf").iterdir() if p.name.endswith(".yaml") and p.name != "categories.yaml"]
+    assert {"local.yaml", "cluster.yaml"} <= set(names)
+    for name in names:
+        load_config(name)
