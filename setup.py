@@ -1,7 +1,7 @@
 """Packaging: one wheel with the jobs, the executor code, prompts and default config.
 
-    pip install -e ".[dev]"      # development
-    python setup.py bdist_wheel  # or: pip wheel --no-deps . -w dist  (Databricks wheel task)
+pip install -e ".[dev]"      # development
+python setup.py bdist_wheel  # or: pip wheel --no-deps . -w dist  (Databricks wheel task)
 """
 
 from setuptools import find_packages, setup
@@ -20,7 +20,8 @@ setup(
     packages=find_packages(include=["jobs", "jobs.*", "udfs", "udfs.*", "prompts", "prompts.*", "conf"]),
     package_data={"conf": ["*.yaml"], "prompts": ["*.md", "*.txt", "*.json", "*.yaml", "**/*"]},
     include_package_data=True,
-    install_requires=SPARK + [
+    install_requires=SPARK
+    + [
         "pandas>=2.2,<3",
         "pyarrow>=15",
         "pyyaml>=6",

@@ -232,9 +232,7 @@ def duckdb_sql(data: Path) -> str:
     """The same table as user_week_category, as one DuckDB query."""
     events = (data / "events" / "*.parquet").as_posix()
     items = (data / "items" / "*.parquet").as_posix()
-    counts = ",\n        ".join(
-        f"count(*) FILTER (WHERE event_type = '{t}') AS n_{t}" for t in EVENT_TYPES
-    )
+    counts = ",\n        ".join(f"count(*) FILTER (WHERE event_type = '{t}') AS n_{t}" for t in EVENT_TYPES)
     gmv = "event_type IN ('purchase', 'cancel')"
     stop = sql_list(sorted(STOPWORDS))
     return f"""
@@ -351,7 +349,7 @@ def compare_outputs(spark_out: Path, duck_out: Path, sample: int = 1000) -> bool
 
     sampled = con.execute(
         f"""SELECT count(*), count(d.user_id),
-                   count(*) FILTER (WHERE d.user_id IS NOT NULL AND ({_rows_differ('s', 'd')})),
+                   count(*) FILTER (WHERE d.user_id IS NOT NULL AND ({_rows_differ("s", "d")})),
                    count(*) FILTER (WHERE s.amount IS DISTINCT FROM d.amount)
             FROM (SELECT * FROM s ORDER BY hash({keys}), {keys} LIMIT {sample}) s
             LEFT JOIN d ON {on}"""
@@ -366,7 +364,7 @@ def compare_outputs(spark_out: Path, duck_out: Path, sample: int = 1000) -> bool
     full = con.execute(
         f"""SELECT count(*) FILTER (WHERE s.user_id IS NULL OR d.user_id IS NULL),
                    count(*) FILTER (WHERE s.user_id IS NOT NULL AND d.user_id IS NOT NULL
-                                    AND ({_rows_differ('s', 'd')})),
+                                    AND ({_rows_differ("s", "d")})),
                    count(*) FILTER (WHERE s.amount IS DISTINCT FROM d.amount),
                    count(*) FILTER (WHERE len(s.top_search_terms) > 0)
             FROM s FULL OUTER JOIN d ON {on}"""
@@ -507,19 +505,37 @@ def report(rows: list[Timings], header: list[str], repeats: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default=",".join(f"{s:g}" for s in FULL_SIZES),
-                   help="event counts in millions, comma-separated (default 5,10,20)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke test with {','.join(f'{s:g}' for s in QUICK_SIZES)} million events")
+    p.add_argument(
+        "--sizes",
+        default=",".join(f"{s:g}" for s in FULL_SIZES),
+        help="event counts in millions, comma-separated (default 5,10,20)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test with {','.join(f'{s:g}' for s in QUICK_SIZES)} million events",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per engine and size")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "aggregate",
-                   help="folder for data, outputs and results.md")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "out" / "aggregate",
+        help="folder for data, outputs and results.md",
+    )
     p.add_argument("--regenerate", action="store_true", help="write the data again")
     p.add_argument("--shuffle-partitions", type=int, default=8)
-    p.add_argument("--no-broadcast", action="store_true",
-                   help="let Spark choose the items join instead of broadcasting items")
-    p.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra Spark setting, repeatable")
+    p.add_argument(
+        "--no-broadcast",
+        action="store_true",
+        help="let Spark choose the items join instead of broadcasting items",
+    )
+    p.add_argument(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra Spark setting, repeatable",
+    )
     p.add_argument("--duckdb-threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--engines", default="spark,duckdb", help="spark,duckdb or one of them")
     p.add_argument("--no-check", action="store_true", help="skip the correctness check")
@@ -577,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(text)
     print(f"wrote {args.out / 'results.md'}", flush=True)
     if sizes and rows and rows[-1].events < sizes[-1] * 1e6:
-        print(f"note: the largest size has {rows[-1].events:,} events, fewer than {sizes[-1]:g} M", flush=True)
+        print(
+            f"note: the largest size has {rows[-1].events:,} events, fewer than {sizes[-1]:g} M", flush=True
+        )
     spark.stop()
     return 0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -97,9 +97,7 @@ def item_categories(items: DataFrame, rules: CategoryRules) -> DataFrame:
     return items.select("item_id", "title", "leaf_category").transform(assign_leaf_category(rules))
 
 
-def with_category(
-    item_cats: DataFrame, rules: CategoryRules
-) -> Callable[[DataFrame], DataFrame]:
+def with_category(item_cats: DataFrame, rules: CategoryRules) -> Callable[[DataFrame], DataFrame]:
     """Add ``leaf_category``: the item's; for a search without item, from the query words."""
 
     def transform(events: DataFrame) -> DataFrame:
@@ -140,9 +138,13 @@ def user_week_category(events: DataFrame, top_terms: int = 5, min_term_length: i
     out = measures
     if top_terms > 0:
         out = out.join(top_search_terms(keyed, keys, top_terms, min_term_length), keys, "left")
-    out = out.withColumn(
-        "top_search_terms", F.coalesce(F.col("top_search_terms"), F.array().cast("array<string>"))
-    ) if top_terms > 0 else out.withColumn("top_search_terms", F.array().cast("array<string>"))
+    out = (
+        out.withColumn(
+            "top_search_terms", F.coalesce(F.col("top_search_terms"), F.array().cast("array<string>"))
+        )
+        if top_terms > 0
+        else out.withColumn("top_search_terms", F.array().cast("array<string>"))
+    )
     return out.select(
         "user_id",
         iso_week(F.col("week_start")).alias("iso_week"),
@@ -157,7 +159,7 @@ def user_windows(run_date: dt.date, windows: dict[str, int]) -> Callable[[DataFr
 
     def transform(events: DataFrame) -> DataFrame:
         age = F.datediff(F.lit(run_date), F.col("dt"))
-        tagged = events.filter((age >= 0)).withColumn(
+        tagged = events.filter(age >= 0).withColumn(
             "window",
             F.explode(
                 F.filter(
@@ -167,21 +169,25 @@ def user_windows(run_date: dt.date, windows: dict[str, int]) -> Callable[[DataFr
             ),
         )
         days = F.create_map(*[x for name, d in windows.items() for x in (F.lit(name), F.lit(d))])
-        return tagged.groupBy("user_id", "leaf_category", "window").agg(
-            *_measures(),
-            F.count_distinct(week_start(F.col("dt"))).alias("active_weeks"),
-            F.min("dt").alias("first_dt"),
-            F.max("dt").alias("last_dt"),
-        ).select(
-            "user_id",
-            "leaf_category",
-            "window",
-            days[F.col("window")].alias("window_days"),
-            F.lit(run_date).alias("as_of"),
-            *_measure_names(),
-            "active_weeks",
-            "first_dt",
-            "last_dt",
+        return (
+            tagged.groupBy("user_id", "leaf_category", "window")
+            .agg(
+                *_measures(),
+                F.count_distinct(week_start(F.col("dt"))).alias("active_weeks"),
+                F.min("dt").alias("first_dt"),
+                F.max("dt").alias("last_dt"),
+            )
+            .select(
+                "user_id",
+                "leaf_category",
+                "window",
+                days[F.col("window")].alias("window_days"),
+                F.lit(run_date).alias("as_of"),
+                *_measure_names(),
+                "active_weeks",
+                "first_dt",
+                "last_dt",
+            )
         )
 
     return transform
@@ -191,9 +197,7 @@ def _measure_names() -> list[str]:
     return [f"n_{t}" for t in EVENT_TYPES] + ["n_events", "amount", "quantity", "distinct_items"]
 
 
-def search_terms_weekly(
-    events: DataFrame, items: DataFrame | None = None, min_length: int = 3
-) -> DataFrame:
+def search_terms_weekly(events: DataFrame, items: DataFrame | None = None, min_length: int = 3) -> DataFrame:
     """Term x week: count, distinct users, previous week's count and growth.
 
     Terms come from search queries; where there are none, from the titles of purchased
@@ -212,8 +216,11 @@ def search_terms_weekly(
         text = searches.select("user_id", "dt", F.col("query").alias("text"))
         source = "search"
     per_week = (
-        text.select("user_id", week_start(F.col("dt")).alias("week_start"),
-                    F.explode(terms(F.col("text"), min_length)).alias("term"))
+        text.select(
+            "user_id",
+            week_start(F.col("dt")).alias("week_start"),
+            F.explode(terms(F.col("text"), min_length)).alias("term"),
+        )
         .groupBy("term", "week_start")
         .agg(F.count("*").alias("n"), F.count_distinct("user_id").alias("n_users"))
     )

@@ -13,8 +13,8 @@ Example
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import yaml
 from pyspark.sql import Column, DataFrame
@@ -77,7 +77,9 @@ def assign_leaf_category(rules: CategoryRules) -> Callable[[DataFrame], DataFram
         catalog = F.col("leaf_category")
         return items.withColumn(
             "category_source",
-            F.when(catalog.isNotNull(), "catalog").when(by_rule.isNotNull(), rules.method).otherwise("fallback"),
+            F.when(catalog.isNotNull(), "catalog")
+            .when(by_rule.isNotNull(), rules.method)
+            .otherwise("fallback"),
         ).withColumn("leaf_category", F.coalesce(catalog, by_rule, F.lit(rules.fallback)))
 
     return transform

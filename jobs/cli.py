@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 if __name__ == "__main__" and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     # Run as a file (spark-submit's application): Python put jobs/ itself on the path,
@@ -41,7 +41,9 @@ def _stage_runner(module: str) -> Callable:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--conf", default=None, help="YAML profile: a path, or a name in conf/ (default: local.yaml)")
+    p.add_argument(
+        "--conf", default=None, help="YAML profile: a path, or a name in conf/ (default: local.yaml)"
+    )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key, e.g. --set aggregate.horizon_days=180 (repeatable)",
@@ -50,12 +52,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="discovery", description="Inference-driven discovery recommender on Spark.")
+    parser = argparse.ArgumentParser(
+        prog="discovery", description="Inference-driven discovery recommender on Spark."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipeline", help="run every stage in order: " + " -> ".join(s for s, _ in STAGES))
     _add_common(p)
     p.add_argument("--only", nargs="+", default=None, help="run only these stages (in DAG order)")
-    for name, module in STAGES:
+    for name, _module in STAGES:
         p = sub.add_parser(name, help=f"run the {name} stage")
         _add_common(p)
     g = sub.add_parser("generate", help="write synthetic events and items (generic format, Parquet)")
@@ -78,7 +82,9 @@ def run_stages(spark, conf: Config, names: list[str]) -> None:
     """Run the named stages in DAG order with a progress line per stage."""
     unknown = set(names) - {s for s, _ in STAGES}
     if unknown:
-        raise ConfigError(f"unknown stage(s): {', '.join(sorted(unknown))}; known: {', '.join(s for s, _ in STAGES)}")
+        raise ConfigError(
+            f"unknown stage(s): {', '.join(sorted(unknown))}; known: {', '.join(s for s, _ in STAGES)}"
+        )
     todo = [(s, m) for s, m in STAGES if s in names]
     for i, (name, module) in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {name} ...", flush=True)

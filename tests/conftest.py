@@ -25,7 +25,9 @@ def spark():
     from jobs.config import load_config
     from jobs.session import get_spark
 
-    conf = load_config(overrides=["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.driver_memory=3g"])
+    conf = load_config(
+        overrides=["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.driver_memory=3g"]
+    )
     session = get_spark(conf)
     yield session
     session.stop()

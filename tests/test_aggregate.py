@@ -17,8 +17,12 @@ def events(spark, rows):
 
 
 def test_iso_week_label_uses_the_iso_year(spark):
-    df = spark.createDataFrame([(D(2010, 1, 3),), (D(2010, 1, 4),), (D(2011, 12, 9),), (D(2008, 12, 29),)], "d date")
-    out = df.select(aggregate.iso_week(F.col("d")).alias("w"), aggregate.week_start(F.col("d")).alias("m")).collect()
+    df = spark.createDataFrame(
+        [(D(2010, 1, 3),), (D(2010, 1, 4),), (D(2011, 12, 9),), (D(2008, 12, 29),)], "d date"
+    )
+    out = df.select(
+        aggregate.iso_week(F.col("d")).alias("w"), aggregate.week_start(F.col("d")).alias("m")
+    ).collect()
     assert [(r.w, r.m) for r in out] == [
         ("2009-W53", D(2009, 12, 28)),  # Sunday 3 Jan 2010 belongs to 2009's last week
         ("2010-W01", D(2010, 1, 4)),
@@ -62,7 +66,10 @@ def test_user_week_category_keeps_the_top_search_terms_in_order(spark):
         ("u1", None, "search", D(2011, 5, 4), "linen shirt", None, None, "dresses"),
         ("u1", "i1", "view", D(2011, 5, 4), None, None, None, "mugs"),
     ]
-    out = {r.leaf_category: r.top_search_terms for r in aggregate.user_week_category(events(spark, rows), 2).collect()}
+    out = {
+        r.leaf_category: r.top_search_terms
+        for r in aggregate.user_week_category(events(spark, rows), 2).collect()
+    }
     assert out == {"dresses": ["linen", "dress"], "mugs": []}
 
 
@@ -82,7 +89,10 @@ def test_user_windows_put_each_event_in_every_window_it_falls_in(spark):
     ]
     windows = {"long_term": 365, "eight_weeks": 56, "recent": 14}
     out = events(spark, rows).transform(aggregate.user_windows(run, windows))
-    got = {r.window: (r.window_days, r.n_events, r.n_purchase, r.amount, r.quantity, r.active_weeks, r.first_dt) for r in out.collect()}
+    got = {
+        r.window: (r.window_days, r.n_events, r.n_purchase, r.amount, r.quantity, r.active_weeks, r.first_dt)
+        for r in out.collect()
+    }
     assert got == {
         "long_term": (365, 3, 2, 30.0, 15, 3, run - dt.timedelta(days=300)),
         "eight_weeks": (56, 2, 2, 30.0, 15, 2, run - dt.timedelta(days=20)),
@@ -110,14 +120,23 @@ def test_search_terms_weekly_growth_against_the_previous_week(spark):
 
 
 def test_search_terms_fall_back_to_purchased_titles_without_searches(spark):
-    rows = [("u1", "i1", "purchase", D(2011, 5, 2), None, 6, 12.0, "x"), ("u2", "i1", "view", D(2011, 5, 2), None, None, None, "x")]
+    rows = [
+        ("u1", "i1", "purchase", D(2011, 5, 2), None, 6, 12.0, "x"),
+        ("u2", "i1", "view", D(2011, 5, 2), None, None, None, "x"),
+    ]
     items = spark.createDataFrame([("i1", "WHITE METAL LANTERN")], "item_id string, title string")
     out = aggregate.search_terms_weekly(events(spark, rows), items)
     got = sorted((r.term, r.n, r.term_source) for r in out.collect())
-    assert got == [("lantern", 1, "purchase_title"), ("metal", 1, "purchase_title"), ("white", 1, "purchase_title")]
+    assert got == [
+        ("lantern", 1, "purchase_title"),
+        ("metal", 1, "purchase_title"),
+        ("white", 1, "purchase_title"),
+    ]
 
 
-RULES = CategoryRules(1, "other", (("keyrings", ("KEY RING",)), ("jewellery", ("RING", "NECKLACE")), ("lighting", ("LANTERN",))))
+RULES = CategoryRules(
+    1, "other", (("keyrings", ("KEY RING",)), ("jewellery", ("RING", "NECKLACE")), ("lighting", ("LANTERN",)))
+)
 
 
 def test_with_category_uses_item_category_then_query_rules_then_unknown(spark):
@@ -137,7 +156,10 @@ def test_item_categories_keep_catalog_leaf_and_fill_the_rest_by_rules(spark):
          ("d", "PAPER CHAIN KIT", None), ("e", "SPRING", None)],
         "item_id string, title string, leaf_category string",
     )  # fmt: skip
-    got = {r.item_id: (r.leaf_category, r.category_source) for r in aggregate.item_categories(items, RULES).collect()}
+    got = {
+        r.item_id: (r.leaf_category, r.category_source)
+        for r in aggregate.item_categories(items, RULES).collect()
+    }
     assert got == {
         "a": ("keyrings", "rules_v1"),  # the phrase rule comes first
         "b": ("jewellery", "rules_v1"),  # plural allowed

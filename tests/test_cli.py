@@ -7,7 +7,9 @@ from tests.conftest import REPO
 
 
 def discovery(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_help_lists_every_stage_and_pipeline():
@@ -34,7 +36,9 @@ def test_unreadable_input_exits_1_naming_the_file(tmp_path):
     bad = tmp_path / "in" / "2011-01-02.csv.gz"
     bad.write_bytes(b"\x1f\x8b\x08\x00 truncated")
     src = f"ingest.sources=[{{name: r, format: online_retail, path: '{tmp_path / 'in'}'}}]"
-    out = discovery("ingest", "--set", src, "--set", f"storage.root={tmp_path / 'wh'}", "--set", "spark.master=local[1]")
+    out = discovery(
+        "ingest", "--set", src, "--set", f"storage.root={tmp_path / 'wh'}", "--set", "spark.master=local[1]"
+    )
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"cannot read input file {bad}" in out.stderr
 
@@ -49,7 +53,14 @@ def test_wheel_ships_the_jobs_the_default_conf_and_the_console_command(tmp_path)
     assert out.returncode == 0, out.stderr
     [wheel] = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for f in ("jobs/cli.py", "jobs/ingest/staging.py", "conf/local.yaml", "conf/categories.yaml", "prompts/__init__.py", "udfs/__init__.py"):
+    for f in (
+        "jobs/cli.py",
+        "jobs/ingest/staging.py",
+        "conf/local.yaml",
+        "conf/categories.yaml",
+        "prompts/__init__.py",
+        "udfs/__init__.py",
+    ):
         assert f in names, f
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "discovery = jobs.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -14,7 +14,9 @@ def test_default_profile_is_local_yaml_with_bundled_source():
 
 
 def test_set_overrides_nested_keys_with_yaml_typed_values():
-    conf = load_config(overrides=["aggregate.horizon_days=180", "run.date=2011-09-01", "aggregate.windows.recent=7"])
+    conf = load_config(
+        overrides=["aggregate.horizon_days=180", "run.date=2011-09-01", "aggregate.windows.recent=7"]
+    )
     assert conf.aggregate.horizon_days == 180
     assert conf.run.date == dt.date(2011, 9, 1)
     assert conf.aggregate.windows.recent == 7
@@ -22,7 +24,9 @@ def test_set_overrides_nested_keys_with_yaml_typed_values():
 
 
 def test_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"aggregate\.horizon_dayz: unknown key \(did you mean 'horizon_days'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"aggregate\.horizon_dayz: unknown key \(did you mean 'horizon_days'\?\)"
+    ):
         load_config(overrides=["aggregate.horizon_dayz=10"])
 
 
@@ -68,7 +72,11 @@ def test_profile_file_from_a_path(tmp_path):
 def test_every_shipped_profile_validates():
     from importlib import resources
 
-    names = [p.name for p in resources.files("conf").iterdir() if p.name.endswith(".yaml") and p.name != "categories.yaml"]
+    names = [
+        p.name
+        for p in resources.files("conf").iterdir()
+        if p.name.endswith(".yaml") and p.name != "categories.yaml"
+    ]
     assert {"local.yaml", "cluster.yaml"} <= set(names)
     for name in names:
         load_config(name)

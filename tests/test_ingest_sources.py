@@ -7,7 +7,7 @@ import json
 import pytest
 
 from jobs import tables
-from jobs.ingest import IngestError, ingest_source, run
+from jobs.ingest import IngestError, run
 from jobs.ingest.sources import online_retail, taobao_userbehavior
 
 RETAIL_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
@@ -50,7 +50,9 @@ def test_online_retail_lines_map_to_purchase_and_cancel_events(spark, tmp_path, 
     assert ev[0].dt == dt.date(2011, 6, 1)
     assert ev[0].extras == {"country": "United Kingdom", "unit_price": "2.55"}
     items = tables.read(spark, conf, "bronze.items").collect()
-    assert [(i.item_id, i.title, i.price) for i in items] == [("85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 2.55)]
+    assert [(i.item_id, i.title, i.price) for i in items] == [
+        ("85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 2.55)
+    ]
 
 
 MALFORMED = (
@@ -83,11 +85,18 @@ def test_malformed_file_keeps_good_rows_and_quarantines_bad_ones_with_reasons(sp
     assert "ALARM CLOCK, UNCLOSED QUOTE" in q["malformed_line"].raw
     assert q["malformed_line"].source_file.endswith("bad.csv")
     assert q["impossible_quantity"].detail == "purchase -24"
-    assert sorted(e.item_id for e in tables.read(spark, conf, "bronze.events").collect()) == ["71053", "85123A"]
+    assert sorted(e.item_id for e in tables.read(spark, conf, "bronze.events").collect()) == [
+        "71053",
+        "85123A",
+    ]
 
 
 def test_unreadable_gzip_fails_with_an_error_naming_the_file(spark, tmp_path, conf_factory):
-    write(tmp_path / "in" / "2011-01-01.csv.gz", RETAIL_HEADER + "536365,85123A,X,6,2011-01-01 08:26:00,2.55,1.0,UK\n", gz=True)
+    write(
+        tmp_path / "in" / "2011-01-01.csv.gz",
+        RETAIL_HEADER + "536365,85123A,X,6,2011-01-01 08:26:00,2.55,1.0,UK\n",
+        gz=True,
+    )
     broken = tmp_path / "in" / "2011-01-02.csv.gz"
     broken.write_bytes(b"\x1f\x8b\x08\x00 this is not gzip data at all")
     conf = conf_with(conf_factory, retail_source(tmp_path / "in"))
@@ -108,7 +117,12 @@ def test_taobao_behaviours_map_to_events_with_category_leaf(spark, tmp_path, con
         "1,2268318,2520377,pv,1511544070\n1,2333346,2520771,fav,1511561733\n"
         "1,2576651,149192,cart,1511572885\n1,3830808,4181361,buy,1511593493\n1,1,1,teleport,1511593493\n",
     )
-    src = {"name": "taobao", "format": "taobao_userbehavior", "path": str(tmp_path / "tb"), "timezone": "Asia/Shanghai"}
+    src = {
+        "name": "taobao",
+        "format": "taobao_userbehavior",
+        "path": str(tmp_path / "tb"),
+        "timezone": "Asia/Shanghai",
+    }
     conf = conf_with(conf_factory, src)
     [summary] = run(spark, conf)
     assert (summary.accepted, summary.quarantined) == (4, 1)
@@ -180,11 +194,18 @@ def test_reingest_changes_nothing_and_new_days_add_only_their_rows(spark, tmp_pa
 
 def test_adapters_read_every_record_as_text(spark, tmp_path):
     # A column that looks numeric must not be reformatted before it is kept as raw text.
-    f = write(tmp_path / "a.csv", RETAIL_HEADER + "536365,85123A,X,006,2011-06-01 08:26:00,2.550,17850.0,UK\n")
+    f = write(
+        tmp_path / "a.csv", RETAIL_HEADER + "536365,85123A,X,006,2011-06-01 08:26:00,2.550,17850.0,UK\n"
+    )
     from jobs.config import SourceConf
 
     row = online_retail(spark, SourceConf(name="r", format="online_retail"), [str(f)]).collect()[0]
     assert '"Quantity":"006"' in row.raw and '"UnitPrice":"2.550"' in row.raw
     f2 = write(tmp_path / "t.csv", "1,2,3,pv,1511544070\n")
-    row2 = taobao_userbehavior(spark, SourceConf(name="t", format="taobao_userbehavior"), [str(f2)]).collect()[0]
-    assert row2.raw == '{"user_id":"1","item_id":"2","category_id":"3","behavior_type":"pv","timestamp":"1511544070"}'
+    row2 = taobao_userbehavior(
+        spark, SourceConf(name="t", format="taobao_userbehavior"), [str(f2)]
+    ).collect()[0]
+    assert (
+        row2.raw
+        == '{"user_id":"1","item_id":"2","category_id":"3","behavior_type":"pv","timestamp":"1511544070"}'
+    )

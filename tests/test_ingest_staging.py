@@ -4,7 +4,6 @@ import datetime as dt
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import functions as F
 
 from jobs.ingest import staging
 
@@ -77,13 +76,25 @@ def test_each_bad_row_gets_its_reason(spark, row, reason):
 
 def test_first_failing_rule_names_the_reason(spark):
     # Bad timestamp and missing user: the timestamp is checked first.
-    assert reasons(staged(spark, [{"ts": None, "ts_raw": "garbage", "user_id": None}])) == ["unparseable_timestamp"]
+    assert reasons(staged(spark, [{"ts": None, "ts_raw": "garbage", "user_id": None}])) == [
+        "unparseable_timestamp"
+    ]
 
 
 def test_event_id_is_deterministic_and_depends_on_source_and_record(spark):
     rows = [{"raw": "a"}, {"raw": "b"}, {"raw": "a", "source": "other"}]
-    ids1 = [r.event_id for r in staging.with_event_ids(staging.validate(staged(spark, rows))).orderBy("source", "raw").collect()]
-    ids2 = [r.event_id for r in staging.with_event_ids(staging.validate(staged(spark, rows))).orderBy("source", "raw").collect()]
+    ids1 = [
+        r.event_id
+        for r in staging.with_event_ids(staging.validate(staged(spark, rows)))
+        .orderBy("source", "raw")
+        .collect()
+    ]
+    ids2 = [
+        r.event_id
+        for r in staging.with_event_ids(staging.validate(staged(spark, rows)))
+        .orderBy("source", "raw")
+        .collect()
+    ]
     assert ids1 == ids2
     assert len(set(ids1)) == 3
     assert all(len(i) == 32 for i in ids1)
@@ -107,7 +118,9 @@ def test_to_events_keeps_only_accepted_rows_with_bronze_columns(spark):
     assert events.columns == staging.EVENT_COLUMNS
     assert [r.event_type for r in events.collect()] == ["view"]
     q = staging.to_quarantine(v, "run-1").collect()
-    assert [(r.raw, r.reason, r.detail, r.run_id) for r in q] == [("bad", "unknown_event_type", "teleport", "run-1")]
+    assert [(r.raw, r.reason, r.detail, r.run_id) for r in q] == [
+        ("bad", "unknown_event_type", "teleport", "run-1")
+    ]
 
 
 def test_items_take_the_latest_title_and_price_and_ignore_bad_rows(spark):
@@ -120,6 +133,7 @@ def test_items_take_the_latest_title_and_price_and_ignore_bad_rows(spark):
     ]
     items = staging.to_items(staging.validate(staged(spark, rows), now=dt.datetime(2012, 1, 1)))
     expected = spark.createDataFrame(
-        [("A", "NEW NAME", 2.0, t1, t2)], "item_id string, title string, price double, first_seen timestamp, last_seen timestamp"
+        [("A", "NEW NAME", 2.0, t1, t2)],
+        "item_id string, title string, price double, first_seen timestamp, last_seen timestamp",
     )
     assert_df_equality(items.select(*expected.columns), expected, ignore_nullable=True)

@@ -22,7 +22,12 @@ from tests.conftest import shared_dataset
 
 pytestmark = pytest.mark.real_data
 
-SILVER = ["silver.item_categories", "silver.user_week_category", "silver.user_windows", "silver.search_terms_weekly"]
+SILVER = [
+    "silver.item_categories",
+    "silver.user_week_category",
+    "silver.user_windows",
+    "silver.search_terms_weekly",
+]
 BRONZE = ["bronze.events", "bronze.items", "bronze.quarantine"]
 
 
@@ -43,7 +48,9 @@ def online_retail_reference(folder) -> dict:
         kind = "cancel" if inv.startswith("C") else "purchase"
         if (kind == "purchase" and q <= 0) or (kind == "cancel" and q > 0) or p < 0:
             continue
-        accepted.append((kind, dt.datetime.strptime(date, "%Y-%m-%d %H:%M:%S").date(), q * p, cust.split(".")[0]))
+        accepted.append(
+            (kind, dt.datetime.strptime(date, "%Y-%m-%d %H:%M:%S").date(), q * p, cust.split(".")[0])
+        )
     return {"lines": lines, "duplicates": lines - len(distinct), "accepted": accepted}
 
 
@@ -146,7 +153,12 @@ def test_taobao_userbehavior_end_to_end(spark, tmp_path):
     assert (s.accepted, s.quarantined) == (len(distinct), 0)
     ev = tables.read(spark, conf, "bronze.events")
     got = {r.event_type: r["count"] for r in ev.groupBy("event_type").count().collect()}
-    assert got == {"view": kinds["pv"], "favorite": kinds["fav"], "cart": kinds["cart"], "purchase": kinds["buy"]}
+    assert got == {
+        "view": kinds["pv"],
+        "favorite": kinds["fav"],
+        "cart": kinds["cart"],
+        "purchase": kinds["buy"],
+    }
     counts = aggregate.run(spark, conf)
     assert counts["silver.item_categories"] == 55_368
     cats = tables.read(spark, conf, "silver.item_categories")

@@ -85,14 +85,15 @@ def ingest_source(spark: SparkSession, conf: Config, src: SourceConf, run_id: st
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     by_reason = {
-        r["reason"] or "": r["n"]
-        for r in validated.groupBy("reason").agg(F.count("*").alias("n")).collect()
+        r["reason"] or "": r["n"] for r in validated.groupBy("reason").agg(F.count("*").alias("n")).collect()
     }
     accepted = by_reason.pop("", 0)
     quarantined = sum(by_reason.values())
 
     events = staging.to_events(validated)
-    new_events = tables.merge_insert_new(events, conf, "bronze.events", keys=["event_id"], partition_by=["dt"])
+    new_events = tables.merge_insert_new(
+        events, conf, "bronze.events", keys=["event_id"], partition_by=["dt"]
+    )
     tables.merge_insert_new(
         staging.to_quarantine(validated, run_id), conf, "bronze.quarantine", keys=["quarantine_id"]
     )

@@ -83,9 +83,7 @@ def _check_readable(f: str) -> None:
         raise IngestError(f"cannot read input file {f}: {e}") from None
 
 
-def read_text_table(
-    spark: SparkSession, files: list[str], columns: list[str], header: bool
-) -> DataFrame:
+def read_text_table(spark: SparkSession, files: list[str], columns: list[str], header: bool) -> DataFrame:
     """CSV files as all-string columns, keeping malformed lines in ``_corrupt_record``."""
     schema = T.StructType([T.StructField(c, T.StringType()) for c in columns + [CORRUPT]])
     return (
@@ -150,9 +148,12 @@ def online_retail(spark: SparkSession, src: SourceConf, files: list[str]) -> Dat
         invoice.alias("order_id"),
         F.map_filter(
             F.create_map(
-                F.lit("country"), F.trim("Country"),
-                F.lit("unit_price"), F.trim("UnitPrice"),
-                F.lit("note"), F.when(is_note, description),
+                F.lit("country"),
+                F.trim("Country"),
+                F.lit("unit_price"),
+                F.trim("UnitPrice"),
+                F.lit("note"),
+                F.when(is_note, description),
             ),
             lambda k, v: v.isNotNull(),
         ).alias("extras"),  # fmt: skip
@@ -220,7 +221,9 @@ def generic(spark: SparkSession, src: SourceConf, files: list[str]) -> DataFrame
     """Our documented format: one event per record, item facts optional on the same record."""
     df = _read_generic_raw(spark, src, files)
     data_cols = [c for c in df.columns if c not in (CORRUPT, "source_file")]
-    return generic_frame(df.select(*[F.col(c).cast("string") for c in data_cols], CORRUPT, "source_file"), src)
+    return generic_frame(
+        df.select(*[F.col(c).cast("string") for c in data_cols], CORRUPT, "source_file"), src
+    )
 
 
 def generic_frame(df: DataFrame, src: SourceConf) -> DataFrame:
@@ -232,7 +235,9 @@ def generic_frame(df: DataFrame, src: SourceConf) -> DataFrame:
     data_cols = [c for c in df.columns if c not in (CORRUPT, "source_file")]
     missing = [c for c in GENERIC_REQUIRED if c not in data_cols]
     if missing:
-        raise IngestError(f"source {src.name}: required columns missing: {', '.join(missing)} (have: {', '.join(data_cols)})")
+        raise IngestError(
+            f"source {src.name}: required columns missing: {', '.join(missing)} (have: {', '.join(data_cols)})"
+        )
     for c in GENERIC_KNOWN:
         if c not in df.columns:
             df = df.withColumn(c, F.lit(None).cast("string"))

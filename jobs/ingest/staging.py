@@ -182,10 +182,9 @@ def with_event_ids(validated: DataFrame) -> DataFrame:
     accepted = F.col("reason").isNull()
     rank = F.row_number().over(Window.partitionBy("event_id", accepted).orderBy("raw"))
     conflict = accepted & (rank > 1)
-    return (
-        df.withColumn("detail", F.when(conflict, F.col("event_key")).otherwise(F.col("detail")))
-        .withColumn("reason", F.when(conflict, F.lit("conflicting_event_id")).otherwise(F.col("reason")))
-    )
+    return df.withColumn(
+        "detail", F.when(conflict, F.col("event_key")).otherwise(F.col("detail"))
+    ).withColumn("reason", F.when(conflict, F.lit("conflicting_event_id")).otherwise(F.col("reason")))
 
 
 def to_events(validated: DataFrame) -> DataFrame:
@@ -236,13 +235,17 @@ def to_items(validated: DataFrame) -> DataFrame:
         return F.max_by(F.col(c), F.when(F.col(c).isNotNull(), F.struct("ts", c))).alias(c)
 
     priced = F.when(F.col("price") > 0, F.col("price"))
-    return rows.withColumn("price", priced).groupBy("item_id").agg(
-        latest("title"),
-        latest("category_path"),
-        latest("leaf_category"),
-        latest("price"),
-        latest("image_url"),
-        F.min("source").alias("source"),
-        F.min("ts").alias("first_seen"),
-        F.max("ts").alias("last_seen"),
+    return (
+        rows.withColumn("price", priced)
+        .groupBy("item_id")
+        .agg(
+            latest("title"),
+            latest("category_path"),
+            latest("leaf_category"),
+            latest("price"),
+            latest("image_url"),
+            F.min("source").alias("source"),
+            F.min("ts").alias("first_seen"),
+            F.max("ts").alias("last_seen"),
+        )
     )
