@@ -130,27 +130,48 @@ def top_search_terms(events: DataFrame, keys: list[str], n: int, min_length: int
     )
 
 
+def measures_by_item_first(events: DataFrame, keys: list[str]) -> DataFrame:
+    """The ``_measures`` per ``keys``, computed in two steps: per item, then per key.
+
+    Same result as ``groupBy(keys).agg(*_measures())``, but the distinct-item count
+    becomes a plain count of the per-item rows, so Spark needs no Expand for a distinct
+    aggregate and the second step reads one row per item instead of one per event.
+    """
+    et = F.col("event_type")
+    gmv_event = et.isin("purchase", "cancel")
+    per_item = events.groupBy(*keys, "item_id").agg(
+        *[F.count_if(et == t).alias(f"n_{t}") for t in EVENT_TYPES],
+        F.count("*").alias("n_events"),
+        F.sum(F.when(gmv_event, F.col("amount"))).alias("amount"),
+        F.sum(F.when(gmv_event, F.col("quantity"))).alias("quantity"),
+    )
+    return per_item.groupBy(*keys).agg(
+        *[F.sum(f"n_{t}").alias(f"n_{t}") for t in EVENT_TYPES],
+        F.sum("n_events").alias("n_events"),
+        F.round(F.sum("amount"), 2).alias("amount"),
+        F.sum("quantity").alias("quantity"),
+        F.count("item_id").alias("distinct_items"),
+    )
+
+
 def user_week_category(events: DataFrame, top_terms: int = 5, min_term_length: int = 3) -> DataFrame:
     """User x ISO week x leaf category measures (events must carry ``leaf_category``)."""
     keyed = events.withColumn("week_start", week_start(F.col("dt")))
     keys = ["user_id", "week_start", "leaf_category"]
-    measures = keyed.groupBy(*keys).agg(*_measures())
-    out = measures
+    out = measures_by_item_first(keyed, keys)
+    no_terms = F.array().cast("array<string>")
     if top_terms > 0:
         out = out.join(top_search_terms(keyed, keys, top_terms, min_term_length), keys, "left")
-    out = (
-        out.withColumn(
-            "top_search_terms", F.coalesce(F.col("top_search_terms"), F.array().cast("array<string>"))
-        )
-        if top_terms > 0
-        else out.withColumn("top_search_terms", F.array().cast("array<string>"))
-    )
+        out = out.withColumn("top_search_terms", F.coalesce(F.col("top_search_terms"), no_terms))
+    else:
+        out = out.withColumn("top_search_terms", no_terms)
     return out.select(
         "user_id",
         iso_week(F.col("week_start")).alias("iso_week"),
         "week_start",
         "leaf_category",
-        *[c for c in out.columns if c not in ("user_id", "week_start", "leaf_category")],
+        *_measure_names(),
+        "top_search_terms",
     )
 
 

@@ -167,3 +167,20 @@ def test_item_categories_keep_catalog_leaf_and_fill_the_rest_by_rules(spark):
         "d": ("other", "fallback"),
         "e": ("other", "fallback"),  # RING inside SPRING is not a whole word
     }
+
+
+def test_two_step_measures_equal_a_single_grouping_with_distinct_count(spark):
+    from jobs.ingest import synthetic
+
+    ev, _ = synthetic.generate(spark, users=60, days=30, seed=11)
+    ev = ev.withColumn("dt", F.to_date("ts")).withColumn("week_start", aggregate.week_start(F.col("dt")))
+    keys = ["user_id", "week_start", "leaf_category"]
+    two_step = aggregate.measures_by_item_first(ev, keys)
+    one_step = ev.groupBy(*keys).agg(*aggregate._measures())
+    assert two_step.count() == one_step.count() > 100
+    assert_df_equality(
+        two_step.select(*keys, *aggregate._measure_names()),
+        one_step.select(*keys, *aggregate._measure_names()),
+        ignore_row_order=True,
+        ignore_nullable=True,
+    )
