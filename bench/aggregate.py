@@ -13,18 +13,21 @@ most frequent search terms) computed from synthetic events in two ways:
   and event types are taken from the project so that both sides use the same lists).
 
 Both sides write their result as plain Parquet (no Delta), so only the aggregation
-differs. One timed run = read + aggregate + write, wall clock. The Spark session (JVM start)
-is created once and is not timed; each size gets one untimed Spark warm-up (JIT), then
-``--repeats`` runs of each engine, alternating Spark and DuckDB. Each DuckDB run uses a
-fresh in-memory connection with ``threads`` = the number of cores.
+differs. One timed run = read + aggregate + write: its wall clock, and the CPU seconds of
+the engine's process (the local-mode JVM for Spark, this process for DuckDB), which other
+work on a shared machine disturbs less. The Spark session (JVM start) is created once and
+is not timed; each size gets one untimed Spark warm-up (JIT), then ``--repeats`` runs of
+each engine, alternating Spark and DuckDB. Each DuckDB run uses a fresh in-memory
+connection with ``threads`` = the number of cores.
 
 At the smallest size the two outputs are compared (row count, sum of every numeric
 column, 1,000 sampled keys row by row, and a full row-by-row join); the script prints
 PASS or FAIL and exits with status 1 on FAIL, before measuring the larger sizes.
 
 Data (``jobs.ingest.synthetic.generate``, 365 days, seed 7, a ``dt`` date column added)
-is written once under ``<out>/<size>/`` with a marker file and reused while the marker
-matches; ``--regenerate`` forces a new copy. Results are printed as a Markdown table and
+is written once under ``<out>/<size>/data/`` with a marker file and reused while the
+marker matches; ``--regenerate`` forces a new copy. The engines write to
+``<out>/<size>/result_spark/`` and ``<out>/<size>/result_duckdb.parquet``. Results are printed as a Markdown table and
 written to ``<out>/results.md``. The figures are medians of a few runs on whatever
 machine runs this; on a shared machine they are noisy.
 
@@ -49,6 +52,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -68,9 +72,9 @@ DAYS = 365
 SEED = 7
 EVENTS_PER_USER_DAY = 0.5
 # generate() yields about 0.9 x users x days x rate events (the Pareto activity is capped);
-# ask for 3 % more users than that suggests so that a size of N million gives >= N million.
+# ask for 5 % more users than that suggests so that a size of N million gives >= N million.
 EVENTS_PER_USER = 0.9 * DAYS * EVENTS_PER_USER_DAY
-USER_MARGIN = 1.03
+USER_MARGIN = 1.05
 TOP_TERMS = 5
 MIN_TERM_LENGTH = 3
 EVENTS_PER_FILE = 2_500_000
@@ -339,14 +343,6 @@ def compare_outputs(spark_out: Path, duck_out: Path, sample: int = 1000) -> bool
     s_sums, d_sums = (con.execute(f"SELECT {sums} FROM {t}").fetchone() for t in ("s", "d"))
     bad = [f"{c}: {x} vs {y}" for c, x, y in zip(MEASURES, s_sums, d_sums, strict=True) if x != y]
     check("sums of integer columns", not bad, "; ".join(bad) or f"{len(MEASURES)} columns equal")
-    amount_sql = "SELECT sum(CAST(amount AS DECIMAL(38, 2))), count(amount) FROM {}"
-    (s_amt, s_cnt), (d_amt, d_cnt) = (con.execute(amount_sql.format(t)).fetchone() for t in ("s", "d"))
-    check(
-        "sum of amount",
-        s_amt == d_amt and s_cnt == d_cnt,
-        f"spark {s_amt} ({s_cnt:,} non-null), duckdb {d_amt} ({d_cnt:,} non-null)",
-    )
-
     sampled = con.execute(
         f"""SELECT count(*), count(d.user_id),
                    count(*) FILTER (WHERE d.user_id IS NOT NULL AND ({_rows_differ("s", "d")})),
@@ -374,7 +370,16 @@ def compare_outputs(spark_out: Path, duck_out: Path, sample: int = 1000) -> bool
         "all rows",
         missing == 0 and differ == 0,
         f"{missing} keys on one side only, {differ} rows differ, "
-        f"{amount_differ} amounts differ by <= 1 cent, {with_terms:,} rows with search terms",
+        f"{amount_differ} amounts differ by 1 cent, {with_terms:,} rows with search terms",
+    )
+    # amount is a rounded sum of doubles: summed in another order, a total that lies on a
+    # half cent may round the other way, so each row may differ by one cent (counted above).
+    amount_sql = "SELECT sum(CAST(amount AS DECIMAL(38, 2))), count(amount) FROM {}"
+    (s_amt, s_cnt), (d_amt, d_cnt) = (con.execute(amount_sql.format(t)).fetchone() for t in ("s", "d"))
+    check(
+        "sum of amount",
+        s_cnt == d_cnt and abs(s_amt - d_amt) <= Decimal("0.01") * amount_differ,
+        f"spark {s_amt} ({s_cnt:,} non-null), duckdb {d_amt} ({d_cnt:,} non-null)",
     )
     con.close()
     print(f"correctness: {'PASS' if ok else 'FAIL'}", flush=True)
