@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench-aggregate wheel clean
+.PHONY: setup demo test test-fast test-cluster lint bench-aggregate wheel clean
 
 setup: $(STAMP)
 	@scripts/ensure-java.sh
@@ -25,6 +25,9 @@ test: setup
 
 test-fast: setup   ## without the real-data and cluster tests
 	$(BIN)/python -m pytest -m "not real_data and not cluster" $(ARGS)
+
+test-cluster: setup   ## only the local standalone-cluster test
+	$(BIN)/python -m pytest -m cluster $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
