@@ -83,3 +83,17 @@ def assign_leaf_category(rules: CategoryRules) -> Callable[[DataFrame], DataFram
         ).withColumn("leaf_category", F.coalesce(catalog, by_rule, F.lit(rules.fallback)))
 
     return transform
+
+
+def match_category(title: str | None, rules: CategoryRules) -> str | None:
+    """The first rule matching ``title`` in plain Python (same regex as ``category_from_text``)."""
+    upper = (title or "").upper()
+    for category, keywords in rules.rules:
+        if re.search(_pattern(keywords), upper):
+            return category
+    return None
+
+
+def vocabulary(rules: CategoryRules) -> list[str]:
+    """Every leaf category the rules can assign, fallback included, in rule order."""
+    return list(dict.fromkeys([c for c, _ in rules.rules] + [rules.fallback]))

@@ -98,12 +98,77 @@ class AggregateConf(_Strict):
     category_rules: str = "categories.yaml"
 
 
+class LLMEndpointConf(_Strict):
+    """An OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, llama.cpp, Ollama, DashScope...)."""
+
+    # None = the openai client's default (api.openai.com).
+    base_url: str | None = None
+    model: str = "gpt-4o-mini"
+    # Name of the environment variable holding the API key; the key itself never goes in conf.
+    api_key_env: str | None = "OPENAI_API_KEY"
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(512, ge=1)
+    # json_object: {"type": "json_object"}; json_schema: the agent's schema, strict (OpenAI,
+    # vLLM); json_object_schema: {"type": "json_object", "schema": ...} (llama.cpp's server,
+    # grammar-constrained); none: no response_format (for servers that reject it).
+    response_format: Literal["json_object", "json_schema", "json_object_schema", "none"] = "json_object"
+    # Limits shared by every task of a job (None = unlimited).
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+
+class LLMRuntimeConf(_Strict):
+    # Spark tasks that send requests at once (None = the default parallelism).
+    tasks: int | None = Field(None, ge=1)
+    # Concurrent requests per Spark task.
+    max_in_flight: int = Field(8, ge=1)
+    # Per-request timeout.
+    timeout_s: float = Field(60.0, gt=0)
+    # Retries of 429 / 5xx / timeouts / connection errors after the first attempt.
+    max_retries: int = Field(4, ge=0)
+    backoff_initial_s: float = Field(0.5, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    # One more request, showing the model its invalid answer, when validation fails.
+    repair: bool = True
+    # Inputs per Delta commit of responses: a crashed run loses at most this many answers.
+    commit_every: int = Field(2000, ge=1)
+    # Send again inputs whose cached answer is a failure (a later run may succeed).
+    retry_failed: bool = True
+
+
+class AgentConf(_Strict):
+    backend: Literal["heuristic", "openai"] = "heuristic"
+    endpoint: str = "default"
+    # Prompt version (a file prompts/<agent>/<version>.yaml); None = the latest.
+    prompt_version: str | None = None
+
+
+class LLMConf(_Strict):
+    # Backend of agents not listed under `agents`.
+    default_backend: Literal["heuristic", "openai"] = "heuristic"
+    endpoints: dict[str, LLMEndpointConf] = {"default": LLMEndpointConf()}
+    runtime: LLMRuntimeConf = LLMRuntimeConf()
+    agents: dict[str, AgentConf] = {}
+
+    def agent(self, name: str) -> AgentConf:
+        """Settings of one agent (defaults where the agent is not listed)."""
+        return self.agents.get(name) or AgentConf(backend=self.default_backend)
+
+    def endpoint_of(self, name: str) -> LLMEndpointConf:
+        endpoint = self.agent(name).endpoint
+        if endpoint not in self.endpoints:
+            known = ", ".join(sorted(self.endpoints))
+            raise ConfigError(f"llm.agents.{name}.endpoint: unknown endpoint {endpoint!r} (known: {known})")
+        return self.endpoints[endpoint]
+
+
 class Config(_Strict):
     run: RunConf = RunConf()
     spark: SparkConf = SparkConf()
     storage: StorageConf = StorageConf()
     ingest: IngestConf = IngestConf()
     aggregate: AggregateConf = AggregateConf()
+    llm: LLMConf = LLMConf()
 
 
 def conf_dir_file(name: str) -> str:
@@ -154,18 +219,26 @@ def _apply_override(data: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model found at ``loc`` (list indexes and dict keys skipped)."""
+    model: Any = Config
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if fields is None or str(part) not in fields:
+            continue  # a list index or a dict key: stay on the element's model
+        ann = fields[str(part)].annotation
+        # list[X] / dict[str, X] / X | None: the model is the last type argument that is one.
+        args = [a for a in getattr(ann, "__args__", (ann,)) if hasattr(a, "model_fields")]
+        model = args[-1] if args else ann
+    return list(getattr(model, "model_fields", {}))
+
+
 def _explain(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
-            model: type[BaseModel] = Config
-            for part in e["loc"][:-1]:
-                if isinstance(part, int):
-                    continue
-                ann = model.model_fields[str(part)].annotation
-                model = getattr(ann, "__args__", (ann,))[0] if not isinstance(ann, type) else ann
-            known = list(getattr(model, "model_fields", {}))
+            known = _fields_at(e["loc"][:-1])
             close = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
             lines.append(f"{loc}: unknown key{hint}")

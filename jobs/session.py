@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -59,6 +60,9 @@ def get_spark(conf: Config) -> SparkSession:
         # Delta's defaults keep every version; tiny local tables don't need auto-compaction.
         .config("spark.databricks.delta.snapshotPartitions", "2")
     )
+    if "PYSPARK_PYTHON" not in os.environ and sc.master.startswith("local"):
+        # Python UDF workers: this interpreter (with pandas, pyarrow), not the python3 on PATH.
+        builder = builder.config("spark.pyspark.python", sys.executable)
     for k, v in sc.extra.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

@@ -140,3 +140,14 @@ def merge_upsert(
         .whenNotMatchedInsertAll()
         .execute()
     )
+
+
+def append(df: DataFrame, conf: Config, name: str) -> int:
+    """Append ``df`` as one commit (the table is created on first use); returns rows written.
+
+    For logs whose readers dedupe themselves, such as ``silver.llm_responses``.
+    """
+    spark = df.sparkSession
+    mode = "append" if exists(spark, conf, name) else "errorifexists"
+    _save(_writer(df, conf, None).mode(mode), conf, name)
+    return int(_last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Python UDFs run in worker processes: the test interpreter (with pandas, pyarrow) runs them.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 SHARED_DATA = REPO.parent / "shared" / "data"
 BUNDLED_ONLINE_RETAIL = REPO / "data" / "online_retail" / "by-day"
 
@@ -49,4 +52,3 @@ def conf_factory(tmp_path):
 def _repo_cwd(monkeypatch):
     # Relative paths in conf (data/online_retail/...) resolve from the repo root.
     monkeypatch.chdir(REPO)
-    os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)

@@ -1,0 +1,233 @@
+"""Item profile agent: short title, leaf category and decision factors of one item.
+
+Input columns: ``title``, ``price``, ``leaf_category`` (the catalog's, may be null) and
+``image_url`` (sent as an image content part when set). Context: ``categories`` (the
+vocabulary the category must come from) and ``rules`` (the keyword rules of
+``conf/categories.yaml``, used by the heuristic).
+
+The heuristic twin: title case with pack sizes and codes moved out of the title, the
+catalog category or the first keyword rule, and factors found by small word lists.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.categorize import CategoryRules, load_rules, match_category, vocabulary
+from udfs.llm.agent import Agent, AnswerError, Context, Row
+
+FactorKind = Literal[
+    "style", "material", "colour", "pattern", "theme", "size", "pack", "function", "occasion", "character"
+]
+
+
+class Factor(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: FactorKind
+    value: str = Field(min_length=1, max_length=24)
+
+
+class ItemProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    short_title: str = Field(min_length=2, max_length=60)
+    leaf_category: str = Field(min_length=1)
+    decision_factors: list[Factor] = Field(max_length=6)
+
+
+# Word lists of the heuristic (upper case, as the online_retail titles are written).
+_FACTOR_WORDS: dict[str, tuple[str, ...]] = {
+    "colour": (
+        "RED",
+        "PINK",
+        "BLUE",
+        "GREEN",
+        "WHITE",
+        "BLACK",
+        "IVORY",
+        "CREAM",
+        "GOLD",
+        "SILVER",
+        "PURPLE",
+        "YELLOW",
+        "ORANGE",
+        "BROWN",
+        "GREY",
+        "TURQUOISE",
+        "LILAC",
+        "PASTEL",
+        "NATURAL",
+    ),
+    "material": (
+        "WOODEN",
+        "WOOD",
+        "GLASS",
+        "CERAMIC",
+        "ENAMEL",
+        "METAL",
+        "ZINC",
+        "TIN",
+        "PAPER",
+        "FELT",
+        "COTTON",
+        "LINEN",
+        "WICKER",
+        "BAMBOO",
+        "PORCELAIN",
+        "VELVET",
+        "LEATHER",
+        "JUTE",
+        "RATTAN",
+    ),
+    "pattern": (
+        "RETROSPOT",
+        "POLKADOT",
+        "SPOTTY",
+        "STRIPE",
+        "STRIPES",
+        "FLORAL",
+        "PAISLEY",
+        "GINGHAM",
+        "DOTS",
+        "CHECK",
+    ),
+    "theme": (
+        "HEART",
+        "HEARTS",
+        "CHRISTMAS",
+        "VINTAGE",
+        "RETRO",
+        "ROSE",
+        "ROSES",
+        "BIRD",
+        "BIRDS",
+        "OWL",
+        "STAR",
+        "STARS",
+        "BUTTERFLY",
+        "SKULL",
+        "SKULLS",
+        "CAT",
+        "DOG",
+        "RABBIT",
+        "FAIRY",
+        "SPACEBOY",
+        "DOLLY",
+        "REGENCY",
+        "PARIS",
+        "LONDON",
+        "EASTER",
+        "HALLOWEEN",
+        "GARDEN",
+        "ANTIQUE",
+        "SHABBY",
+    ),
+    "style": ("HANGING", "MINI", "JUMBO", "LARGE", "SMALL", "GIANT", "TRADITIONAL", "CLASSIC", "FOLDING"),
+}
+_WORD_KIND = {w: kind for kind, words in _FACTOR_WORDS.items() for w in words}
+_PACK = re.compile(r"\b(?:SET|PACK|BOX|BAG)\s+OF\s+(\d+)\b|\b(\d+)\s*(?:PC|PCS|PIECE)\b", re.IGNORECASE)
+_CODE = re.compile(r"\b[A-Z]*\d{4,}[A-Z]*\b")
+_SPACES = re.compile(r"\s+")
+
+
+def _title_case(text: str) -> str:
+    return " ".join(w.capitalize() if w.isupper() or w.islower() else w for w in text.split())
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0]
+
+
+def heuristic(row: Row, context: Context) -> ItemProfile:
+    """Profile of one item without an LLM."""
+    title = _SPACES.sub(" ", str(row.get("title") or "")).strip()
+    if not title:
+        raise ValueError("item has no title")
+    rules: CategoryRules = context["rules"]
+    category = row.get("leaf_category") or match_category(title, rules) or rules.fallback
+    category_words = set(category.upper().split())
+
+    factors: list[Factor] = []
+    pack = _PACK.search(title)
+    if pack:
+        factors.append(Factor(kind="pack", value=f"pack of {pack.group(1) or pack.group(2)}"))
+    seen: set[str] = set()
+    for word in re.findall(r"[A-Z]+", title.upper()):
+        kind = _WORD_KIND.get(word)
+        if kind and word not in seen and word not in category_words and len(factors) < 6:
+            seen.add(word)
+            factors.append(Factor(kind=kind, value=word.lower()))
+
+    short = _CODE.sub("", _PACK.sub("", title))
+    short = _clip(_title_case(_SPACES.sub(" ", short).strip(" ,-")) or _title_case(title))
+    return ItemProfile(
+        short_title=short if len(short) >= 2 else title[:60], leaf_category=category, decision_factors=factors
+    )
+
+
+def check(answer: ItemProfile, row: Row, context: Context) -> None:
+    """Category from the vocabulary; factors short and not the category word."""
+    categories = context["categories"]
+    if answer.leaf_category not in categories:
+        raise AnswerError(
+            "out_of_vocabulary", f"leaf_category {answer.leaf_category!r} is not one of the categories given"
+        )
+    category_words = set(answer.leaf_category.lower().split())
+    for f in answer.decision_factors:
+        words = f.value.lower().split()
+        if len(words) > 3:
+            raise AnswerError("out_of_vocabulary", f"factor {f.value!r} is longer than three words")
+        if set(words) & category_words:
+            raise AnswerError("out_of_vocabulary", f"factor {f.value!r} repeats the category name")
+
+
+def template_values(row: Row, context: Context) -> dict[str, object]:
+    price = row.get("price")
+    return {
+        "title": row.get("title") or "",
+        "price": f"{float(price):.2f}" if price is not None else "unknown",
+        "categories": "; ".join(context["categories"]),
+    }
+
+
+def context(category_rules: str = "categories.yaml") -> dict[str, object]:
+    """Context for the agent: the category vocabulary and rules of ``conf/<category_rules>``."""
+    rules = load_rules(category_rules)
+    return {"categories": vocabulary(rules), "rules": rules}
+
+
+AGENT = Agent(
+    name="item_profile",
+    output_model=ItemProfile,
+    input_columns=("title", "price", "leaf_category", "image_url"),
+    template_values=template_values,
+    heuristic=heuristic,
+    heuristic_version="h1",
+    check=check,
+    image_column="image_url",
+)
+
+
+_INPUT = re.compile(r"<input>(.*?)</input>", re.DOTALL)
+
+
+def scripted_answer(body: dict) -> str:
+    """The answer a perfect model would give to one request of this agent (its heuristic's).
+
+    A ``responder`` for :class:`udfs.llm.scripted_server.ScriptedLLMServer`, so tests and
+    benchmarks can run the LLM path offline with valid answers.
+    """
+    user = body["messages"][1]["content"]
+    text = user if isinstance(user, str) else " ".join(p.get("text", "") for p in user if isinstance(p, dict))
+    title = _INPUT.search(text).group(1)
+    return heuristic({"title": title}, _default_context()).model_dump_json()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_context() -> dict[str, object]:
+    return context()

@@ -1,0 +1,273 @@
+"""Calling an OpenAI-compatible endpoint for many inputs at once, politely and safely.
+
+For each distinct request: wait for a slot of the shared rate limit, send it with a
+per-request timeout, retry what is worth retrying (429 honouring ``Retry-After``, 5xx,
+timeouts, dropped connections, garbled responses) with exponential backoff and full
+jitter up to a bound, validate the answer, and make one repair attempt that shows the model
+its invalid answer. The result is always a :class:`CallResult`: ``ok`` with the parsed
+output, or ``failed`` with an error class and message. Nothing raises for a bad answer.
+
+The ``openai`` client is used as it is, with its own retries off so that every attempt is
+counted here and ``Retry-After`` is honoured exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import openai
+
+from udfs.llm.agent import AnswerError, estimate_tokens
+
+# Error classes written to the output rows.
+RATE_LIMITED = "rate_limited"
+SERVER_ERROR = "server_error"
+TIMEOUT = "timeout"
+CONNECTION = "connection_error"
+BAD_RESPONSE = "bad_response"  # HTTP 200 whose body is not a chat completion
+CLIENT_ERROR = "client_error"  # 4xx other than 408/409/429: not retried
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """What the executors need to call one endpoint; picklable, the key never printed."""
+
+    base_url: str | None
+    model: str
+    api_key: Secret
+    temperature: float
+    max_tokens: int
+    response_format: dict[str, Any] | None
+    max_in_flight: int
+    timeout_s: float
+    max_retries: int
+    backoff_initial_s: float
+    backoff_max_s: float
+    repair: bool
+
+    @property
+    def max_attempts(self) -> int:
+        """Upper bound of requests for one input: retries, twice if a repair is made."""
+        return (self.max_retries + 1) * (2 if self.repair else 1)
+
+    def body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """The chat-completions request body (also what the cache key hashes)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if self.response_format:
+            body["response_format"] = self.response_format
+        return body
+
+
+class Secret:
+    """A string that does not show itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self):  # picklable for the trip to the executors
+        return (Secret, (self._value,))
+
+
+@dataclass
+class CallResult:
+    cache_key: str
+    status: str  # ok | failed
+    output_json: str | None
+    raw_output: str | None
+    error_class: str | None
+    error_message: str | None
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+    attempts: int
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Failure(Exception):
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def _retry_after(err: openai.APIStatusError) -> float | None:
+    value = err.response.headers.get("retry-after") if err.response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare for LLM APIs, fall back to backoff
+
+
+def _classify(err: BaseException) -> tuple[str, bool]:
+    """(error class, retryable) of an exception raised while sending."""
+    if isinstance(err, openai.RateLimitError):
+        return RATE_LIMITED, True
+    if isinstance(err, (openai.APITimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return TIMEOUT, True
+    if isinstance(err, openai.APIConnectionError):
+        return CONNECTION, True
+    if isinstance(err, openai.APIStatusError):
+        if err.status_code >= 500:
+            return SERVER_ERROR, True
+        if err.status_code in (408, 409):
+            return TIMEOUT if err.status_code == 408 else SERVER_ERROR, True
+        return CLIENT_ERROR, False
+    # A 200 whose body is not a completion (HTML, truncated JSON...): a server fault.
+    return BAD_RESPONSE, True
+
+
+def _scrub(text: str, secret: Secret) -> str:
+    key = secret.reveal()
+    return text.replace(key, "***") if key and len(key) >= 4 else text
+
+
+class Caller:
+    """Sends the requests of one batch concurrently (one instance per event loop)."""
+
+    def __init__(self, settings: CallSettings, limiter: Any, rng: random.Random | None = None):
+        self.settings = settings
+        self.limiter = limiter
+        self.rng = rng or random.Random()
+        self.client = openai.AsyncOpenAI(
+            base_url=settings.base_url,
+            api_key=settings.api_key.reveal(),
+            max_retries=0,
+            timeout=settings.timeout_s,
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.limiter.close()
+
+    def _backoff(self, retry: int) -> float:
+        s = self.settings
+        return self.rng.uniform(0, min(s.backoff_max_s, s.backoff_initial_s * 2**retry))
+
+    async def _send(self, messages: list[dict[str, Any]], tally: dict[str, int]) -> tuple[str, dict]:
+        """One answer text, retrying transient failures; raises _Failure when out of attempts."""
+        s = self.settings
+        body = s.body(messages)
+        budget_tokens = estimate_tokens(messages) + s.max_tokens
+        for retry in range(s.max_retries + 1):
+            await self.limiter.acquire(budget_tokens)
+            tally["attempts"] += 1
+            try:
+                response = await asyncio.wait_for(
+                    self.client.chat.completions.create(**body), timeout=s.timeout_s + 1.0
+                )
+                choice = response.choices[0]
+                text = choice.message.content
+                if text is None:
+                    raise _Failure(BAD_RESPONSE, "completion without message content")
+                usage = response.usage
+                tally["input_tokens"] += usage.prompt_tokens if usage else estimate_tokens(messages)
+                tally["output_tokens"] += usage.completion_tokens if usage else max(1, len(text) // 4)
+                return text, body
+            except _Failure as f:
+                err_class, retryable, delay, message = f.error_class, True, None, str(f)
+            except Exception as e:  # noqa: BLE001 - every failure becomes a row
+                err_class, retryable = _classify(e)
+                delay = _retry_after(e) if isinstance(e, openai.RateLimitError) else None
+                message = f"{type(e).__name__}: {e}"
+            if not retryable or retry == s.max_retries:
+                raise _Failure(err_class, _scrub(message, s.api_key)[:500])
+            if delay is not None:
+                # Retry-After is a floor; a little jitter keeps tasks from waking together.
+                delay += self.rng.uniform(0, 0.1 * delay + 0.05)
+            else:
+                delay = self._backoff(retry)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def call(
+        self,
+        cache_key: str,
+        messages: list[dict[str, Any]],
+        parse: Callable[[str], Any],
+        repair_message: Callable[[str], str],
+    ) -> CallResult:
+        """Answer one request: send, validate, repair once; never raises for a bad answer."""
+        tally = {"attempts": 0, "input_tokens": 0, "output_tokens": 0}
+        started = time.perf_counter()
+        text: str | None = None
+
+        def result(status: str, output: Any = None, err: str | None = None, msg: str | None = None):
+            return CallResult(
+                cache_key=cache_key,
+                status=status,
+                output_json=json.dumps(output, ensure_ascii=False) if output is not None else None,
+                raw_output=text,
+                error_class=err,
+                error_message=msg,
+                input_tokens=tally["input_tokens"],
+                output_tokens=tally["output_tokens"],
+                latency_ms=int((time.perf_counter() - started) * 1000),
+                attempts=tally["attempts"],
+            )
+
+        conversation = list(messages)
+        for phase in ("answer", "repair"):
+            try:
+                text, _ = await self._send(conversation, tally)
+            except _Failure as f:
+                return result("failed", err=f.error_class, msg=str(f))
+            try:
+                return result("ok", output=parse(text))
+            except AnswerError as e:
+                if phase == "repair" or not self.settings.repair:
+                    return result("failed", err=e.kind, msg=str(e)[:500])
+                conversation = [
+                    *messages,
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": repair_message(str(e)[:300])},
+                ]
+        raise AssertionError("unreachable")
+
+
+async def call_all(
+    settings: CallSettings,
+    limiter: Any,
+    requests: list[tuple[str, list[dict[str, Any]]]],
+    parse_for: Callable[[str], Callable[[str], Any]],
+    repair_message: Callable[[str], str],
+) -> list[CallResult]:
+    """Answer ``(cache_key, messages)`` requests with at most ``max_in_flight`` at once.
+
+    Duplicate keys are sent once. Results come back in the order of the distinct keys.
+    """
+    distinct: dict[str, list[dict[str, Any]]] = {}
+    for key, messages in requests:
+        distinct.setdefault(key, messages)
+    caller = Caller(settings, limiter)
+    gate = asyncio.Semaphore(settings.max_in_flight)
+
+    async def one(key: str, messages: list[dict[str, Any]]) -> CallResult:
+        async with gate:
+            return await caller.call(key, messages, parse_for(key), repair_message)
+
+    try:
+        return list(await asyncio.gather(*(one(k, m) for k, m in distinct.items())))
+    finally:
+        await caller.close()
