@@ -59,7 +59,10 @@ def test_wheel_ships_the_jobs_the_default_conf_and_the_console_command(tmp_path)
         "conf/local.yaml",
         "conf/categories.yaml",
         "prompts/__init__.py",
+        "prompts/item_profile/v1.yaml",
         "udfs/__init__.py",
+        "udfs/llm/runner.py",
+        "udfs/agents/item_profile.py",
     ):
         assert f in names, f
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

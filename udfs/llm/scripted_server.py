@@ -801,17 +801,29 @@ def main(argv: list[str] | None = None) -> int:
         "--faults", type=_parse_faults, default=None, help="e.g. rate_limit=0.2,server_error=0.1"
     )
     parser.add_argument("--model", default="scripted-model")
+    parser.add_argument(
+        "--responder",
+        default=None,
+        help="MODULE:FUNCTION returning the answer content, e.g. udfs.agents.item_profile:scripted_answer",
+    )
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--retry-after", type=float, default=0.2, help="Retry-After seconds of 429 answers")
     parser.add_argument("--hang-s", type=float, default=30.0)
     parser.add_argument("--no-record-bodies", action="store_true", help="do not keep request bodies")
     args = parser.parse_args(argv)
+    responder = None
+    if args.responder:
+        import importlib
+
+        module, _, func = args.responder.partition(":")
+        responder = getattr(importlib.import_module(module), func)
 
     server = ScriptedLLMServer(
         args.host,
         args.port,
         model=args.model,
+        responder=responder,
         latency_s=args.latency_ms / 1000.0,
         faults=args.faults,
         concurrency_cap=args.cap,
