@@ -30,6 +30,7 @@ from jobs.config import Config, ConfigError, load_config
 # ``run(spark, conf)``. Later stages are appended here as they are built.
 STAGES: list[tuple[str, str]] = [
     ("ingest", "jobs.ingest"),
+    ("items", "jobs.items"),
     ("aggregate", "jobs.aggregate"),
 ]
 

@@ -45,9 +45,10 @@ def items_df(spark, n: int, image: bool = False, distinct: int | None = None, of
         k = i if distinct is None else i % distinct
         title = f"{TITLES[k % len(TITLES)]} {k:04d}"  # the number keeps prompts distinct
         url = f"https://img.example/{k}.jpg" if image else None
-        rows.append((f"item-{i:04d}", title, 1.0 + k % 7, None, url))
+        rows.append((f"item-{i:04d}", title, 1.0 + k % 7, "mid", url))
     return spark.createDataFrame(
-        rows, "item_id string, title string, price double, leaf_category string, image_url string"
+        rows,
+        "item_id string, title string, price double, price_band string, leaf_category string, image_url string",
     )
 
 
@@ -74,8 +75,8 @@ def rows_by_id(df):
 
 def test_heuristic_backend_is_the_default_and_fails_bad_rows_without_losing_them(spark, conf_factory):
     items = spark.createDataFrame(
-        [("a", "SET OF 3 RED CAKE TINS", 4.95, None, None), ("b", None, 1.0, None, None)],
-        "item_id string, title string, price double, leaf_category string, image_url string",
+        [("a", "SET OF 3 RED CAKE TINS", 4.95, "mid", None, None), ("b", None, 1.0, None, None, None)],
+        "item_id string, title string, price double, price_band string, leaf_category string, image_url string",
     )
     run = run_agent(items, ip.AGENT, conf_factory(), ["item_id"], CTX)
     assert run.backend == "heuristic"
@@ -130,7 +131,8 @@ def test_ok_rows_carry_the_answer_the_server_gave(spark, conf_factory):
     assert len(bodies) == 12
     titles = {r["item_id"]: r for r in items_df(spark, 12).collect()}
     for item_id, row in out.items():
-        want = ip.heuristic({"title": titles[item_id]["title"]}, CTX)
+        want = ip.heuristic({"title": titles[item_id]["title"], "price_band": "mid"}, CTX)
+        assert ("price_band", "mid") in [(f.kind, f.value) for f in want.decision_factors]
         got = row["output"]
         assert got["short_title"] == want.short_title
         assert got["leaf_category"] == want.leaf_category

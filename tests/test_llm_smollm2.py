@@ -49,8 +49,8 @@ def real_items(n: int) -> list[tuple[str, str, float]]:
 @pytest.mark.parametrize("response_format", ["json_object", "json_object_schema"])
 def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, response_format):
     items = spark.createDataFrame(
-        [(code, title, price, None, None) for code, title, price in real_items(5)],
-        "item_id string, title string, price double, leaf_category string, image_url string",
+        [(code, title, price, None, None, None) for code, title, price in real_items(5)],
+        "item_id string, title string, price double, price_band string, leaf_category string, image_url string",
     )
     conf = conf_factory(
         [

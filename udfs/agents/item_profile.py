@@ -1,7 +1,8 @@
 """Item profile agent: short title, leaf category and decision factors of one item.
 
-Input columns: ``title``, ``price``, ``leaf_category`` (the catalog's, may be null) and
-``image_url`` (sent as an image content part when set). Context: ``categories`` (the
+Input columns: ``title``, ``price``, ``price_band`` (budget / mid / premium within the
+category, may be null), ``leaf_category`` (the catalog's, may be null) and ``image_url``
+(sent as an image content part when set). Context: ``categories`` (the
 vocabulary the category must come from) and ``rules`` (the keyword rules of
 ``conf/categories.yaml``, used by the heuristic).
 
@@ -21,14 +22,26 @@ from jobs.categorize import CategoryRules, load_rules, match_category, vocabular
 from udfs.llm.agent import Agent, AnswerError, Context, Row
 
 FactorKind = Literal[
-    "style", "material", "colour", "pattern", "theme", "size", "pack", "function", "occasion", "character"
+    "style",
+    "material",
+    "colour",
+    "pattern",
+    "design",
+    "theme",
+    "ip",
+    "price_band",
+    "pack",
+    "size",
+    "function",
+    "occasion",
 ]
 
 
 class Factor(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: FactorKind
-    value: str = Field(min_length=1, max_length=24)
+    # The source's rule is "at most 5 characters" (Chinese); in English: a short phrase.
+    value: str = Field(min_length=1, max_length=20)
 
 
 class ItemProfile(BaseModel):
@@ -153,6 +166,8 @@ def heuristic(row: Row, context: Context) -> ItemProfile:
     category_words = set(category.upper().split())
 
     factors: list[Factor] = []
+    if row.get("price_band"):
+        factors.append(Factor(kind="price_band", value=str(row["price_band"])))
     pack = _PACK.search(title)
     if pack:
         factors.append(Factor(kind="pack", value=f"pack of {pack.group(1) or pack.group(2)}"))
@@ -191,6 +206,7 @@ def template_values(row: Row, context: Context) -> dict[str, object]:
     return {
         "title": row.get("title") or "",
         "price": f"{float(price):.2f}" if price is not None else "unknown",
+        "price_band": row.get("price_band") or "unknown",
         "categories": "; ".join(context["categories"]),
     }
 
@@ -204,7 +220,7 @@ def context(category_rules: str = "categories.yaml") -> dict[str, object]:
 AGENT = Agent(
     name="item_profile",
     output_model=ItemProfile,
-    input_columns=("title", "price", "leaf_category", "image_url"),
+    input_columns=("title", "price", "price_band", "leaf_category", "image_url"),
     template_values=template_values,
     heuristic=heuristic,
     heuristic_version="h1",
@@ -214,6 +230,7 @@ AGENT = Agent(
 
 
 _INPUT = re.compile(r"<input>(.*?)</input>", re.DOTALL)
+_BAND = re.compile(r"price band in its category: (\w+)")
 
 
 def scripted_answer(body: dict) -> str:
@@ -225,7 +242,9 @@ def scripted_answer(body: dict) -> str:
     user = body["messages"][1]["content"]
     text = user if isinstance(user, str) else " ".join(p.get("text", "") for p in user if isinstance(p, dict))
     title = _INPUT.search(text).group(1)
-    return heuristic({"title": title}, _default_context()).model_dump_json()
+    band = _BAND.search(text)
+    row = {"title": title, "price_band": band.group(1) if band and band.group(1) != "unknown" else None}
+    return heuristic(row, _default_context()).model_dump_json()
 
 
 @functools.lru_cache(maxsize=1)

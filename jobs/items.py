@@ -1,0 +1,189 @@
+"""Item enrichment: ``bronze.items`` -> ``silver.item_profiles``.
+
+Per item: a short title, a leaf category (the catalog's where it has one; otherwise the
+agent's, constrained to the vocabulary of ``conf/categories.yaml``), a price band within
+its category, and decision factors (``{kind, value}``: colour, material, pattern, theme,
+pack, ...). Computed by the ``item_profile`` agent (``udfs/agents/item_profile.py``) with
+the configured backend: the heuristic by default, or an LLM that also receives the item
+image as a content part when ``image_url`` is set.
+
+Incremental: a profile is computed again only when the item's title, image, catalog
+category or price band changed (``input_hash``); other rows are left as they are.
+Items whose LLM answer failed get the heuristic's profile with ``status = 'failed'`` and
+``profile_source = 'heuristic_fallback'``, so downstream always has factors and the
+failure stays visible.
+
+Example
+-------
+>>> from jobs.items import run
+>>> run(spark, load_config())          # or: discovery items
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from jobs import tables
+from jobs.categorize import category_from_text
+from jobs.config import Config
+from udfs.agents import item_profile
+from udfs.llm import run_agent
+
+PROFILES = "silver.item_profiles"
+PRICE_BANDS = ("budget", "mid", "premium")
+
+
+def price_bands(items: DataFrame) -> DataFrame:
+    """Add ``price_band``: the item's price tercile within its category (null without a price).
+
+    The category is the catalog's or the rule-based one (``rule_category``), so that the
+    band is known before any LLM call and is part of the input.
+    """
+    ranked = F.percent_rank().over(Window.partitionBy("_band_cat").orderBy("price"))
+    priced = items.filter(F.col("price").isNotNull()).withColumn(
+        "_band_cat", F.coalesce("leaf_category", "rule_category")
+    )
+    banded = priced.withColumn(
+        "price_band",
+        F.when(ranked < 1 / 3, PRICE_BANDS[0]).when(ranked < 2 / 3, PRICE_BANDS[1]).otherwise(PRICE_BANDS[2]),
+    ).drop("_band_cat")
+    unpriced = items.filter(F.col("price").isNull()).withColumn("price_band", F.lit(None).cast("string"))
+    return banded.unionByName(unpriced)
+
+
+def input_hash() -> Column:
+    """What a profile depends on: title, image, catalog category, price band."""
+    parts = [F.coalesce(F.col(c).cast("string"), F.lit("\u0000")) for c in
+             ("title", "image_url", "leaf_category", "price_band")]  # fmt: skip
+    return F.sha2(F.concat_ws("\u0001", *parts), 256)
+
+
+def _profile_columns(agent_output: DataFrame, fallback: DataFrame) -> DataFrame:
+    """Agent output + heuristic fallback -> the item_profiles columns."""
+    fb = fallback.select(
+        "item_id",
+        F.col("output").alias("_fallback"),
+        F.col("prompt_version").alias("_fallback_version"),
+    )
+    ok = F.col("status").isin("ok", "heuristic")
+    chosen = F.when(ok, F.col("output")).otherwise(F.col("_fallback"))
+    return agent_output.join(fb, "item_id", "left").select(
+        "item_id",
+        chosen["short_title"].alias("short_title"),
+        chosen["leaf_category"].alias("agent_category"),
+        chosen["decision_factors"].alias("decision_factors"),
+        F.when(F.col("status") == "ok", "llm")
+        .when(F.col("status") == "heuristic", "heuristic")
+        .otherwise("heuristic_fallback")
+        .alias("profile_source"),
+        "status",
+        "error_class",
+        "model",
+        F.when(ok, F.col("prompt_version")).otherwise(F.col("_fallback_version")).alias("prompt_version"),
+        "input_tokens",
+        "output_tokens",
+        F.col("answered_at").alias("profiled_at"),
+    )
+
+
+def profile_items(todo: DataFrame, conf: Config, context: dict) -> DataFrame:
+    """Profiles of ``todo`` items (item_id, title, price, leaf_category, image_url, price_band, input_hash)."""
+    inputs = todo.select("item_id", "title", "price", "leaf_category", "image_url", "price_band")
+    run = run_agent(inputs, item_profile.AGENT, conf, ["item_id"], context)
+    if run.backend == "heuristic":
+        fallback = run.output
+    else:
+        heuristic_conf = conf.model_copy(deep=True)
+        heuristic_conf.llm.agents[item_profile.AGENT.name] = conf.llm.agent(
+            item_profile.AGENT.name
+        ).model_copy(update={"backend": "heuristic"})
+        fallback = run_agent(inputs, item_profile.AGENT, heuristic_conf, ["item_id"], context).output
+    profiles = _profile_columns(run.output, fallback)
+    catalog = F.col("leaf_category")
+    return (
+        todo.join(profiles, "item_id")
+        .withColumn(
+            "category_source",
+            F.when(catalog.isNotNull(), "catalog")
+            .when(F.col("profile_source") == "llm", "llm")
+            .otherwise(F.lit(f"rules_v{context['rules'].version}")),
+        )
+        .withColumn("leaf_category", F.coalesce(catalog, F.col("agent_category")))
+        .select(
+            "item_id",
+            "title",
+            "image_url",
+            "price",
+            "price_band",
+            "leaf_category",
+            "category_source",
+            "short_title",
+            "decision_factors",
+            "profile_source",
+            "status",
+            "error_class",
+            "model",
+            "prompt_version",
+            "input_tokens",
+            "output_tokens",
+            "profiled_at",
+            "input_hash",
+        )  # fmt: skip
+    )
+
+
+def run(spark: SparkSession, conf: Config) -> dict[str, int]:
+    """Profile new and changed items; returns counts (items, profiled, unchanged, failed)."""
+    context = item_profile.context(conf.aggregate.category_rules)
+    rules = context["rules"]
+    items = tables.read(spark, conf, "bronze.items").select(
+        "item_id", "title", "price", "leaf_category", "image_url"
+    )
+    items = (
+        items.withColumn(
+            "rule_category", F.coalesce(category_from_text(F.col("title"), rules), F.lit(rules.fallback))
+        )
+        .transform(price_bands)
+        .withColumn("input_hash", input_hash())
+    )
+    if tables.exists(spark, conf, PROFILES):
+        known = tables.read(spark, conf, PROFILES).select(
+            "item_id", F.col("input_hash").alias("_known"), F.col("status").alias("_status")
+        )
+        # New, changed, or failed last time (a later run may get an answer).
+        todo = (
+            items.join(known, "item_id", "left")
+            .filter(
+                F.col("_known").isNull()
+                | (F.col("_known") != F.col("input_hash"))
+                | (F.col("_status") == "failed")
+            )
+            .drop("_known", "_status")
+        )
+    else:
+        todo = items
+    todo = todo.drop("rule_category").persist()
+    n_items, n_todo = items.count(), todo.count()
+    print(f"items: {n_items:,} items, {n_todo:,} new or changed to profile", flush=True)
+    failed = 0
+    if n_todo:
+        profiles = profile_items(todo, conf, context)
+        tables.merge_upsert(
+            profiles,
+            conf,
+            PROFILES,
+            keys=["item_id"],
+            update_when="t.input_hash <> s.input_hash OR t.status = 'failed'",
+            update_set={c: f"s.`{c}`" for c in profiles.columns},
+        )
+        failed = tables.read(spark, conf, PROFILES).filter(F.col("status") == "failed").count()
+    todo.unpersist()
+    counts = {"items": n_items, "profiled": n_todo, "unchanged": n_items - n_todo, "failed": failed}
+    print(
+        f"items: silver.item_profiles: profiled {n_todo:,}, unchanged {n_items - n_todo:,}, "
+        f"failed (heuristic fallback) {failed:,}",
+        flush=True,
+    )
+    return counts
