@@ -162,12 +162,44 @@ class LLMConf(_Strict):
         return self.endpoints[endpoint]
 
 
+class CompressConf(_Strict):
+    """jobs/compress: 8-week behaviour digests."""
+
+    weeks: int = Field(8, ge=1)
+    # hybrid: exact numbers from silver.user_week_category + factors from item profiles, no
+    # per-user LLM call; llm: the behavior_compression agent reads the raw behaviour.
+    mode: Literal["hybrid", "llm"] = "hybrid"
+    max_factors_per_row: int = Field(5, ge=0)
+
+
+class PortraitConf(_Strict):
+    """jobs/portrait: business portraits."""
+
+    top_categories: int = Field(3, ge=1)
+
+
+class CFVConf(_Strict):
+    """jobs/cfv: Category-Factor-Value preferences (long_term, recent, potential)."""
+
+    # Half-life of an event's weight, per horizon (days).
+    half_life_days: dict[str, float] = {"long_term": 120.0, "recent": 7.0}
+    # Weight of one event of each type.
+    event_weights: dict[str, float] = {
+        "purchase": 5.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 0.5,
+        "search": 0.0, "cancel": 0.0,
+    }  # fmt: skip
+    top_factors: int = Field(10, ge=1)
+
+
 class Config(_Strict):
     run: RunConf = RunConf()
     spark: SparkConf = SparkConf()
     storage: StorageConf = StorageConf()
     ingest: IngestConf = IngestConf()
     aggregate: AggregateConf = AggregateConf()
+    compress: CompressConf = CompressConf()
+    portrait: PortraitConf = PortraitConf()
+    cfv: CFVConf = CFVConf()
     llm: LLMConf = LLMConf()
 
 
