@@ -84,7 +84,7 @@ def _profile_columns(agent_output: DataFrame, fallback: DataFrame) -> DataFrame:
         F.when(ok, F.col("prompt_version")).otherwise(F.col("_fallback_version")).alias("prompt_version"),
         "input_tokens",
         "output_tokens",
-        F.col("answered_at").alias("profiled_at"),
+        F.coalesce(F.col("answered_at"), F.current_timestamp()).alias("profiled_at"),
     )
 
 

@@ -201,7 +201,9 @@ def _run_heuristic(inputs: DataFrame, agent: Agent, key_columns: list[str], cont
                     output_tokens=0,
                     latency_ms=int((time.perf_counter() - started) * 1000),
                     attempts=0,
-                    answered_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+                    # Heuristic rows are recomputed, not answered: no timestamp, so that a
+                    # re-run of a stage gives the same rows.
+                    answered_at=None,
                     cache_key=None,
                 )
                 rows.append(out)
