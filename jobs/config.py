@@ -170,6 +170,9 @@ class CompressConf(_Strict):
     # per-user LLM call; llm: the behavior_compression agent reads the raw behaviour.
     mode: Literal["hybrid", "llm"] = "hybrid"
     max_factors_per_row: int = Field(5, ge=0)
+    # Event lines of a user's raw behaviour text (the LLM's input); the most recent are
+    # kept and the text says how many earlier ones were dropped.
+    max_raw_lines: int = Field(400, ge=1)
 
 
 class PortraitConf(_Strict):

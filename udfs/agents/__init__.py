@@ -6,7 +6,7 @@ import importlib
 
 from udfs.llm.agent import Agent
 
-NAMES = ("item_profile",)
+NAMES = ("item_profile", "behavior_compression")
 
 
 def get(name: str) -> Agent:
