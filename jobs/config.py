@@ -179,6 +179,27 @@ class PortraitConf(_Strict):
     """jobs/portrait: business portraits."""
 
     top_categories: int = Field(3, ge=1)
+    # Core intents: "<factor> <category>" for the top factors of each main category.
+    intents_per_category: int = Field(2, ge=1)
+    max_intents: int = Field(5, ge=1)
+    # Buyer type rules (udfs/agents/portrait.py: classify), first match wins:
+    # no purchase -> browsing prospect; units per order line >= wholesale_line_quantity ->
+    # wholesaler / reseller; orders <= occasional_max_orders -> occasional buyer; share of
+    # activity in seasonal_categories >= seasonal_share -> event / seasonal buyer; top
+    # category share >= specialist_share -> specialist retailer; else general gift shop.
+    wholesale_line_quantity: float = Field(50.0, gt=0)
+    occasional_max_orders: int = Field(1, ge=0)
+    seasonal_categories: list[str] = ["christmas decorations", "party supplies"]
+    seasonal_share: float = Field(0.5, gt=0, le=1)
+    specialist_share: float = Field(0.6, gt=0, le=1)
+    # Dropshipper type: many tiny orders across many categories -> dropshipper; bigger
+    # units per order line -> stockholding; else unknown.
+    dropshipper_max_line_quantity: float = Field(3.0, gt=0)
+    dropshipper_min_orders: int = Field(5, ge=1)
+    dropshipper_min_categories: int = Field(4, ge=1)
+    stockholding_min_line_quantity: float = Field(6.0, gt=0)
+    # Categories shown to the portrait LLM (the rest are summed as "other").
+    prompt_categories: int = Field(8, ge=1)
 
 
 class CFVConf(_Strict):
@@ -192,6 +213,22 @@ class CFVConf(_Strict):
         "search": 0.0, "cancel": 0.0,
     }  # fmt: skip
     top_factors: int = Field(10, ge=1)
+    # Factor kinds left out of CFV: the price band is relative to the category and every
+    # item has one, so it would top every list without saying anything about taste.
+    exclude_kinds: list[str] = ["price_band"]
+    # Potential: factors that co-occur with the user's top `potential_seed_factors`
+    # long-term factors in other buyers' long-term CFV of the category, seen together in
+    # at least `potential_min_support` buyers; `potential_partners` co-occurring factors
+    # kept per (category, factor); `potential_factors` returned.
+    potential_factors: int = Field(5, ge=1)
+    potential_seed_factors: int = Field(3, ge=1)
+    potential_min_support: int = Field(2, ge=1)
+    potential_partners: int = Field(50, ge=1)
+    # LLM backend (llm.agents.cfv_potential): the user's top categories sent to the model
+    # (others keep the co-occurrence heuristic) and the category's popular factors it
+    # may choose from.
+    potential_llm_categories: int = Field(3, ge=1)
+    potential_vocabulary: int = Field(40, ge=1)
 
 
 class Config(_Strict):
