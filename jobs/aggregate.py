@@ -306,7 +306,13 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     run_date = resolve_run_date(spark, conf, events)
     print(f"aggregate: run date {run_date}, horizon {ac.horizon_days} days", flush=True)
 
-    cats = item_categories(items, rules)
+    if tables.exists(spark, conf, "silver.item_profiles"):
+        # The items stage ran first: its categories (catalog, rules or LLM) are the ones
+        # every later table uses.
+        profiles = tables.read(spark, conf, "silver.item_profiles")
+        cats = profiles.select("item_id", "title", "leaf_category", "category_source")
+    else:
+        cats = item_categories(items, rules)
     tables.overwrite(cats, conf, "silver.item_categories")
     cats = tables.read(spark, conf, "silver.item_categories")
 

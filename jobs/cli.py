@@ -32,6 +32,9 @@ STAGES: list[tuple[str, str]] = [
     ("ingest", "jobs.ingest"),
     ("items", "jobs.items"),
     ("aggregate", "jobs.aggregate"),
+    ("compress", "jobs.compress"),
+    ("cfv", "jobs.cfv"),
+    ("portrait", "jobs.portrait"),
 ]
 
 

@@ -110,7 +110,10 @@ def profile_items(todo: DataFrame, conf: Config, context: dict) -> DataFrame:
             .when(F.col("profile_source") == "llm", "llm")
             .otherwise(F.lit(f"rules_v{context['rules'].version}")),
         )
-        .withColumn("leaf_category", F.coalesce(catalog, F.col("agent_category")))
+        # An item neither the agent nor the heuristic could profile (no title) still gets a category.
+        .withColumn(
+            "leaf_category", F.coalesce(catalog, F.col("agent_category"), F.lit(context["rules"].fallback))
+        )
         .select(
             "item_id",
             "title",
@@ -150,24 +153,24 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     )
     if tables.exists(spark, conf, PROFILES):
         known = tables.read(spark, conf, PROFILES).select(
-            "item_id", F.col("input_hash").alias("_known"), F.col("status").alias("_status")
+            "item_id",
+            F.col("input_hash").alias("_known"),
+            # An LLM failure may succeed next time; a heuristic failure (no title) will not.
+            (
+                (F.col("status") == "failed") & (F.coalesce("error_class", F.lit("")) != "heuristic_error")
+            ).alias("_retry"),
         )
         # New, changed, or failed last time (a later run may get an answer).
         todo = (
             items.join(known, "item_id", "left")
-            .filter(
-                F.col("_known").isNull()
-                | (F.col("_known") != F.col("input_hash"))
-                | (F.col("_status") == "failed")
-            )
-            .drop("_known", "_status")
+            .filter(F.col("_known").isNull() | (F.col("_known") != F.col("input_hash")) | F.col("_retry"))
+            .drop("_known", "_retry")
         )
     else:
         todo = items
     todo = todo.drop("rule_category").persist()
     n_items, n_todo = items.count(), todo.count()
     print(f"items: {n_items:,} items, {n_todo:,} new or changed to profile", flush=True)
-    failed = 0
     if n_todo:
         profiles = profile_items(todo, conf, context)
         tables.merge_upsert(
@@ -175,15 +178,24 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
             conf,
             PROFILES,
             keys=["item_id"],
-            update_when="t.input_hash <> s.input_hash OR t.status = 'failed'",
+            update_when=(
+                "t.input_hash <> s.input_hash "
+                "OR (t.status = 'failed' AND coalesce(t.error_class, '') <> 'heuristic_error')"
+            ),
             update_set={c: f"s.`{c}`" for c in profiles.columns},
         )
-        failed = tables.read(spark, conf, PROFILES).filter(F.col("status") == "failed").count()
     todo.unpersist()
+    # Failed profiles in the table (this run's and earlier ones'): LLM failures carry the
+    # heuristic's profile; heuristic failures are items without a title.
+    failed = (
+        tables.read(spark, conf, PROFILES).filter(F.col("status") == "failed").count()
+        if tables.exists(spark, conf, PROFILES)
+        else 0
+    )
     counts = {"items": n_items, "profiled": n_todo, "unchanged": n_items - n_todo, "failed": failed}
     print(
         f"items: silver.item_profiles: profiled {n_todo:,}, unchanged {n_items - n_todo:,}, "
-        f"failed (heuristic fallback) {failed:,}",
+        f"failed {failed:,} (LLM failures use the heuristic's profile; items without a title get none)",
         flush=True,
     )
     return counts

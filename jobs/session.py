@@ -60,9 +60,10 @@ def get_spark(conf: Config) -> SparkSession:
         # Delta's defaults keep every version; tiny local tables don't need auto-compaction.
         .config("spark.databricks.delta.snapshotPartitions", "2")
     )
-    if "PYSPARK_PYTHON" not in os.environ and sc.master.startswith("local"):
-        # Python UDF workers: this interpreter (with pandas, pyarrow), not the python3 on PATH.
-        builder = builder.config("spark.pyspark.python", sys.executable)
+    if sc.master.startswith("local"):
+        # Python UDF workers: this interpreter (with pandas, pyarrow), not the python3 on
+        # PATH. PySpark reads the variable when the context starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for k, v in sc.extra.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

@@ -83,3 +83,72 @@ def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, r
     summary = run.summary()
     assert summary["rows"] == 5 and summary["ok"] + summary["failed"] == 5
     print(f"smollm2 ({response_format}):", summary)
+
+
+def five_real_buyers(folder) -> list[str]:
+    """Copy the last 8 weeks of online_retail lines of 5 small real buyers into ``folder``."""
+    import datetime as dt
+
+    days = [dt.date(2011, 12, 9) - dt.timedelta(days=d) for d in range(56)]
+    lines: dict[str, list[dict]] = {}
+    header = None
+    for day in sorted(days):
+        path = BUNDLED_ONLINE_RETAIL / f"{day}.csv.gz"
+        if not path.exists():
+            continue
+        with gzip.open(path, "rt", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames
+            for row in reader:
+                if row["CustomerID"]:
+                    lines.setdefault(row["CustomerID"], []).append(row)
+    buyers = sorted(c for c, rows in lines.items() if 3 <= len(rows) <= 8)[:5]  # e.g. "12367.0"
+    with gzip.open(folder / "2011-12-09.csv.gz", "wt", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        for c in buyers:
+            writer.writerows(lines[c])
+    return [c.removesuffix(".0") for c in buyers]  # user ids as ingest writes them
+
+
+@pytest.mark.real_data
+def test_smollm2_compresses_five_real_buyers_without_a_crash(spark, conf_factory, smollm2, tmp_path):
+    from jobs import aggregate, compress, ingest, items, tables
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    buyers = five_real_buyers(raw)
+    assert len(buyers) == 5
+    conf = conf_factory(
+        [
+            f"ingest.sources=[{{name: online_retail, format: online_retail, path: '{raw}', timezone: Europe/London}}]",
+            "compress.mode=llm",
+            "compress.max_raw_lines=40",
+            "llm.agents.behavior_compression.backend=openai",
+            f"llm.endpoints.default.base_url={smollm2.base_url}",
+            "llm.endpoints.default.model=smollm2",
+            "llm.endpoints.default.api_key_env=null",
+            "llm.endpoints.default.max_tokens=300",
+            "llm.endpoints.default.response_format=json_object",
+            "llm.runtime.timeout_s=180",
+            "llm.runtime.max_in_flight=1",
+            "llm.runtime.tasks=2",
+        ]
+    )
+    for stage in (ingest, items, aggregate):
+        stage.run(spark, conf)
+    counts = compress.run(spark, conf)
+    digests = tables.read(spark, conf, compress.DIGESTS).collect()
+    # Every buyer has a digest row, whatever the model answered; failures say why.
+    assert sorted(d["user_id"] for d in digests) == sorted(buyers)
+    assert counts["users"] == 5
+    for d in digests:
+        assert d["mode"] == "llm" and d["digest_rows"]
+        assert 0.0 <= d["fidelity"] <= 1.0
+        if d["status"] == "failed":
+            assert d["error_class"], d
+        else:
+            assert d["status"] == "ok" and d["model"] == "smollm2"
+    print(
+        "smollm2 compress:", [(d["user_id"], d["status"], d["error_class"], d["fidelity"]) for d in digests]
+    )
