@@ -306,13 +306,24 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     run_date = resolve_run_date(spark, conf, events)
     print(f"aggregate: run date {run_date}, horizon {ac.horizon_days} days", flush=True)
 
-    if tables.exists(spark, conf, "silver.item_profiles"):
+    cats = item_categories(items, rules)
+    profiles = (
+        tables.read(spark, conf, "silver.item_profiles")
+        if tables.exists(spark, conf, "silver.item_profiles")
+        else None
+    )
+    if profiles is not None and {"leaf_category", "category_source"} <= set(profiles.columns):
         # The items stage ran first: its categories (catalog, rules or LLM) are the ones
-        # every later table uses.
-        profiles = tables.read(spark, conf, "silver.item_profiles")
-        cats = profiles.select("item_id", "title", "leaf_category", "category_source")
-    else:
-        cats = item_categories(items, rules)
+        # every later table uses; items it has not profiled keep the rule's.
+        profiled = profiles.select(
+            "item_id", F.col("leaf_category").alias("_cat"), F.col("category_source").alias("_src")
+        )
+        cats = cats.join(profiled, "item_id", "left").select(
+            "item_id",
+            "title",
+            F.coalesce("_cat", "leaf_category").alias("leaf_category"),
+            F.coalesce("_src", "category_source").alias("category_source"),
+        )
     tables.overwrite(cats, conf, "silver.item_categories")
     cats = tables.read(spark, conf, "silver.item_categories")
 
