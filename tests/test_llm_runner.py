@@ -45,7 +45,7 @@ def items_df(spark, n: int, image: bool = False, distinct: int | None = None, of
         k = i if distinct is None else i % distinct
         title = f"{TITLES[k % len(TITLES)]} {k:04d}"  # the number keeps prompts distinct
         url = f"https://img.example/{k}.jpg" if image else None
-        rows.append((f"item-{i:04d}", title, 1.0 + k % 7, "mid", url))
+        rows.append((f"item-{i:04d}", title, 1.0 + k % 7, "mid", None, url))
     return spark.createDataFrame(
         rows,
         "item_id string, title string, price double, price_band string, leaf_category string, image_url string",
