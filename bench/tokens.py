@@ -45,6 +45,7 @@ Prints a Markdown table and writes it to ``bench/out/tokens.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import datetime as dt
 import os
 import statistics
@@ -189,7 +190,7 @@ def report(m: dict, run_date: dt.date, seconds: float) -> str:
     llm_ratio = llm_mean / hybrid_per_user
     truncated = sum(u["truncated"] for u in pu)
     lines = [
-        f"Online Retail, run date {run_date}, window {m['weeks'][0]}..{m['weeks'][1]}: "
+        f"{m['dataset']}, run date {run_date}, window {m['weeks'][0]}..{m['weeks'][1]}: "
         f"{n} of {m['n_active']:,} active users (deterministic: ordered by xxhash64(user_id)); "
         f"tokens estimated as characters / 4; {seconds:.0f}s.",
         "",
@@ -218,7 +219,7 @@ def report(m: dict, run_date: dt.date, seconds: float) -> str:
         f"`llm` / `hybrid` LLM tokens ≥ 10x: {'met' if llm_ratio >= 10 else 'NOT met'}.",
         f"- A digest row replaces the event lines of one week and category: here "
         f"{sum(u['events'] for u in pu) / sum(u['digest_rows'] for u in pu):.1f} lines a row on average "
-        "(invoice lines only: this dataset has no views, clicks or searches), so raw / digest stays near "
+        "(Online Retail has invoice lines only: no views, clicks or searches), so raw / digest stays near "
         "the tokens of that many lines over one row's.",
         f"- The `llm` answer is JSON, longer than the digest text: the heuristic twin's JSON answer "
         f"is {med['json_answer']:,.0f} tokens (median) against {med['digest']:,.0f} for the digest.",
@@ -234,8 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warehouse", help="reuse this warehouse (storage.root) instead of building one")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--run-date", default="2011-12-09")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "tokens.md"))
+    parser.add_argument(
+        "--dataset", choices=["online_retail", "taobao"], default="online_retail",
+        help="online_retail (bundled, invoice lines only) or taobao (../shared/data/taobao_userbehavior: "
+        "views, favourites, carts, purchases; use --run-date 2017-12-03)",
+    )
+    parser.add_argument("--out", default=None, help="default bench/out/tokens[_DATASET].md")
     args = parser.parse_args(argv)
+    if args.out is None:
+        suffix = "" if args.dataset == "online_retail" else f"_{args.dataset}"
+        args.out = str(ROOT / "bench" / "out" / f"tokens{suffix}.md")
 
     from jobs.config import load_config
     from jobs.session import get_spark
@@ -246,8 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     if root is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench_tokens_")
         root = str(Path(tmp.name) / "warehouse")
+    extra = []
+    if args.dataset == "taobao":
+        path = ROOT.parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior.csv"
+        if not path.exists():
+            parser.error(f"{path} not found: the taobao dataset lives in ../shared/data/")
+        source = {"name": "taobao", "format": "taobao_userbehavior", "path": str(path), "timezone": "Asia/Shanghai"}
+        extra.append(f"ingest.sources=[{json.dumps(source)}]")
     conf = load_config(
-        overrides=[
+        overrides=extra + [
             f"storage.root={root}",
             f"run.date={run_date}",
             "spark.master=local[2]",
@@ -260,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warehouse is None:
         build_warehouse(spark, conf)
     m = measure(spark, conf, run_date, args.users)
+    m["dataset"] = {"online_retail": "Online Retail", "taobao": "Taobao UserBehavior"}[args.dataset]
     text = report(m, run_date, time.perf_counter() - started)
     print(text, flush=True)
     out = Path(args.out)

