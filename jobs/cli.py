@@ -35,6 +35,7 @@ STAGES: list[tuple[str, str]] = [
     ("compress", "jobs.compress"),
     ("cfv", "jobs.cfv"),
     ("portrait", "jobs.portrait"),
+    ("trends", "jobs.trends"),
 ]
 
 

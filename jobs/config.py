@@ -283,9 +283,13 @@ class TrendsConf(_Strict):
     sources: list[TrendSourceConf] = [
         TrendSourceConf(name="derived", kind="derived"),
     ]
-    # Retrieval (RAG): documents per seed and the lowest cosine similarity kept.
+    # Retrieval (RAG): documents per seed and the lowest cosine similarity kept, among
+    # documents published in the `document_days` before the run date (undated ones too).
     top_documents: int = Field(3, ge=0)
     min_relevance: float = Field(0.35, ge=-1, le=1)
+    document_days: int = Field(56, ge=1)
+    # Weeks of weekly "what is rising" notes a `derived` source writes per run.
+    note_weeks: int = Field(8, ge=1)
     # Long-form queries the agent writes per seed.
     queries_per_seed: int = Field(3, ge=1)
     # Normalisation: queries whose embeddings are at least this cosine-similar to a

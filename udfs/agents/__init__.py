@@ -6,7 +6,7 @@ import importlib
 
 from udfs.llm.agent import Agent
 
-NAMES = ("item_profile", "behavior_compression", "cfv_potential", "portrait")
+NAMES = ("item_profile", "behavior_compression", "cfv_potential", "portrait", "trend_query")
 
 
 def get(name: str) -> Agent:

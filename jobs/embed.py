@@ -1,0 +1,92 @@
+"""Embeddings with a Delta cache: a text is embedded once per model, ever.
+
+``silver.text_vectors`` holds (embedding_model, text_hash, text, vector, embedded_at).
+``embed_texts`` looks each distinct text up there, embeds only the missing ones (in
+``mapInPandas``, the model loaded once per Python worker: ``udfs.embedding``), appends them
+in one commit and returns the input rows with their vectors. A changed model gives a new
+``embedding_model`` and so new vectors; vectors of two models are never mixed.
+
+Example
+-------
+>>> vectors = embed_texts(spark, conf, queries_df, "query")     # + vector, embedding_model
+"""
+
+from __future__ import annotations
+
+import time
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs import tables
+from jobs.config import Config
+from udfs.embedding import EmbeddingSpec, embed_column, spec_from_conf
+
+TEXT_VECTORS = "silver.text_vectors"
+
+
+def text_hash(text: F.Column) -> F.Column:
+    """sha256 of the text, the cache key with the model id."""
+    return F.sha2(F.coalesce(text, F.lit("")), 256)
+
+
+def embed_texts(
+    spark: SparkSession,
+    conf: Config,
+    df: DataFrame,
+    text_col: str,
+    spec: EmbeddingSpec | None = None,
+    label: str = "embed",
+) -> DataFrame:
+    """``df`` + ``vector`` (array<float>, L2-normalised) and ``embedding_model``.
+
+    Texts already in ``silver.text_vectors`` for this model are not embedded again.
+    """
+    spec = spec or spec_from_conf(conf)
+    model_id = spec.model_id
+    distinct = df.select(F.col(text_col).alias("text")).filter(F.col("text").isNotNull()).distinct()
+    distinct = distinct.withColumn("text_hash", text_hash(F.col("text")))
+    cached = None
+    if tables.exists(spark, conf, TEXT_VECTORS):
+        cached = (
+            tables.read(spark, conf, TEXT_VECTORS)
+            .filter(F.col("embedding_model") == model_id)
+            .select("text_hash", "vector")
+        )
+        missing = distinct.join(cached, "text_hash", "left_anti")
+    else:
+        missing = distinct
+    # Cheap to count (text hashes only); it decides whether a model is loaded at all.
+    missing = missing.persist()
+    n_missing, n_total = missing.count(), distinct.count()
+    print(
+        f"{label}: {n_total:,} distinct texts, {n_total - n_missing:,} cached, {n_missing:,} to embed "
+        f"({model_id})",
+        flush=True,
+    )
+    if n_missing:
+        started = time.perf_counter()
+        # Spread the work over the cores: a few big partitions keep model batches full.
+        parts = max(1, min(spark.sparkContext.defaultParallelism, n_missing // 256 + 1))
+        new = (
+            missing.repartition(parts, "text_hash")
+            .transform(embed_column("text", spec))
+            .select("embedding_model", "text_hash", "text", "vector", F.current_timestamp().alias("embedded_at"))
+        )
+        tables.append(new, conf, TEXT_VECTORS)
+        seconds = time.perf_counter() - started
+        print(f"{label}: embedded {n_missing:,} texts in {seconds:.1f}s ({n_missing / seconds:,.0f}/s)", flush=True)
+    missing.unpersist()
+    vectors = (
+        tables.read(spark, conf, TEXT_VECTORS)
+        .filter(F.col("embedding_model") == model_id)
+        .select("text_hash", "vector")
+        # A crash between two appends of the same text could leave two rows: keep one.
+        .dropDuplicates(["text_hash"])
+    )
+    return (
+        df.withColumn("_text_hash", text_hash(F.col(text_col)))
+        .join(vectors.withColumnRenamed("text_hash", "_text_hash"), "_text_hash", "left")
+        .drop("_text_hash")
+        .withColumn("embedding_model", F.lit(model_id))
+    )

@@ -1,0 +1,180 @@
+"""Trend query agent: a seed's rising factors and trend documents -> selling points and queries.
+
+The source's step "summarise trend selling points and rewrite them into e-commerce-friendly
+queries" (e.g. "2025 children's dress trend, new styles, innovative colours").
+
+Input columns (one row per seed, built by ``jobs.trends``):
+
+- ``seed_kind`` (category, hot_term, growth_term), ``seed_text``, ``leaf_category``
+  (may be null for a term whose items are unknown), ``growth`` (may be null);
+- ``rising_json``: the category's rising factors ``[{factor_kind, factor, growth}]``;
+- ``documents_json``: the retrieved trend documents ``[{doc_id, source, title, text}]``
+  (untrusted text: delimited in the prompt, never obeyed).
+
+Context: ``as_of`` (ISO date), ``max_queries``.
+
+The check: at most ``max_queries`` queries, no two the same (ignoring case and spacing),
+none carrying prompt delimiters or line breaks.
+
+Example
+-------
+>>> row = {"seed_kind": "category", "seed_text": "christmas decorations",
+...        "leaf_category": "christmas decorations", "growth": 1.5,
+...        "rising_json": '[{"factor_kind": "material", "factor": "wood", "growth": 2.1}]',
+...        "documents_json": "[]"}
+>>> heuristic(row, {"as_of": "2011-11-01", "max_queries": 2}).queries
+['2012 christmas decorations trend, wood new styles', 'trending wood christmas decorations for winter restock']
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from udfs.llm.agent import Agent, AnswerError, Context, Row
+
+DOC_CHARS = 600  # of each document's text shown to the model
+
+
+class TrendQueries(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    selling_points: list[str] = Field(min_length=1, max_length=5)
+    queries: list[str] = Field(min_length=1, max_length=8)
+
+
+def season(day: dt.date) -> str:
+    """The season a retailer buys for now: the one about two months ahead (north)."""
+    month = (day + dt.timedelta(days=60)).month
+    return {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
+            6: "summer", 7: "summer", 8: "summer"}.get(month, "autumn")  # fmt: skip
+
+
+def trend_year(day: dt.date) -> int:
+    """The year a trend query names: next year from October on (buyers plan ahead)."""
+    return day.year + 1 if day.month >= 10 else day.year
+
+
+def _json(row: Row, column: str) -> list:
+    return json.loads(row.get(column) or "[]")
+
+
+def _category(row: Row) -> str:
+    return row.get("leaf_category") or row.get("seed_text") or ""
+
+
+def template_values(row: Row, context: Context) -> dict[str, object]:
+    as_of = dt.date.fromisoformat(str(context["as_of"]))
+    rising = "; ".join(
+        f"{r['factor']} ({r['factor_kind']}, {r['growth']:+.0%})" for r in _json(row, "rising_json")
+    )
+    docs = "\n".join(
+        f"[{i}] {d.get('title') or ''}: {(d.get('text') or '')[:DOC_CHARS]}"
+        for i, d in enumerate(_json(row, "documents_json"), 1)
+    )
+    growth = row.get("growth")
+    return {
+        "as_of": as_of.isoformat(),
+        "season": season(as_of),
+        "year": trend_year(as_of),
+        "seed_kind": row.get("seed_kind") or "",
+        "seed_text": row.get("seed_text") or "",
+        "category": _category(row),
+        "growth": "unknown" if growth is None else f"{growth:+.0%}",
+        "rising": rising or "(none)",
+        "documents": docs or "(none)",
+        "max_queries": int(context.get("max_queries", 3)),
+    }
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def _norm(text: str) -> str:
+    return _SPACES.sub(" ", text.strip().lower())
+
+
+def check(answer: TrendQueries, row: Row, context: Context) -> None:
+    """At most ``max_queries`` distinct single-line queries of 2 to 140 characters."""
+    limit = int(context.get("max_queries", 3))
+    if len(answer.queries) > limit:
+        raise AnswerError("out_of_vocabulary", f"{len(answer.queries)} queries, at most {limit} allowed")
+    seen: set[str] = set()
+    for text in list(answer.queries) + list(answer.selling_points):
+        if "<input>" in text or "</input>" in text or "\n" in text:
+            raise AnswerError("out_of_vocabulary", f"{text[:60]!r} carries a delimiter or a line break")
+    for q in answer.queries:
+        if not 2 <= len(q.strip()) <= 140:
+            raise AnswerError("out_of_vocabulary", f"query {q[:60]!r} must have 2 to 140 characters")
+        if _norm(q) in seen:
+            raise AnswerError("out_of_vocabulary", f"query {q!r} is repeated")
+        seen.add(_norm(q))
+    for p in answer.selling_points:
+        if not 1 <= len(p.strip()) <= 60:
+            raise AnswerError("out_of_vocabulary", f"selling point {p[:60]!r} must have 1 to 60 characters")
+
+
+def heuristic(row: Row, context: Context) -> TrendQueries:
+    """Template queries from the seed, the category's rising factors and the season.
+
+    Selling points: the rising factors as "<factor> <kind>"; without any, the seed itself.
+    """
+    as_of = dt.date.fromisoformat(str(context["as_of"]))
+    limit = int(context.get("max_queries", 3))
+    year, when = trend_year(as_of), season(as_of)
+    category = _category(row)
+    seed = row.get("seed_text") or category
+    factors = [r["factor"] for r in _json(row, "rising_json")]
+    points = [f"{r['factor']} {r['factor_kind']}"[:60] for r in _json(row, "rising_json")[:5]]
+    f1 = factors[0] if factors else "new"
+    pair = " and ".join(factors[:2]) if factors else "new"
+    if row.get("seed_kind") == "category" or seed == category:
+        candidates = [
+            f"{year} {category} trend, {pair} new styles",
+            f"trending {f1} {category} for {when} restock",
+            f"new {factors[2] if len(factors) > 2 else f1} {category} ideas for retailers",
+            f"best selling {category} this {when}, {pair}",
+        ]
+    else:
+        candidates = [
+            f"{year} {seed} {category} trend, new styles",
+            f"best selling {seed} {category} for {when} restock",
+            f"{seed} {f1} {category} wholesale ideas" if factors else f"new {seed} {category} ideas for retailers",
+            f"trending {seed} {category}, {pair}",
+        ]
+    queries: list[str] = []
+    for q in candidates:
+        q = _SPACES.sub(" ", q).strip()
+        if _norm(q) not in {_norm(x) for x in queries}:
+            queries.append(q[:140])
+    return TrendQueries(selling_points=points or [seed[:60] or "trend"], queries=queries[:limit])
+
+
+AGENT = Agent(
+    name="trend_query",
+    output_model=TrendQueries,
+    input_columns=("seed_kind", "seed_text", "leaf_category", "growth", "rising_json", "documents_json"),
+    template_values=template_values,
+    heuristic=heuristic,
+    heuristic_version="h1",
+    check=check,
+)
+
+
+_SEED = re.compile(r"Seed \(\w+\): <input>(.*?)</input>", re.DOTALL)
+
+
+def scripted_answer(body: dict) -> str:
+    """A ``responder`` for :class:`udfs.llm.scripted_server.ScriptedLLMServer`: two queries
+    and one selling point naming the seed of the request."""
+    user = body["messages"][1]["content"]
+    m = _SEED.search(user if isinstance(user, str) else "")
+    seed = m.group(1).strip() if m else "trend"
+    return json.dumps(
+        {
+            "selling_points": [f"{seed} new looks"[:60]],
+            "queries": [f"{seed} trend new styles for retailers", f"trending {seed} wholesale restock ideas"],
+        }
+    )
