@@ -1,0 +1,64 @@
+"""udfs/embedding.py and jobs/embed.py: the packaged model, Spark batching, the Delta cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs import tables
+from jobs.embed import TEXT_VECTORS, embed_texts
+from udfs.embedding import EmbeddingSpec, encode, spec_from_conf
+
+TEXTS = [
+    "white hanging heart t-light holder",
+    "heart shaped candle holder in white",
+    "set of 3 cake tins pantry design",
+    "baking tins vintage pantry set",
+    "red retrospot lunch bag",
+]
+
+
+def test_packaged_model_gives_normalised_384d_vectors_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    v = encode(TEXTS)
+    assert v.shape == (5, 384) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    sims = v @ v.T
+    np.fill_diagonal(sims, -1)
+    # each of the first four has its paraphrase as nearest neighbour
+    assert list(sims.argmax(axis=1)[:4]) == [1, 0, 3, 2]
+
+
+def test_unknown_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="neither"):
+        encode(["x"], EmbeddingSpec(model=str(tmp_path / "nope")))
+
+
+def test_spark_vectors_match_the_plain_model_row_by_row(spark, conf_factory):
+    conf = conf_factory()
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(TEXTS * 3)], "id int, text string").repartition(3)
+    got = {r.id: np.asarray(r.vector, dtype=np.float32) for r in embed_texts(spark, conf, df, "text").collect()}
+    expected = encode(TEXTS)
+    assert len(got) == 15
+    for i, vec in got.items():
+        # a vector attached to the wrong row would match another text's vector instead
+        assert np.allclose(vec, expected[i % 5], atol=1e-4), i
+
+
+def test_cache_embeds_each_text_once_per_model(spark, conf_factory, capsys):
+    conf = conf_factory()
+    spec = spec_from_conf(conf)
+    first = spark.createDataFrame([(t,) for t in TEXTS[:3]], "text string")
+    embed_texts(spark, conf, first, "text").collect()
+    assert tables.read(spark, conf, TEXT_VECTORS).count() == 3
+    both = spark.createDataFrame([(t,) for t in TEXTS + [None]], "text string")
+    rows = embed_texts(spark, conf, both, "text").collect()
+    out = capsys.readouterr().out
+    assert "5 distinct texts, 3 cached, 2 to embed" in out
+    cache = tables.read(spark, conf, TEXT_VECTORS)
+    assert cache.count() == 5 and {r.embedding_model for r in cache.collect()} == {spec.model_id}
+    assert sum(r.vector is None for r in rows) == 1  # the null text has no vector, and no cache row
+    # the same texts again: nothing to embed, the table is unchanged
+    embed_texts(spark, conf, both, "text").collect()
+    assert "5 cached, 0 to embed" in capsys.readouterr().out
+    assert tables.read(spark, conf, TEXT_VECTORS).count() == 5
