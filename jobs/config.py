@@ -294,7 +294,8 @@ class TrendsConf(_Strict):
     queries_per_seed: int = Field(3, ge=1)
     # Normalisation: queries whose embeddings are at least this cosine-similar to a
     # cluster's leader join it; `cluster_neighbors` nearest neighbours examined each round.
-    cluster_threshold: float = Field(0.8, gt=0, le=1)
+    # 0.85 scored best on near-duplicate product texts (docs/benchmarks.md).
+    cluster_threshold: float = Field(0.85, gt=0, le=1)
     cluster_neighbors: int = Field(32, ge=2)
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 os.chdir(ROOT)
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-OUT = ROOT / "data" / "trend_corpus" / "online_retail_weekly_notes.jsonl"
+OUT = ROOT / "data" / "trend_corpus" / "weekly_notes" / "online_retail.jsonl"
 
 
 def main(argv: list[str] | None = None) -> int:

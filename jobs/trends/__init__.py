@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections import Counter
 
@@ -36,7 +37,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs import tables
-from jobs.aggregate import resolve_run_date
+from jobs.aggregate import UNKNOWN_CATEGORY, resolve_run_date
 from jobs.categorize import load_rules
 from jobs.config import Config
 from jobs.embed import embed_texts
@@ -92,14 +93,18 @@ def retrieve(
     if tc.top_documents == 0:
         return {}
     oldest = dt.datetime.combine(run_date - dt.timedelta(days=tc.document_days), dt.time())
-    docs = documents.filter(F.col("published_at").isNull() | (F.col("published_at") >= F.lit(oldest))).withColumn(
-        "doc_text", F.concat_ws(". ", "title", F.substring("text", 1, 1000))
-    )
+    docs = documents.filter(
+        F.col("published_at").isNull() | (F.col("published_at") >= F.lit(oldest))
+    ).withColumn("doc_text", F.concat_ws(". ", "title", F.substring("text", 1, 1000)))
     doc_rows = embed_texts(spark, conf, docs, "doc_text", label="trends: documents").collect()
     if not doc_rows:
         return {}
     seed_rows = embed_texts(
-        spark, conf, _seed_search_text(seeds).select("seed_id", "search_text"), "search_text", label="trends: seeds"
+        spark,
+        conf,
+        _seed_search_text(seeds).select("seed_id", "search_text"),
+        "search_text",
+        label="trends: seeds",
     ).collect()
     d = np.asarray([r["vector"] for r in doc_rows], dtype=np.float32)
     s = np.asarray([r["vector"] for r in seed_rows], dtype=np.float32)
@@ -137,8 +142,8 @@ def agent_inputs(spark: SparkSession, seeds: DataFrame, retrieved: dict[str, lis
 
 def generate(conf: Config, inputs: DataFrame, run_date: dt.date) -> DataFrame:
     """seed_id, output (TrendQueries), status, error_class, model, prompt_version, ...: one
-    row per seed; a failed LLM answer carries the heuristic's output (``status`` stays
-    ``failed`` so the failure shows)."""
+    row per seed; a failed LLM answer carries the heuristic's output, model and prompt
+    version (``status`` stays ``failed`` so the failure shows)."""
     context = {"as_of": run_date.isoformat(), "max_queries": conf.trends.queries_per_seed}
     name = trend_query.AGENT.name
     run = run_agent(inputs, trend_query.AGENT, conf, ["seed_id"], context)
@@ -153,9 +158,25 @@ def generate(conf: Config, inputs: DataFrame, run_date: dt.date) -> DataFrame:
     return (
         run.output.join(fallback, "seed_id", "left")
         .withColumn("output", F.when(ok, F.col("output")).otherwise(F.col("_fallback")))
-        .withColumn("prompt_version", F.when(ok, F.col("prompt_version")).otherwise(F.col("_fallback_version")))
+        .withColumn(
+            "prompt_version", F.when(ok, F.col("prompt_version")).otherwise(F.col("_fallback_version"))
+        )
+        # Who wrote the queries: the model, or the heuristic for a failed answer.
+        .withColumn("model", F.when(ok, F.col("model")).otherwise(F.lit("heuristic")))
         .drop("_fallback", "_fallback_version")
     )
+
+
+def query_growth(query: str, rising: list, seed_growth: float | None) -> float | None:
+    """The growth a query stands for: the highest growth of the seed's rising factors it
+    names (as whole words), else the seed's own growth."""
+    text = query.lower()
+    named = [
+        r["growth"]
+        for r in rising or []
+        if re.search(rf"(?<!\w){re.escape(r['factor'].lower())}(?!\w)", text)
+    ]
+    return max(named) if named else seed_growth
 
 
 def _mode(values: list) -> object:
@@ -233,13 +254,20 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     window = events.filter(
         (F.col("dt") <= F.lit(run_date)) & (F.col("dt") > F.lit(run_date - dt.timedelta(days=span_days)))
     )
+    rules = load_rules(conf.aggregate.category_rules)
     activity = signals.factor_activity(
-        window, item_cats, profiles, load_rules(conf.aggregate.category_rules), conf.cfv.event_weights,
+        window, item_cats, profiles, rules, conf.cfv.event_weights,
         conf.cfv.exclude_kinds,
     ).persist()  # fmt: skip
 
     trends = signals.category_trends(
-        activity, run_date, tc.recent_weeks, tc.baseline_weeks, tc.min_support, tc.min_lift, tc.rising_per_category
+        activity,
+        run_date,
+        tc.recent_weeks,
+        tc.baseline_weeks,
+        tc.min_support,
+        tc.min_lift,
+        tc.rising_per_category,
     ).withColumn("as_of", F.lit(run_date))
     tables.overwrite(trends, conf, CATEGORY_TRENDS)
     trends = tables.read(spark, conf, CATEGORY_TRENDS)
@@ -247,17 +275,26 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     _stage("category trends", started, rows=n_trends)
 
     titles = profiles.select("item_id", F.coalesce("short_title", "title").alias("title"))
+    searches = tables.read(spark, conf, "silver.search_terms_weekly").filter(F.col("term_source") == "search")
+    if searches.limit(1).count():
+        terms_weekly = searches
+        term_cats = signals.term_categories(
+            window, item_cats, conf.cfv.event_weights, conf.aggregate.min_term_length
+        )
+    else:  # no searches in the data (Online Retail): hot and growing factor values instead
+        terms_weekly, term_cats = signals.factor_terms_weekly(activity), signals.factor_categories(activity)
     seeds = signals.seed_queries(
         signals.category_activity(activity, run_date, tc.recent_weeks, tc.baseline_weeks),
         trends,
-        tables.read(spark, conf, "silver.search_terms_weekly"),
-        signals.term_categories(window, item_cats, conf.cfv.event_weights, conf.aggregate.min_term_length),
+        terms_weekly,
+        term_cats,
         run_date,
         tc.recent_weeks,
         tc.seed_categories,
         tc.hot_terms,
         tc.growth_terms,
         tc.min_term_support,
+        exclude_categories=(rules.fallback, UNKNOWN_CATEGORY),
     ).withColumn("as_of", F.lit(run_date))
     tables.overwrite(seeds, conf, SEEDS)
     seeds = tables.read(spark, conf, SEEDS)
@@ -274,7 +311,10 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         spark,
         conf,
         run_date,
-        seeds=[{"seed_id": s["seed_id"], "text": s["seed_text"], "category": s["leaf_category"]} for s in seed_list],
+        seeds=[
+            {"seed_id": s["seed_id"], "text": s["seed_text"], "category": s["leaf_category"]}
+            for s in seed_list
+        ],
         derived=derived,
     )
     activity.unpersist()
@@ -285,9 +325,19 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     inputs = agent_inputs(spark, seeds, retrieved)
     answers = generate(conf, inputs, run_date)
     generated = (
-        answers.join(seeds.select("seed_id", "seed_text", "leaf_category", "growth", "support"), "seed_id")
+        answers.join(
+            seeds.select("seed_id", "seed_text", "leaf_category", "growth", "support", "rising"), "seed_id"
+        )
         .select(
-            "seed_id", "seed_text", "leaf_category", "growth", "support", "status", "model", "prompt_version",
+            "seed_id",
+            "seed_text",
+            "leaf_category",
+            "growth",
+            "support",
+            "rising",
+            "status",
+            "model",
+            "prompt_version",
             F.col("output.selling_points").alias("selling_points"),
             F.explode("output.queries").alias("query"),
         )  # fmt: skip
@@ -297,6 +347,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     rows = [r.asDict() for r in generated.orderBy("seed_id", "query").collect()]
     failed = len({r["seed_id"] for r in rows if r["status"] == "failed"})
     for r in rows:
+        r["growth"] = query_growth(r["query"], r["rising"], r["growth"])
         docs = retrieved.get(r["seed_id"], [])
         r["doc_ids"] = [d["doc_id"] for d in docs]
         r["sources"] = sorted({d["source"] for d in docs})

@@ -193,7 +193,38 @@ def term_categories(
         .agg(F.sum("weight").alias("w"))
     )
     best = Window.partitionBy("term").orderBy(F.desc("w"), "leaf_category")
-    return counted.withColumn("_r", F.row_number().over(best)).filter("_r = 1").select("term", "leaf_category")
+    return (
+        counted.withColumn("_r", F.row_number().over(best)).filter("_r = 1").select("term", "leaf_category")
+    )
+
+
+def factor_terms_weekly(activity: DataFrame) -> DataFrame:
+    """term, week_start, n, growth: decision factor values counted like search terms
+    (events per ISO week, week-over-week growth), the hot and growing "terms" of data
+    without searches, where title words would be noise ("please", "hot", "set")."""
+    per_week = (
+        activity.withColumn("week_start", week_start(F.col("dt")))
+        .groupBy(F.col("factor").alias("term"), "week_start")
+        .agg(F.countDistinct("event_id").alias("n"))
+    )
+    prev = per_week.select(
+        "term", F.date_add("week_start", 7).alias("week_start"), F.col("n").alias("prev_n")
+    )
+    return per_week.join(prev, ["term", "week_start"], "left").select(
+        "term",
+        "week_start",
+        "n",
+        F.when(F.col("prev_n") > 0, F.round(F.col("n") / F.col("prev_n") - 1, 4)).alias("growth"),
+    )
+
+
+def factor_categories(activity: DataFrame) -> DataFrame:
+    """term, leaf_category: the category where a factor value carries the most activity."""
+    counted = activity.groupBy(F.col("factor").alias("term"), "leaf_category").agg(F.sum("weight").alias("w"))
+    best = Window.partitionBy("term").orderBy(F.desc("w"), "leaf_category")
+    return (
+        counted.withColumn("_r", F.row_number().over(best)).filter("_r = 1").select("term", "leaf_category")
+    )
 
 
 def _rising_per_category(trends: DataFrame) -> DataFrame:
@@ -217,8 +248,12 @@ def seed_queries(
     n_hot: int,
     n_growth: int,
     min_term_support: int,
+    exclude_categories: tuple[str, ...] = (),
 ) -> DataFrame:
     """seed_id, seed_kind, seed_text, leaf_category, support, growth, rising.
+
+    Categories in ``exclude_categories`` (catch-alls such as "other") are no seed and
+    no term's category.
 
     - ``category``: the ``n_categories`` categories with the most recent activity
       (``category_activity``); growth = their activity rate against the baseline;
@@ -231,7 +266,10 @@ def seed_queries(
     term that is both hot and growing is kept once, as a growth term.
     """
     cat_seeds = (
-        categories.orderBy(F.desc("recent_weight"), "leaf_category")
+        categories.filter(
+            ~F.col("leaf_category").isin(*exclude_categories) if exclude_categories else F.lit(True)
+        )
+        .orderBy(F.desc("recent_weight"), "leaf_category")
         .limit(n_categories)
         .select(
             F.lit("category").alias("seed_kind"),
@@ -277,7 +315,13 @@ def seed_queries(
     )
     term_seeds = (
         growing.unionByName(hot.join(growing.select("seed_text"), "seed_text", "left_anti"))
-        .join(term_cats.withColumnRenamed("term", "seed_text"), "seed_text", "left")
+        .join(
+            term_cats.withColumnRenamed("term", "seed_text").filter(
+                ~F.col("leaf_category").isin(*exclude_categories) if exclude_categories else F.lit(True)
+            ),
+            "seed_text",
+            "left",
+        )
         .select("seed_kind", "seed_text", "leaf_category", "support", "growth")
     )
     return (
@@ -351,7 +395,10 @@ def weekly_notes(
                 F.col("_vocab"),
             ),
         )  # fmt: skip
-        .filter((F.col("recent_weight") >= min_support) & (F.col("lift") >= min_lift))
+        # A category's first week has nothing to rise against.
+        .filter(
+            (F.col("recent_weight") >= min_support) & (F.col("lift") >= min_lift) & (F.col("_b_total") > 0)
+        )
     )
     order = Window.partitionBy("leaf_category", "week_start").orderBy(
         F.desc("lift"), F.desc("recent_weight"), "factor"

@@ -23,7 +23,7 @@ Example
 ...        "rising_json": '[{"factor_kind": "material", "factor": "wood", "growth": 2.1}]',
 ...        "documents_json": "[]"}
 >>> heuristic(row, {"as_of": "2011-11-01", "max_queries": 2}).queries
-['2012 christmas decorations trend, wood new styles', 'trending wood christmas decorations for winter restock']
+['wood christmas decorations 2012 trend']
 """
 
 from __future__ import annotations
@@ -117,39 +117,38 @@ def check(answer: TrendQueries, row: Row, context: Context) -> None:
 
 
 def heuristic(row: Row, context: Context) -> TrendQueries:
-    """Template queries from the seed, the category's rising factors and the season.
+    """Template queries, one topic each, so that two seeds naming the same trend write
+    the same query (and normalisation merges them):
 
-    Selling points: the rising factors as "<factor> <kind>"; without any, the seed itself.
+    - a category seed: ``"<factor> <category> <year> trend"`` per rising factor, strongest
+      first (``"<category> <year> trend, new styles"`` without any);
+    - a term seed: ``"<term> <category> <year> trend"``, then
+      ``"new <term> <category> for <season>"``.
+
+    Selling points: the rising factors as "<factor> <kind>" (a term seed's own term first);
+    without any, the seed itself.
     """
     as_of = dt.date.fromisoformat(str(context["as_of"]))
     limit = int(context.get("max_queries", 3))
     year, when = trend_year(as_of), season(as_of)
     category = _category(row)
     seed = row.get("seed_text") or category
-    factors = [r["factor"] for r in _json(row, "rising_json")]
-    points = [f"{r['factor']} {r['factor_kind']}"[:60] for r in _json(row, "rising_json")[:5]]
-    f1 = factors[0] if factors else "new"
-    pair = " and ".join(factors[:2]) if factors else "new"
+    rising = _json(row, "rising_json")
+    points = [f"{r['factor']} {r['factor_kind']}"[:60] for r in rising]
     if row.get("seed_kind") == "category" or seed == category:
-        candidates = [
-            f"{year} {category} trend, {pair} new styles",
-            f"trending {f1} {category} for {when} restock",
-            f"new {factors[2] if len(factors) > 2 else f1} {category} ideas for retailers",
-            f"best selling {category} this {when}, {pair}",
-        ]
+        candidates = [f"{r['factor']} {category} {year} trend" for r in rising]
+        candidates = candidates or [f"{category} {year} trend, new styles"]
     else:
-        candidates = [
-            f"{year} {seed} {category} trend, new styles",
-            f"best selling {seed} {category} for {when} restock",
-            f"{seed} {f1} {category} wholesale ideas" if factors else f"new {seed} {category} ideas for retailers",
-            f"trending {seed} {category}, {pair}",
-        ]
+        topic = seed if category in ("", seed) else f"{seed} {category}"
+        candidates = [f"{topic} {year} trend", f"new {topic} for {when}"]
+        own = [p for p in points if p.split(" ")[0] == seed]
+        points = own + [p for p in points if p not in own] if own else [seed[:60]] + points
     queries: list[str] = []
     for q in candidates:
-        q = _SPACES.sub(" ", q).strip()
+        q = _SPACES.sub(" ", q).strip()[:140]
         if _norm(q) not in {_norm(x) for x in queries}:
-            queries.append(q[:140])
-    return TrendQueries(selling_points=points or [seed[:60] or "trend"], queries=queries[:limit])
+            queries.append(q)
+    return TrendQueries(selling_points=points[:5] or [seed[:60] or "trend"], queries=queries[:limit])
 
 
 AGENT = Agent(
