@@ -442,7 +442,7 @@ def weekly_notes(
     text = F.concat(
         F.lit("In the week of "), F.date_format("week_start", "d MMMM yyyy"), F.lit(", "),
         F.col("n_buyers").cast("string"), F.lit(" buyers were active in "), F.col("leaf_category"),
-        F.lit(". Rising against the previous "), F.lit(str(baseline_weeks)), F.lit(" weeks: "),
+        F.lit(". Rising against the up to "), F.lit(str(baseline_weeks)), F.lit(" weeks before: "),
         F.array_join(phrase, "; "), F.lit(". Best sellers: "),
         F.array_join(F.transform("best", lambda x: F.initcap(x["t"])), "; "), F.lit("."),
     )  # fmt: skip
