@@ -36,6 +36,7 @@ STAGES: list[tuple[str, str]] = [
     ("cfv", "jobs.cfv"),
     ("portrait", "jobs.portrait"),
     ("trends", "jobs.trends"),
+    ("u2q", "jobs.u2q"),
 ]
 
 

@@ -299,6 +299,66 @@ class TrendsConf(_Strict):
     cluster_neighbors: int = Field(32, ge=2)
 
 
+class U2QConf(_Strict):
+    """jobs/u2q: demand queries per user."""
+
+    # Queries per user of each kind.
+    personal: int = Field(3, ge=0)
+    trend: int = Field(2, ge=0)
+    exploration: int = Field(2, ge=0)
+    # Candidates shown to the agent: the user's top categories (portrait), trend queries
+    # in the user's categories, adjacent categories the user never bought.
+    top_categories: int = Field(3, ge=1)
+    trend_candidates: int = Field(5, ge=0)
+    exploration_candidates: int = Field(3, ge=0)
+    # An adjacent category needs this many buyers who buy both.
+    min_copurchase_buyers: int = Field(5, ge=1)
+
+
+class IndexConf(_Strict):
+    """jobs/index: FAISS shards of the item vectors."""
+
+    # hash: items spread evenly; category: one category per shard (big ones split by hash).
+    shard_by: Literal["hash", "category"] = "hash"
+    shard_size: int = Field(50_000, ge=1)
+    # auto: flat below `flat_below` items a shard, HNSW above (udfs/vector_index.py).
+    kind: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
+    flat_below: int = Field(20_000, ge=1)
+    seed: int = 0
+    # Where shard files go (default: <storage.root>/indexes).
+    path: str | None = None
+
+
+class Q2IConf(_Strict):
+    """jobs/q2i: query -> item candidates from the FAISS shards."""
+
+    k: int = Field(50, ge=1)
+    nprobe: int = Field(16, ge=1)
+    ef_search: int = Field(128, ge=1)
+    # Candidates at least this similar are kept whatever the personal weighting says
+    # (the source's "non-personalised high-relevance" path).
+    high_relevance: float = Field(0.6, ge=-1, le=1)
+    # Personalised dynamic weighting: score = relevance x kind weight + cfv_match x share of
+    # the item's factors in the user's CFV for its category + price_band if the user buys
+    # that band there.
+    kind_weights: dict[str, float] = {"personal": 1.0, "trend": 0.9, "exploration": 0.8}
+    cfv_match: float = 0.15
+    price_band: float = 0.05
+    per_query: int = Field(20, ge=1)
+
+
+class RankConf(_Strict):
+    """jobs/rank: one scoring of the candidates, diversity, top-K per user."""
+
+    top_k: int = Field(20, ge=1)
+    weights: dict[str, float] = {"relevance": 1.0, "personalisation": 0.5, "discovery": 0.3, "trend": 0.2}
+    # At most this many items of one category in a user's list.
+    max_per_category: int = Field(5, ge=1)
+    # Items the user bought before: exclude, demote (score x bought_factor) or keep.
+    bought: Literal["exclude", "demote", "keep"] = "demote"
+    bought_factor: float = Field(0.5, ge=0, le=1)
+
+
 class Config(_Strict):
     run: RunConf = RunConf()
     spark: SparkConf = SparkConf()
@@ -310,6 +370,10 @@ class Config(_Strict):
     cfv: CFVConf = CFVConf()
     embedding: EmbeddingConf = EmbeddingConf()
     trends: TrendsConf = TrendsConf()
+    u2q: U2QConf = U2QConf()
+    index: IndexConf = IndexConf()
+    q2i: Q2IConf = Q2IConf()
+    rank: RankConf = RankConf()
     llm: LLMConf = LLMConf()
 
 

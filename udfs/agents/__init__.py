@@ -6,7 +6,7 @@ import importlib
 
 from udfs.llm.agent import Agent
 
-NAMES = ("item_profile", "behavior_compression", "cfv_potential", "portrait", "trend_query")
+NAMES = ("item_profile", "behavior_compression", "cfv_potential", "portrait", "trend_query", "u2q")
 
 
 def get(name: str) -> Agent:

@@ -1,0 +1,185 @@
+"""U2Q agent: a buyer's portrait, preferences and candidates -> demand queries with reasons.
+
+The source's "U2Q (user-to-query generation)": per buyer a handful of explicit queries of
+three kinds, each with a target category and a one-line reason:
+
+- ``personal``: what the buyer already buys, phrased with the factors they choose by
+  (long-term and recent CFV) and the potential factors buyers like them add;
+- ``trend``: rising trend queries (``gold.trend_queries``) in the buyer's categories;
+- ``exploration``: adjacent categories the buyer never bought, which buyers of the
+  buyer's main categories also buy (category co-purchase), framed by the buyer's business.
+
+Input columns (one row per user, built by ``jobs.u2q.agent_inputs``): ``buyer_type``,
+``summary``, ``personal_json`` ([{category, share, long_term, recent, potential}]),
+``trend_json`` ([{trend_query_id, query, category, selling_points, growth}]),
+``exploration_json`` ([{category, from_category, buyers_share, factors}]).
+Context: ``counts`` ({personal, trend, exploration}: queries of each kind).
+
+The check: kinds and counts as configured, every category one of the candidates of its
+kind, single-line queries of at most 120 characters, no query twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from udfs.llm.agent import Agent, AnswerError, Context, Row
+
+KINDS = ("personal", "trend", "exploration")
+
+
+class DemandQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(pattern="^(personal|trend|exploration)$")
+    query: str = Field(min_length=2, max_length=120)
+    category: str = Field(min_length=1)
+    reason: str = Field(min_length=1, max_length=200)
+
+
+class UserQueries(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[DemandQuery] = Field(max_length=20)
+
+
+def _json(row: Row, column: str) -> list:
+    return json.loads(row.get(column) or "[]")
+
+
+def allowed_categories(row: Row) -> dict[str, set[str]]:
+    """Per kind, the categories a query of that kind may target."""
+    return {
+        "personal": {c["category"] for c in _json(row, "personal_json")},
+        "trend": {t["category"] for t in _json(row, "trend_json") if t.get("category")},
+        "exploration": {e["category"] for e in _json(row, "exploration_json")},
+    }
+
+
+def _factors(items: list[dict], n: int) -> str:
+    return ", ".join(f["factor"] for f in items[:n])
+
+
+def template_values(row: Row, context: Context) -> dict[str, object]:
+    counts = context.get("counts", {})
+    personal = "\n".join(
+        f"- {c['category']} ({c['share']:.0%} of spend): long-term {_factors(c['long_term'], 5) or '-'}; "
+        f"recent {_factors(c['recent'], 3) or '-'}; buyers like them add {_factors(c['potential'], 3) or '-'}"
+        for c in _json(row, "personal_json")
+    )
+    trends = "\n".join(
+        f"- [{t['category']}] {t['query']} (selling points: {', '.join(t['selling_points'][:3])})"
+        for t in _json(row, "trend_json")
+    )
+    explore = "\n".join(
+        f"- {e['category']}: {e['buyers_share']:.0%} of {e['from_category']} buyers also buy it; "
+        f"popular: {', '.join(e['factors'][:3]) or '-'}"
+        for e in _json(row, "exploration_json")
+    )
+    return {
+        "buyer_type": row.get("buyer_type") or "unknown",
+        "summary": row.get("summary") or "",
+        "personal": personal or "(none)",
+        "trends": trends or "(none)",
+        "exploration": explore or "(none)",
+        "n_personal": int(counts.get("personal", 3)),
+        "n_trend": int(counts.get("trend", 2)),
+        "n_exploration": int(counts.get("exploration", 2)),
+    }
+
+
+_SPACES = re.compile(r"\s+")
+
+
+def check(answer: UserQueries, row: Row, context: Context) -> None:
+    """Counts per kind at most as configured; categories from the kind's candidates."""
+    counts = context.get("counts", {})
+    allowed = allowed_categories(row)
+    seen: set[str] = set()
+    per_kind = dict.fromkeys(KINDS, 0)
+    for q in answer.queries:
+        per_kind[q.kind] += 1
+        if q.category not in allowed[q.kind]:
+            raise AnswerError(
+                "out_of_vocabulary", f"{q.kind} query category {q.category!r} is not a candidate"
+            )
+        if "\n" in q.query or "<input>" in q.query or "</input>" in q.query:
+            raise AnswerError("out_of_vocabulary", f"query {q.query[:60]!r} is not a single clean line")
+        key = _SPACES.sub(" ", q.query.strip().lower())
+        if key in seen:
+            raise AnswerError("out_of_vocabulary", f"query {q.query!r} is repeated")
+        seen.add(key)
+    for kind, n in per_kind.items():
+        if n > int(counts.get(kind, 3)):
+            raise AnswerError("out_of_vocabulary", f"{n} {kind} queries, at most {counts.get(kind)} allowed")
+
+
+def heuristic(row: Row, context: Context) -> UserQueries:
+    """Template queries from the candidates, strongest first:
+
+    - personal: ``"<f1> <f2> <category>"`` from the recent, then long-term factors of the
+      top categories; the last slot, where a category has potential factors, is
+      ``"<potential factor> <category>"`` (a new factor in a known category);
+    - trend: the trend queries as they are;
+    - exploration: ``"<popular factor> <category>"`` of the adjacent categories.
+    """
+    counts = context.get("counts", {})
+    n_personal, n_trend, n_explore = (int(counts.get(k, d)) for k, d in zip(KINDS, (3, 2, 2), strict=True))
+    out: list[DemandQuery] = []
+    seen: set[str] = set()
+
+    def add(kind: str, query: str, category: str, reason: str) -> None:
+        query = _SPACES.sub(" ", query).strip()[:120]
+        if query.lower() not in seen:
+            seen.add(query.lower())
+            out.append(DemandQuery(kind=kind, query=query, category=category, reason=reason[:200]))
+
+    personal = _json(row, "personal_json")
+    with_potential = [c for c in personal if c["potential"]]
+    n_known = n_personal - 1 if with_potential and n_personal > 1 else n_personal
+    for c in personal[:n_known]:
+        own = [f["factor"] for f in c["recent"]] + [f["factor"] for f in c["long_term"]]
+        own = list(dict.fromkeys(own))[:2]
+        add("personal", f"{' '.join(own)} {c['category']}", c["category"],
+            f"You buy {c['category']} ({c['share']:.0%} of your spend)"
+            + (f", choosing {', '.join(own)}" if own else ""))  # fmt: skip
+    if with_potential and n_personal > len([q for q in out if q.kind == "personal"]):
+        c = with_potential[0]
+        p = c["potential"][0]["factor"]
+        add("personal", f"{p} {c['category']}", c["category"],
+            f"Buyers of {c['category']} with your taste also choose {p}")  # fmt: skip
+    for t in _json(row, "trend_json")[:n_trend]:
+        points = ", ".join(t["selling_points"][:2])
+        add("trend", t["query"], t["category"],
+            f"Rising in {t['category']}" + (f": {points}" if points else ""))  # fmt: skip
+    for e in _json(row, "exploration_json")[:n_explore]:
+        factor = e["factors"][0] if e["factors"] else "best selling"
+        add("exploration", f"{factor} {e['category']}", e["category"],
+            f"New for you: {e['buyers_share']:.0%} of {e['from_category']} buyers also buy {e['category']}")  # fmt: skip
+    return UserQueries(queries=out)
+
+
+AGENT = Agent(
+    name="u2q",
+    output_model=UserQueries,
+    input_columns=("buyer_type", "summary", "personal_json", "trend_json", "exploration_json"),
+    template_values=template_values,
+    heuristic=heuristic,
+    heuristic_version="h1",
+    check=check,
+)
+
+
+def scripted_answer(body: dict) -> str:
+    """A ``responder`` for the scripted test server: one personal query on the first
+    category listed under "Personal", or no query."""
+    user = body["messages"][1]["content"]
+    text = user if isinstance(user, str) else ""
+    m = re.search(r"Personal:\n<input>- (.+?) \(", text)
+    if not m:
+        return json.dumps({"queries": []})
+    category = m.group(1)
+    q = {"kind": "personal", "query": f"best {category} for my shop", "category": category,
+         "reason": f"you buy {category}"}  # fmt: skip
+    return json.dumps({"queries": [q]})
