@@ -37,6 +37,10 @@ STAGES: list[tuple[str, str]] = [
     ("portrait", "jobs.portrait"),
     ("trends", "jobs.trends"),
     ("u2q", "jobs.u2q"),
+    ("embed", "jobs.embed"),
+    ("index", "jobs.index"),
+    ("q2i", "jobs.q2i"),
+    ("rank", "jobs.rank"),
 ]
 
 

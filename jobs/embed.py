@@ -71,11 +71,16 @@ def embed_texts(
         new = (
             missing.repartition(parts, "text_hash")
             .transform(embed_column("text", spec))
-            .select("embedding_model", "text_hash", "text", "vector", F.current_timestamp().alias("embedded_at"))
+            .select(
+                "embedding_model", "text_hash", "text", "vector", F.current_timestamp().alias("embedded_at")
+            )
         )
         tables.append(new, conf, TEXT_VECTORS)
         seconds = time.perf_counter() - started
-        print(f"{label}: embedded {n_missing:,} texts in {seconds:.1f}s ({n_missing / seconds:,.0f}/s)", flush=True)
+        print(
+            f"{label}: embedded {n_missing:,} texts in {seconds:.1f}s ({n_missing / seconds:,.0f}/s)",
+            flush=True,
+        )
     missing.unpersist()
     vectors = (
         tables.read(spark, conf, TEXT_VECTORS)
@@ -90,3 +95,39 @@ def embed_texts(
         .drop("_text_hash")
         .withColumn("embedding_model", F.lit(model_id))
     )
+
+
+# --- the stage: item vectors ------------------------------------------------------------
+
+ITEM_VECTORS = "silver.item_vectors"
+
+
+def item_texts(profiles: DataFrame) -> DataFrame:
+    """item_id, vector_id, leaf_category, price_band, text: what an item is, for the model.
+
+    ``text`` = short title, category and factor values (``"Jumbo Bag Red Retrospot. bags.
+    jumbo, red, retrospot"``), so a query naming a category or a factor finds the item.
+    ``vector_id`` = xxhash64 of the item id: the int64 id FAISS stores.
+    """
+    factors = F.array_join(F.transform("decision_factors", lambda f: f["value"]), ", ")
+    title = F.coalesce("short_title", "title")
+    return profiles.filter(title.isNotNull()).select(
+        "item_id",
+        F.xxhash64("item_id").alias("vector_id"),
+        "leaf_category",
+        "price_band",
+        F.concat_ws(". ", title, "leaf_category", F.when(F.length(factors) > 0, factors)).alias("text"),
+    )
+
+
+def run(spark: SparkSession, conf: Config) -> dict[str, int]:
+    """Write ``silver.item_vectors`` (every profiled item with a title); only texts new to
+    the cache are embedded. User query vectors are embedded by ``jobs.q2i`` the same way."""
+    profiles = tables.read(spark, conf, "silver.item_profiles")
+    items = item_texts(profiles)
+    vectors = embed_texts(spark, conf, items, "text", label="embed: items")
+    tables.overwrite(vectors, conf, ITEM_VECTORS)
+    out = tables.read(spark, conf, ITEM_VECTORS)
+    n, missing = out.count(), out.filter(F.col("vector").isNull()).count()
+    print(f"embed: {ITEM_VECTORS} {n:,} items, without a vector {missing:,}", flush=True)
+    return {"items": n, "without_vector": missing}
