@@ -107,13 +107,14 @@ def item_texts(profiles: DataFrame) -> DataFrame:
 
     ``text`` = short title, category and factor values (``"Jumbo Bag Red Retrospot. bags.
     jumbo, red, retrospot"``), so a query naming a category or a factor finds the item.
-    ``vector_id`` = xxhash64 of the item id: the int64 id FAISS stores.
+    ``vector_id`` = xxhash64 of the item id without its sign bit: the non-negative int64
+    id FAISS stores (-1 means "no result" there).
     """
     factors = F.array_join(F.transform("decision_factors", lambda f: f["value"]), ", ")
     title = F.coalesce("short_title", "title")
     return profiles.filter(title.isNotNull()).select(
         "item_id",
-        F.xxhash64("item_id").alias("vector_id"),
+        F.xxhash64("item_id").bitwiseAND(F.lit(0x7FFFFFFFFFFFFFFF)).alias("vector_id"),
         "leaf_category",
         "price_band",
         F.concat_ws(". ", title, "leaf_category", F.when(F.length(factors) > 0, factors)).alias("text"),
