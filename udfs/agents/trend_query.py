@@ -134,7 +134,11 @@ def heuristic(row: Row, context: Context) -> TrendQueries:
     category = _category(row)
     seed = row.get("seed_text") or category
     rising = _json(row, "rising_json")
-    points = [f"{r['factor']} {r['factor_kind']}"[:60] for r in rising]
+    # "red colour", "owl theme"; a factor that names its kind already ("pack of 3") as it is
+    points = [
+        (r["factor"] if r["factor_kind"] in r["factor"].split() else f"{r['factor']} {r['factor_kind']}")[:60]
+        for r in rising
+    ]
     if row.get("seed_kind") == "category" or seed == category:
         candidates = [f"{r['factor']} {category} {year} trend" for r in rising]
         candidates = candidates or [f"{category} {year} trend, new styles"]
