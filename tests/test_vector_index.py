@@ -161,6 +161,41 @@ def test_merge_is_per_query_and_pads_short_rows():
     np.testing.assert_allclose(scores[1], [0.9, 0.3, 0.1])
 
 
+def test_merge_matches_a_plain_loop_on_random_parts_with_ties_repeats_and_gaps():
+    rng = np.random.default_rng(17)
+    nq, k = 40, 7
+    parts = []
+    for width in (5, 9, 0, 3):
+        # Few distinct scores and ids, so ties and repeated ids are common.
+        scores = rng.integers(0, 6, size=(nq, width)).astype(np.float32) / 5
+        ids = rng.integers(0, 12, size=(nq, width))
+        ids[rng.random((nq, width)) < 0.2] = -1
+        scores[ids < 0] = -np.inf
+        parts.append((scores, ids))
+
+    scores, ids = merge_topk(parts, k)
+
+    for q in range(nq):
+        best: dict[int, float] = {}
+        for part_scores, part_ids in parts:
+            for score, item in zip(part_scores[q], part_ids[q], strict=True):
+                if item >= 0 and score > best.get(int(item), -np.inf):
+                    best[int(item)] = float(score)
+        expected = sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))[:k]
+        n = len(expected)
+        assert ids[q, :n].tolist() == [item for item, _ in expected]
+        assert scores[q, :n].tolist() == [score for _, score in expected]
+        assert (ids[q, n:] == -1).all() and np.isneginf(scores[q, n:]).all()
+
+
+def test_merge_of_no_queries_or_no_columns():
+    empty = (np.zeros((0, 4), dtype=np.float32), np.zeros((0, 4), dtype=np.int64))
+    assert merge_topk([empty], 3)[1].shape == (0, 3)
+    no_columns = (np.zeros((2, 0), dtype=np.float32), np.zeros((2, 0), dtype=np.int64))
+    scores, ids = merge_topk([no_columns], 3)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+
+
 def test_merge_rejects_mismatched_parts():
     good = (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 3), dtype=np.int64))
     with pytest.raises(ValueError, match="part 1"):

@@ -9,7 +9,16 @@ Three kinds of model, named by ``embedding.model`` in conf:
   (vLLM, llama.cpp ``--embedding``, OpenAI, ...), asking for ``embedding.endpoint_model``.
 
 Every vector is stored with ``EmbeddingSpec.model_id`` so that vectors of two models are
-never compared. Example::
+never compared.
+
+CPU threads: torch runs ``EmbeddingSpec.threads`` intra-op threads per process. Left at
+``None`` it is automatic: inside a Spark task, ``spark.task.cpus`` (the cores the scheduler
+reserved for the task; Spark runs ``cores / spark.task.cpus`` tasks at once, so the model
+calls of all tasks together fill the executor's cores and no more); in a plain process,
+torch's own default (all cores). A DataFrame with fewer partitions than cores leaves
+cores idle: give ``embed_column`` at least one partition per core (``jobs.embed`` does).
+
+Example::
 
     spec = spec_from_conf(conf)
     vectors = encode(["christmas tree lights", "fairy lights"], spec)   # (2, 384) float32
@@ -39,6 +48,8 @@ class EmbeddingSpec:
     batch_size: int = 64
     device: str = "cpu"
     max_seq_length: int | None = None
+    # torch intra-op threads per process; None = automatic (see the module docstring).
+    threads: int | None = None
     # For endpoint models: base URL, model name, the env var holding the key (the key
     # itself is read on the worker, never stored here).
     base_url: str | None = None
@@ -121,6 +132,7 @@ def _sentence_transformer(spec: EmbeddingSpec) -> Callable[[list[str]], np.ndarr
         model.max_seq_length = spec.max_seq_length
 
     def run(texts: list[str]) -> np.ndarray:
+        _set_torch_threads(spec.threads)
         return model.encode(
             texts,
             batch_size=spec.batch_size,
@@ -132,11 +144,46 @@ def _sentence_transformer(spec: EmbeddingSpec) -> Callable[[list[str]], np.ndarr
     return run
 
 
+def task_cpus() -> int | None:
+    """``spark.task.cpus`` when called inside a Spark task, else None."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
+    context = TaskContext.get()
+    return context.cpus() if context is not None else None
+
+
+def torch_threads(threads: int | None) -> int | None:
+    """The intra-op thread count for ``EmbeddingSpec.threads``; None = leave torch's own.
+
+    Spark already exports ``OMP_NUM_THREADS=spark.task.cpus`` to its Python workers (since
+    3.5), which torch reads at import, but not when ``spark.executorEnv.OMP_NUM_THREADS``
+    is set (a setting meant for numpy on a whole executor): then every concurrent task
+    would run that many threads and the cores would be oversubscribed. Setting the count
+    from the task itself holds in both cases.
+    """
+    if threads is not None:
+        return max(1, threads)
+    return task_cpus()
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    import torch
+
+    n = torch_threads(threads)
+    # set_num_threads rebuilds the thread pool: only when the count changes.
+    if n is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 def _endpoint(spec: EmbeddingSpec) -> Callable[[list[str]], np.ndarray]:
     from openai import OpenAI
 
     key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
-    client = OpenAI(base_url=spec.base_url, api_key=key or "not-needed", timeout=spec.timeout_s, max_retries=4)
+    client = OpenAI(
+        base_url=spec.base_url, api_key=key or "not-needed", timeout=spec.timeout_s, max_retries=4
+    )
 
     def run(texts: list[str]) -> np.ndarray:
         out = []
