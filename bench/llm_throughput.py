@@ -80,7 +80,8 @@ class ServerProcess:
 def items(spark, n: int, offset: int):
     rows = [(f"i{offset + i}", f"RED HEART MUG {offset + i:06d}", 1.5, "mid", None, None) for i in range(n)]
     return spark.createDataFrame(
-        rows, "item_id string, title string, price double, price_band string, leaf_category string, image_url string"
+        rows,
+        "item_id string, title string, price double, price_band string, leaf_category string, image_url string",
     )
 
 

@@ -45,8 +45,8 @@ Prints a Markdown table and writes it to ``bench/out/tokens.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import datetime as dt
+import json
 import os
 import statistics
 import sys
@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--run-date", default="2011-12-09")
     parser.add_argument(
-        "--dataset", choices=["online_retail", "taobao"], default="online_retail",
+        "--dataset",
+        choices=["online_retail", "taobao"],
+        default="online_retail",
         help="online_retail (bundled, invoice lines only) or taobao (../shared/data/taobao_userbehavior: "
         "views, favourites, carts, purchases; use --run-date 2017-12-03)",
     )
@@ -260,10 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         path = ROOT.parent / "shared" / "data" / "taobao_userbehavior" / "UserBehavior.csv"
         if not path.exists():
             parser.error(f"{path} not found: the taobao dataset lives in ../shared/data/")
-        source = {"name": "taobao", "format": "taobao_userbehavior", "path": str(path), "timezone": "Asia/Shanghai"}
+        source = {
+            "name": "taobao",
+            "format": "taobao_userbehavior",
+            "path": str(path),
+            "timezone": "Asia/Shanghai",
+        }
         extra.append(f"ingest.sources=[{json.dumps(source)}]")
     conf = load_config(
-        overrides=extra + [
+        overrides=extra
+        + [
             f"storage.root={root}",
             f"run.date={run_date}",
             "spark.master=local[2]",

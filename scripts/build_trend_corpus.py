@@ -30,7 +30,9 @@ OUT = ROOT / "data" / "trend_corpus" / "weekly_notes" / "online_retail.jsonl"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--warehouse", default="warehouse", help="storage.root of a warehouse after a pipeline run")
+    parser.add_argument(
+        "--warehouse", default="warehouse", help="storage.root of a warehouse after a pipeline run"
+    )
     parser.add_argument("--weeks", type=int, default=60, help="weeks of notes, ending at the last event day")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args(argv)
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.session import get_spark
     from jobs.trends import signals
 
-    conf = load_config(overrides=[f"storage.root={args.warehouse}", "spark.master=local[2]", "trends.sources=[]"])
+    conf = load_config(
+        overrides=[f"storage.root={args.warehouse}", "spark.master=local[2]", "trends.sources=[]"]
+    )
     spark = get_spark(conf)
     tc = conf.trends
     events = tables.read(spark, conf, "bronze.events")

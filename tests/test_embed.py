@@ -36,8 +36,12 @@ def test_unknown_model_folder_is_a_clear_error(tmp_path):
 
 def test_spark_vectors_match_the_plain_model_row_by_row(spark, conf_factory):
     conf = conf_factory()
-    df = spark.createDataFrame([(i, t) for i, t in enumerate(TEXTS * 3)], "id int, text string").repartition(3)
-    got = {r.id: np.asarray(r.vector, dtype=np.float32) for r in embed_texts(spark, conf, df, "text").collect()}
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(TEXTS * 3)], "id int, text string").repartition(
+        3
+    )
+    got = {
+        r.id: np.asarray(r.vector, dtype=np.float32) for r in embed_texts(spark, conf, df, "text").collect()
+    }
     expected = encode(TEXTS)
     assert len(got) == 15
     for i, vec in got.items():
