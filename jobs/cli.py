@@ -41,6 +41,7 @@ STAGES: list[tuple[str, str]] = [
     ("index", "jobs.index"),
     ("q2i", "jobs.q2i"),
     ("rank", "jobs.rank"),
+    ("evaluate", "jobs.evaluate"),
 ]
 
 
@@ -88,19 +89,30 @@ def _conf(args: argparse.Namespace) -> Config:
     return load_config(args.conf, overrides)
 
 
-def run_stages(spark, conf: Config, names: list[str]) -> None:
-    """Run the named stages in DAG order with a progress line per stage."""
+def run_stages(
+    spark, conf: Config, names: list[str], tracker=None, parent_id: str | None = None, label: str = ""
+) -> None:
+    """Run the named stages in DAG order with a progress line per stage.
+
+    With a ``tracker`` (:class:`jobs.tracking.Tracker`) every stage is an MLflow run,
+    nested under ``parent_id`` when given.
+    """
+    from jobs.tracking import Tracker, tracked
+
+    tracker = tracker or Tracker(conf)
     unknown = set(names) - {s for s, _ in STAGES}
     if unknown:
         raise ConfigError(
             f"unknown stage(s): {', '.join(sorted(unknown))}; known: {', '.join(s for s, _ in STAGES)}"
         )
     todo = [(s, m) for s, m in STAGES if s in names]
+    prefix = f"{label} " if label else ""
     for i, (name, module) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {name} ...", flush=True)
+        print(f"{prefix}[{i}/{len(todo)}] {name} ...", flush=True)
         t0 = time.perf_counter()
-        _stage_runner(module)(spark, conf)
-        print(f"[{i}/{len(todo)}] {name} done in {time.perf_counter() - t0:.1f}s", flush=True)
+        with tracked(tracker, conf, name, parent_id) as run:
+            run["result"] = _stage_runner(module)(spark, conf)
+        print(f"{prefix}[{i}/{len(todo)}] {name} done in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             items.write.mode("overwrite").parquet(f"{args.out}/items")
             print(f"generate: wrote {args.out}/events and {args.out}/items", flush=True)
         elif args.command == "pipeline":
-            run_stages(spark, conf, args.only or [s for s, _ in STAGES])
+            from jobs.tracking import Tracker, tracked
+
+            tracker = Tracker(conf)
+            with tracked(tracker, conf, "pipeline") as parent:
+                run_stages(spark, conf, args.only or [s for s, _ in STAGES], tracker, parent["run_id"])
         else:
             run_stages(spark, conf, [args.command])
     except (IngestError, ConfigError, FileNotFoundError, ValueError) as e:

@@ -359,6 +359,45 @@ class RankConf(_Strict):
     bought_factor: float = Field(0.5, ge=0, le=1)
 
 
+class TrackingConf(_Strict):
+    # MLflow: every stage run logs its params (never secrets), metrics and artifacts.
+    enabled: bool = True
+    # Tracking store; default: sqlite:///<storage.root>/mlflow.db. Any MLflow URI works
+    # (http://tracking-server:5000, databricks, ...).
+    uri: str | None = None
+    experiment: str = "discovery"
+
+
+class EvalVariantConf(_Strict):
+    # Model selection: one evaluated variant of the pipeline, e.g.
+    # {name: smollm2, overrides: ["llm.agents.u2q.backend=openai", ...]}
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    overrides: list[str] = []
+
+
+class EvaluateConf(_Strict):
+    # Temporal split: stages run as of the day before cut_date and see no event on or
+    # after it; purchases from cut_date on are the test set. "auto" = the last
+    # test_days days of the data are the test period.
+    cut_date: dt.date | Literal["auto"] = "auto"
+    test_days: int = Field(2, ge=1)
+    k: int = Field(20, ge=1)
+    baselines: list[Literal["popularity", "cooccurrence", "als", "filter_bubble"]] = [
+        "popularity",
+        "cooccurrence",
+        "als",
+        "filter_bubble",
+    ]
+    # Evaluate at most this many users (a seeded sample of those active on both sides);
+    # the as-of pipeline then runs for them only. None = all.
+    max_users: int | None = Field(None, ge=1)
+    seed: int = 7
+    # Model selection: each variant reruns the as-of pipeline with its overrides.
+    variants: list[EvalVariantConf] = []
+    # Where the HTML report and its plots are written (also logged to MLflow).
+    report_dir: str = "reports"
+
+
 class Config(_Strict):
     run: RunConf = RunConf()
     spark: SparkConf = SparkConf()
@@ -375,6 +414,8 @@ class Config(_Strict):
     q2i: Q2IConf = Q2IConf()
     rank: RankConf = RankConf()
     llm: LLMConf = LLMConf()
+    tracking: TrackingConf = TrackingConf()
+    evaluate: EvaluateConf = EvaluateConf()
 
 
 def conf_dir_file(name: str) -> str:
@@ -463,6 +504,17 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     """
     data = _read_yaml(path)
     for item in overrides or []:
+        _apply_override(data, item)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from None
+
+
+def derive(conf: Config, overrides: list[str]) -> Config:
+    """A copy of ``conf`` with ``key=value`` overrides applied and validated again."""
+    data = conf.model_dump(mode="python", exclude_unset=False)
+    for item in overrides:
         _apply_override(data, item)
     try:
         return Config.model_validate(data)

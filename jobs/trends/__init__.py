@@ -86,15 +86,18 @@ def retrieve(
 
     Cosine similarity of embeddings, top ``trends.top_documents`` at least
     ``trends.min_relevance``, among documents published in the ``trends.document_days``
-    before the end of ``run_date`` (undated documents always qualify). Seeds and
-    documents are few (hundreds, thousands): the similarity matrix is computed on the driver.
+    before the end of ``run_date`` (undated documents always qualify; one published after
+    ``run_date`` never does: a run as of a past date sees only what was known then). Seeds
+    and documents are few (hundreds, thousands): the similarity matrix is computed on the driver.
     """
     tc = conf.trends
     if tc.top_documents == 0:
         return {}
     oldest = dt.datetime.combine(run_date - dt.timedelta(days=tc.document_days), dt.time())
+    day_after = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time())
     docs = documents.filter(
-        F.col("published_at").isNull() | (F.col("published_at") >= F.lit(oldest))
+        F.col("published_at").isNull()
+        | ((F.col("published_at") >= F.lit(oldest)) & (F.col("published_at") < F.lit(day_after)))
     ).withColumn("doc_text", F.concat_ws(". ", "title", F.substring("text", 1, 1000)))
     doc_rows = embed_texts(spark, conf, docs, "doc_text", label="trends: documents").collect()
     if not doc_rows:
