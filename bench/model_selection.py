@@ -47,7 +47,9 @@ from jobs.config import load_config  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", default=None, help="profile with the ingested data (default conf/local.yaml)")
+    parser.add_argument(
+        "--conf", default=None, help="profile with the ingested data (default conf/local.yaml)"
+    )
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--agents", default="u2q,portrait", help="agents switched to the LLM in LLM variants")
     parser.add_argument("--no-smollm2", action="store_true", help="skip the local SmolLM2 variant")
