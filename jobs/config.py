@@ -347,11 +347,22 @@ class Q2IConf(_Strict):
     per_query: int = Field(20, ge=1)
 
 
+class RankWeights(_Strict):
+    """Weight of each named score component (jobs/rank.py); set one with
+    ``--set rank.weights.popularity=0.5``, the others keep their defaults."""
+
+    relevance: float = 1.0
+    personalisation: float = 0.5
+    discovery: float = 0.3
+    trend: float = 0.2
+    popularity: float = 0.0
+
+
 class RankConf(_Strict):
     """jobs/rank: one scoring of the candidates, diversity, top-K per user."""
 
     top_k: int = Field(20, ge=1)
-    weights: dict[str, float] = {"relevance": 1.0, "personalisation": 0.5, "discovery": 0.3, "trend": 0.2}
+    weights: RankWeights = RankWeights()
     # At most this many items of one category in a user's list.
     max_per_category: int = Field(5, ge=1)
     # Items the user bought before: exclude, demote (score x bought_factor) or keep.

@@ -6,7 +6,10 @@ One scoring with named components, each in 0..1:
 - ``personalisation``: ``0.7 x cfv_match + 0.3 x price_match`` (``jobs.q2i``);
 - ``discovery``: 1 when the item's category is new to the user (never touched in the
   long-term window), 0.5 when the category is known but the item is new, else 0;
-- ``trend``: 1 when the query that found it is a trend query.
+- ``trend``: 1 when the query that found it is a trend query;
+- ``popularity``: ``log(1 + buyers) / log(1 + buyers of the most-bought item)``, buyers
+  counted up to the run date: wholesale buyers trust what other shops stock, and
+  semantic relevance alone cannot tell a staple from an item nobody buys.
 
 ``score = sum(rank.weights[c] x c)``. An item found by several queries of the user is
 ranked once, with its best-scoring query (whose reason it carries). Items the user bought
@@ -17,6 +20,8 @@ score order (ties by item id), then the top ``rank.top_k``.
 
 from __future__ import annotations
 
+import math
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
@@ -26,13 +31,31 @@ from jobs.aggregate import resolve_run_date
 from jobs.config import Config, RankConf
 
 RECOMMENDATIONS = "gold.recommendations"
-COMPONENTS = ("relevance", "personalisation", "discovery", "trend")
+COMPONENTS = ("relevance", "personalisation", "discovery", "trend", "popularity")
 
 
-def components(candidates: DataFrame, known_categories: DataFrame, touched_items: DataFrame) -> DataFrame:
-    """Candidates + the four components (see the module docstring)."""
+def item_popularity(bought: DataFrame) -> DataFrame:
+    """(item_id, popularity in 0..1) from distinct (user_id, item_id) purchases."""
+    buyers = bought.groupBy("item_id").agg(F.countDistinct("user_id").alias("_n"))
+    top = buyers.agg(F.max("_n")).collect()[0][0] or 1
+    return buyers.select("item_id", (F.log1p("_n") / math.log1p(top)).alias("popularity"))
+
+
+def components(
+    candidates: DataFrame,
+    known_categories: DataFrame,
+    touched_items: DataFrame,
+    popularity: DataFrame | None = None,
+) -> DataFrame:
+    """Candidates + the components (see the module docstring); no ``popularity`` frame = 0."""
     known = known_categories.select("user_id", "leaf_category", F.lit(True).alias("_known_cat"))
     seen = touched_items.select("user_id", "item_id", F.lit(True).alias("_seen"))
+    if popularity is None:
+        candidates = candidates.withColumn("popularity", F.lit(0.0))
+    else:
+        candidates = candidates.join(popularity, "item_id", "left").withColumn(
+            "popularity", F.coalesce("popularity", F.lit(0.0))
+        )
     return (
         candidates.join(known, ["user_id", "leaf_category"], "left")
         .join(seen, ["user_id", "item_id"], "left")
@@ -48,7 +71,7 @@ def components(candidates: DataFrame, known_categories: DataFrame, touched_items
 
 def score(df: DataFrame, rc: RankConf, bought: DataFrame) -> DataFrame:
     """+ score and bought; excluded bought items removed."""
-    total = sum((F.lit(float(rc.weights.get(c, 0.0))) * F.col(c) for c in COMPONENTS), F.lit(0.0))
+    total = sum((F.lit(float(getattr(rc.weights, c))) * F.col(c) for c in COMPONENTS), F.lit(0.0))
     out = df.join(
         bought.select("user_id", "item_id", F.lit(True).alias("bought")), ["user_id", "item_id"], "left"
     )
@@ -105,7 +128,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     titles = tables.read(spark, conf, "silver.item_profiles").select(
         "item_id", F.coalesce("short_title", "title").alias("title")
     )
-    ranked = top_k(score(components(candidates, known, touched), rc, bought), rc).join(
+    scored = score(components(candidates, known, touched, item_popularity(bought)), rc, bought)
+    ranked = top_k(scored, rc).join(
         titles, "item_id", "left"
     )
     out = ranked.select(

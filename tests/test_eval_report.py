@@ -36,7 +36,7 @@ def sample_table() -> pd.DataFrame:
             "novelty": [11.23456, 7.1, 9.0],
             "coverage": [0.3, 0.001, 0.12],
             "reason_share": [0.9, NAN, NAN],
-            "users_with_list": [120.0, 120.0, 118.0],
+            "users_with_list": [1.0, 1.0, 0.98333],
             "parse_success": [0.975, NAN, NAN],
             "tokens_per_user": [412.34, NAN, NAN],
             "latency_p50_ms": [812.6, NAN, NAN],
@@ -108,7 +108,7 @@ def test_format_table_formats_values_and_marks_nan():
         "novelty": "11.23",
         "coverage": "0.3000",
         "reason share": "0.9000",
-        "users w/ list": "120",
+        "users w/ list": "1.0000",
         "parse ok": "0.9750",
         "tokens/user": "412.3",
         "p50 ms": "813",
@@ -119,7 +119,7 @@ def test_format_table_formats_values_and_marks_nan():
     assert als["method"] == "als"
     assert als["recall@20"] == "-"
     assert als["p95 ms"] == "-" and als["failures"] == "-"
-    assert als["users w/ list"] == "118"
+    assert als["users w/ list"] == "0.9833"
 
 
 def test_format_table_is_valid_markdown_with_right_aligned_numbers():

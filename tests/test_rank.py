@@ -91,3 +91,24 @@ def test_a_user_without_history_gets_discovery_everywhere(spark):
     empty_cats = pairs(spark, [("u", "mugs")])  # another user's history only
     got = rank.components(c, empty_cats, pairs(spark, [], "user_id string, item_id string")).collect()
     assert [(r.user_id, r.discovery, r.personalisation) for r in got] == [("new", 1.0, 0.0)]
+
+
+def test_popularity_is_log_buyers_over_the_most_bought_and_lifts_the_score(spark):
+    bought = spark.createDataFrame(
+        [("u1", "A"), ("u2", "A"), ("u3", "A"), ("u1", "B")], "user_id string, item_id string"
+    )
+    pop = {r.item_id: r.popularity for r in rank.item_popularity(bought).collect()}
+    # A: 3 buyers -> log(4)/log(4) = 1; B: 1 buyer -> log(2)/log(4) = 0.5
+    assert pop == {"A": pytest.approx(1.0), "B": pytest.approx(0.5)}
+    c = cands(spark, [("u", "q", "personal", i, "mugs", 0.5, 0.0, 0.0) for i in ("A", "B", "C")])
+    comp = rank.components(
+        c, pairs(spark, [("u", "mugs")]), pairs(spark, [], "user_id string, item_id string"),
+        rank.item_popularity(bought),
+    )  # fmt: skip
+    rc = RankConf(
+        weights={"relevance": 1.0, "personalisation": 0.0, "discovery": 0.0, "trend": 0.0, "popularity": 0.4}
+    )
+    none = spark.createDataFrame([], "user_id string, item_id string")
+    got = {r.item_id: r.score for r in rank.score(comp, rc, none).collect()}
+    # 0.5 + 0.4 x (1, 0.5, 0: C was never bought)
+    assert got == {"A": pytest.approx(0.9), "B": pytest.approx(0.7), "C": pytest.approx(0.5)}

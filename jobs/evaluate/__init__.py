@@ -278,7 +278,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
         for method, figures in ops.items():
             for name, value in figures.items():
                 table.loc[table["method"] == method, name] = value
-        table = _order(table)
+        table = _order(table, list(ec.baselines))
         per_user = pd.concat(per_users, ignore_index=True)
         _write_table(spark, conf, table, cut)
         all_lists = lists[0]
@@ -330,10 +330,14 @@ def _measure(spark: SparkSession, asof: Config, recs: DataFrame, test: DataFrame
     return summary.toPandas(), per_user.toPandas()
 
 
-def _order(table: pd.DataFrame) -> pd.DataFrame:
-    """Pipeline rows first, then baselines in their configured order."""
-    group = [0 if m.startswith(PIPELINE) else 1 for m in table["method"]]
-    ordered = table.assign(_g=group, _i=range(len(table))).sort_values(["_g", "_i"])
+def _order(table: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
+    """Pipeline rows first (as run), then the baselines in their configured order."""
+    position = {name: i for i, name in enumerate(baselines)}
+    key = [
+        (0, i) if m.startswith(PIPELINE) else (1, position.get(m, len(position)))
+        for i, m in enumerate(table["method"])
+    ]
+    ordered = table.assign(_g=[g for g, _ in key], _i=[i for _, i in key]).sort_values(["_g", "_i"])
     return ordered.drop(columns=["_g", "_i"]).reset_index(drop=True)
 
 

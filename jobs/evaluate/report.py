@@ -40,7 +40,7 @@ METRIC_COLUMNS: list[tuple[str, str, str]] = [
     ("novelty", "novelty", "dec2"),
     ("coverage", "coverage", "rate"),
     ("reason_share", "reason share", "rate"),
-    ("users_with_list", "users w/ list", "int"),
+    ("users_with_list", "users w/ list", "rate"),
 ]
 OPS_COLUMNS: list[tuple[str, str, str]] = [
     ("parse_success", "parse ok", "rate"),
@@ -335,7 +335,7 @@ def metric_definitions(k: int = 20) -> list[tuple[str, str]]:
         ),
         ("coverage", "Share of the catalog that appears in at least one user's list."),
         ("reason share", "Share of recommended items that come with a stated reason."),
-        ("users w/ list", "Number of evaluated users who received a non-empty list."),
+        ("users w/ list", "Share of the evaluated users who received a non-empty list."),
         (
             "parse ok, tokens/user, p50 ms, p95 ms, failures",
             "Operational figures for language-model methods: share of replies that parsed, "
