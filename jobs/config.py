@@ -392,6 +392,10 @@ class EvaluateConf(_Strict):
     # test_days days of the data are the test period.
     cut_date: dt.date | Literal["auto"] = "auto"
     test_days: int = Field(2, ge=1)
+    # Test purchases before this day only (None = to the end of the data). With a cut
+    # date before the final one this gives a validation split for tuning, e.g. cut
+    # 2011-08-01, test_end 2011-09-01, that never touches the final test period.
+    test_end: dt.date | None = None
     k: int = Field(20, ge=1)
     baselines: list[Literal["popularity", "cooccurrence", "als", "filter_bubble"]] = [
         "popularity",

@@ -174,3 +174,24 @@ def test_mlflow_holds_the_evaluation_and_every_as_of_stage(spark, evaluated):
     assert rank_run.data.metrics["rows"] == rows > 0 and rank_run.data.metrics["seconds"] > 0
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id, "report")}
     assert "report/report.html" in artifacts
+
+
+def test_split_at_the_cut_and_before_test_end(spark):
+    day = dt.timedelta(days=1)
+    rows = [
+        ("u1", "A", "purchase", CUT - day),  # train
+        ("u1", "B", "purchase", CUT),  # test: the cut day belongs to the test side
+        ("u1", "B", "purchase", CUT + day),  # same pair again: counted once
+        ("u1", "C", "view", CUT),  # not a purchase
+        ("u2", "D", "purchase", CUT + 5 * day),  # the test_end day: left out
+        ("u3", "E", "purchase", CUT + day),  # test, but u3 has no history: not evaluated
+        ("u2", "F", "click", CUT - 3 * day),  # train
+    ]
+    events = spark.createDataFrame(rows, "user_id string, item_id string, event_type string, dt date")
+    train, test = evaluate.split(events, CUT, test_end=CUT + 5 * day)
+    assert sorted(r.item_id for r in train.collect()) == ["A", "F"]
+    assert sorted((r.user_id, r.item_id) for r in test.collect()) == [("u1", "B"), ("u3", "E")]
+    users = evaluate.evaluation_users(train, test, None, 7)
+    assert [r.user_id for r in users.collect()] == ["u1"]
+    with pytest.raises(ValueError, match="must be after the cut"):
+        evaluate.split(events, CUT, test_end=CUT)

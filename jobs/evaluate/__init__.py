@@ -72,13 +72,17 @@ def resolve_cut(conf: Config, events: DataFrame) -> dt.date:
     return last - dt.timedelta(days=ec.test_days - 1)
 
 
-def split(events: DataFrame, cut: dt.date) -> tuple[DataFrame, DataFrame]:
-    """(train events: ``dt < cut``, test purchases: distinct (user_id, item_id) on or after it)."""
+def split(events: DataFrame, cut: dt.date, test_end: dt.date | None = None) -> tuple[DataFrame, DataFrame]:
+    """(train events: ``dt < cut``, test purchases: distinct (user_id, item_id) on or after
+    it, and before ``test_end`` when given)."""
     train = events.filter(F.col("dt") < F.lit(cut))
+    in_test = F.col("dt") >= F.lit(cut)
+    if test_end is not None:
+        if test_end <= cut:
+            raise ValueError(f"evaluate.test_end {test_end} must be after the cut date {cut}")
+        in_test = in_test & (F.col("dt") < F.lit(test_end))
     test = (
-        events.filter(
-            (F.col("dt") >= F.lit(cut)) & (F.col("event_type") == "purchase") & F.col("item_id").isNotNull()
-        )
+        events.filter(in_test & (F.col("event_type") == "purchase") & F.col("item_id").isNotNull())
         .select("user_id", "item_id")
         .distinct()
     )
@@ -230,7 +234,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     ec = conf.evaluate
     events = tables.read(spark, conf, "bronze.events")
     cut = resolve_cut(conf, events)
-    train, test = split(events, cut)
+    train, test = split(events, cut, ec.test_end)
     users = evaluation_users(train, test, ec.max_users, ec.seed).localCheckpoint()
     n_users = users.count()
     if n_users == 0:
@@ -240,6 +244,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
         )
     test = test.join(users, "user_id", "left_semi").localCheckpoint()
     last_day = events.agg(F.max("dt")).collect()[0][0]
+    if ec.test_end is not None:
+        last_day = min(last_day, ec.test_end - dt.timedelta(days=1))
     n_test = test.count()
     print(
         f"evaluate: cut {cut} (train before, test {cut}..{last_day}); {n_users:,} users active on both "

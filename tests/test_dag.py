@@ -1,0 +1,76 @@
+"""The pipeline DAG (jobs/dag.py) against the code, and the scheduled job (databricks.yml)
+against the DAG: every task's entry point exists and the task graph equals the pipeline's."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import yaml
+
+from jobs import dag
+from jobs.cli import STAGES, build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE = re.compile(r"""["']((?:bronze|silver|gold)\.[a-z0-9_]+)["']""")
+
+
+def _module_files(module: str) -> list[Path]:
+    mod = importlib.import_module(module)
+    path = Path(mod.__file__)
+    return sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
+
+
+def test_every_stage_declares_the_tables_its_code_names():
+    for stage, module in STAGES:
+        reads, writes = dag.stage_tables(stage)
+        named = set()
+        for f in _module_files(module):
+            named |= set(TABLE.findall(f.read_text(encoding="utf-8")))
+        named -= set(dag.CACHES)
+        # Every table a stage writes is named in its code.
+        assert set(writes) <= named, f"{stage}: declared writes not in {module}: {set(writes) - named}"
+        if stage != "evaluate":  # evaluate names the as-of tables of the stages it reruns
+            assert named <= set(reads) | set(writes), (
+                f"{stage}: undeclared tables {named - set(reads) - set(writes)}"
+            )
+
+
+def test_dependencies_follow_reads_of_earlier_writes():
+    deps = dag.dependencies()
+    assert list(deps) == [s for s, _ in STAGES]
+    assert deps["ingest"] == [] and deps["index"] == ["embed"]
+    assert "u2q" in deps["q2i"] and "q2i" in deps["rank"]
+    order = [s for s, _ in STAGES]
+    for stage, ups in deps.items():
+        assert all(order.index(u) < order.index(stage) for u in ups)
+
+
+def _console_scripts() -> dict[str, str]:
+    text = (REPO / "setup.py").read_text(encoding="utf-8")
+    return dict(re.findall(r'"([\w-]+)=([\w.:]+)"', text.split("console_scripts", 1)[1]))
+
+
+def test_databricks_job_has_one_task_per_stage_with_the_pipeline_dependencies():
+    bundle = yaml.safe_load((REPO / "databricks.yml").read_text(encoding="utf-8"))
+    job = bundle["resources"]["jobs"]["discovery_daily"]
+    assert job["schedule"]["quartz_cron_expression"]
+    tasks = {t["task_key"]: t for t in job["tasks"]}
+    assert list(tasks) == [s for s, _ in STAGES]
+    graph = {key: sorted(d["task_key"] for d in t.get("depends_on", [])) for key, t in tasks.items()}
+    assert graph == dag.dependencies()
+
+    scripts = _console_scripts()
+    parser = build_parser()
+    for key, task in tasks.items():
+        wheel = task["python_wheel_task"]
+        target = scripts[wheel["entry_point"]]  # the entry point is a console script of the wheel
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func))
+        params = [p.replace("{{job.parameters.run_date}}", "2026-11-25") for p in wheel["parameters"]]
+        args = parser.parse_args(params)  # the CLI accepts the task's parameters
+        assert args.command == key
+        stage_module = dict(STAGES)[key]
+        assert callable(importlib.import_module(stage_module).run)
+        assert any("whl" in lib for lib in task["libraries"])
