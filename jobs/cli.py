@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="run every stage in order: " + " -> ".join(s for s, _ in STAGES))
     _add_common(p)
     p.add_argument("--only", nargs="+", default=None, help="run only these stages (in DAG order)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="run every stage; by default the stages already complete for the run date are skipped",
+    )
     for name, _module in STAGES:
         p = sub.add_parser(name, help=f"run the {name} stage")
         _add_common(p)
@@ -90,13 +95,21 @@ def _conf(args: argparse.Namespace) -> Config:
 
 
 def run_stages(
-    spark, conf: Config, names: list[str], tracker=None, parent_id: str | None = None, label: str = ""
+    spark,
+    conf: Config,
+    names: list[str],
+    tracker=None,
+    parent_id: str | None = None,
+    label: str = "",
+    resume: bool = False,
 ) -> None:
-    """Run the named stages in DAG order with a progress line per stage.
+    """Run the named stages in DAG order with a progress line per stage (rows in / out, time).
 
     With a ``tracker`` (:class:`jobs.tracking.Tracker`) every stage is an MLflow run,
-    nested under ``parent_id`` when given.
+    nested under ``parent_id`` when given. ``resume``: skip the leading stages already
+    complete for the run date (:mod:`jobs.progress`; ingest always runs).
     """
+    from jobs import dag, progress
     from jobs.tracking import Tracker, tracked
 
     tracker = tracker or Tracker(conf)
@@ -105,14 +118,44 @@ def run_stages(
         raise ConfigError(
             f"unknown stage(s): {', '.join(sorted(unknown))}; known: {', '.join(s for s, _ in STAGES)}"
         )
-    todo = [(s, m) for s, m in STAGES if s in names]
+    modules = dict(STAGES)
+    todo = [s for s, _ in STAGES if s in names]
     prefix = f"{label} " if label else ""
-    for i, (name, module) in enumerate(todo, 1):
+
+    def run_one(name: str) -> None:
+        i = todo.index(name) + 1
+        reads, writes = dag.stage_tables(name)
+        rows_in = progress.count_rows(spark, conf, reads)
         print(f"{prefix}[{i}/{len(todo)}] {name} ...", flush=True)
         t0 = time.perf_counter()
         with tracked(tracker, conf, name, parent_id) as run:
-            run["result"] = _stage_runner(module)(spark, conf)
-        print(f"{prefix}[{i}/{len(todo)}] {name} done in {time.perf_counter() - t0:.1f}s", flush=True)
+            run["result"] = _stage_runner(modules[name])(spark, conf)
+        seconds = time.perf_counter() - t0
+        rows_out = progress.count_rows(spark, conf, writes)
+        progress.record(spark, conf, name, rows_in, rows_out, seconds)
+        print(
+            f"{prefix}[{i}/{len(todo)}] {name} done: rows in {rows_in:,}, out {rows_out:,}, {seconds:.1f}s",
+            flush=True,
+        )
+
+    if not resume:
+        for name in todo:
+            run_one(name)
+        return
+    for name in [s for s in todo if s == "ingest"]:
+        run_one(name)
+    rest = [s for s in todo if s != "ingest"]
+    remaining = progress.to_resume(rest, progress.completed(spark, conf), always=())
+    skipped = rest[: len(rest) - len(remaining)]
+    if skipped:
+        start = remaining[0] if remaining else "nothing left to run"
+        print(
+            f"{prefix}resume: {', '.join(skipped)} already complete for run date "
+            f"{progress.run_date(spark, conf)}; starting at {start} (--restart runs every stage)",
+            flush=True,
+        )
+    for name in remaining:
+        run_one(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
 
             tracker = Tracker(conf)
             with tracked(tracker, conf, "pipeline") as parent:
-                run_stages(spark, conf, args.only or [s for s, _ in STAGES], tracker, parent["run_id"])
+                run_stages(
+                    spark,
+                    conf,
+                    args.only or [s for s, _ in STAGES],
+                    tracker,
+                    parent["run_id"],
+                    resume=not args.restart,
+                )
         else:
             run_stages(spark, conf, [args.command])
     except (IngestError, ConfigError, FileNotFoundError, ValueError) as e:

@@ -1,0 +1,114 @@
+"""``discovery pipeline`` resumes from the first stage not complete for the run date, and
+prints rows in / out per stage (jobs/progress.py, jobs/cli.py run_stages), on real Delta
+tables with small stand-in stages."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from jobs import cli, dag, progress, tables
+
+DAY = dt.date(2026, 11, 24)
+
+
+@pytest.fixture
+def fake_dag(spark, monkeypatch):
+    """Four stages: ingest -> a -> b -> c; c fails while ``state['fail_c']``."""
+    state = {"calls": [], "fail_c": True, "new_events": 2}
+
+    def ingest(spark_, conf):
+        state["calls"].append("ingest")
+        if state["new_events"]:
+            rows = [(f"e{n}", "u1", "I1", DAY) for n in range(state["new_events"])]
+            df = spark_.createDataFrame(rows, "event_id string, user_id string, item_id string, dt date")
+            if tables.exists(spark_, conf, "bronze.events"):
+                tables.append(df, conf, "bronze.events")
+            else:
+                tables.overwrite(df, conf, "bronze.events")
+            state["new_events"] = 0
+        return {}
+
+    def a(spark_, conf):
+        state["calls"].append("a")
+        tables.overwrite(tables.read(spark_, conf, "bronze.events").limit(1), conf, "silver.a")
+
+    def b(spark_, conf):
+        state["calls"].append("b")
+        tables.overwrite(spark_.range(5), conf, "gold.b")
+
+    def c(spark_, conf):
+        state["calls"].append("c")
+        if state["fail_c"]:
+            raise RuntimeError("c failed")
+        tables.overwrite(spark_.range(3), conf, "gold.c")
+
+    stages = {"ingest": ingest, "a": a, "b": b, "c": c}
+    monkeypatch.setattr(cli, "STAGES", [(s, f"fake.{s}") for s in stages])
+    monkeypatch.setattr(cli, "_stage_runner", lambda module: stages[module.split(".")[1]])
+    monkeypatch.setattr(
+        dag,
+        "STAGE_IO",
+        {
+            "ingest": ((), ("bronze.events",)),
+            "a": (("bronze.events",), ("silver.a",)),
+            "b": (("silver.a",), ("gold.b",)),
+            "c": (("gold.b",), ("gold.c",)),
+        },
+    )
+    return state
+
+
+def _pipeline(spark, conf):
+    cli.run_stages(spark, conf, ["ingest", "a", "b", "c"], resume=True)
+
+
+def test_resume_starts_at_the_first_stage_not_complete(spark, conf_factory, fake_dag, capsys):
+    conf = conf_factory(["tracking.enabled=false"])
+    with pytest.raises(RuntimeError, match="c failed"):
+        _pipeline(spark, conf)
+    assert fake_dag["calls"] == ["ingest", "a", "b", "c"]
+    out = capsys.readouterr().out
+    # rows in / out per stage: a reads 2 events, writes 1 row; b writes 5
+    assert "[2/4] a done: rows in 2, out 1" in out and "[3/4] b done: rows in 1, out 5" in out
+
+    fake_dag["calls"].clear()
+    fake_dag["fail_c"] = False
+    _pipeline(spark, conf)
+    assert fake_dag["calls"] == ["ingest", "c"]  # ingest always; a and b were complete
+    out = capsys.readouterr().out
+    assert f"resume: a, b already complete for run date {DAY}; starting at c" in out
+
+    fake_dag["calls"].clear()
+    _pipeline(spark, conf)
+    assert fake_dag["calls"] == ["ingest"]
+
+    # Another configuration: nothing is complete for it.
+    fake_dag["calls"].clear()
+    _pipeline(spark, conf_factory(["tracking.enabled=false", "u2q.personal=5"]))
+    assert fake_dag["calls"] == ["ingest", "a", "b", "c"]
+
+    # New events (a new version of bronze.events): everything after ingest runs again.
+    fake_dag["calls"].clear()
+    fake_dag["new_events"] = 1
+    _pipeline(spark, conf)
+    assert fake_dag["calls"] == ["ingest", "a", "b", "c"]
+
+    runs = tables.read(spark, conf, progress.STAGE_RUNS)
+    assert runs.filter("stage = 'c'").count() == 3 and runs.filter("run_date != DATE'2026-11-24'").count() == 0
+
+
+def test_restart_runs_every_stage(spark, conf_factory, fake_dag):
+    conf = conf_factory(["tracking.enabled=false"])
+    fake_dag["fail_c"] = False
+    _pipeline(spark, conf)
+    fake_dag["calls"].clear()
+    cli.run_stages(spark, conf, ["ingest", "a", "b", "c"], resume=False)
+    assert fake_dag["calls"] == ["ingest", "a", "b", "c"]
+
+
+def test_to_resume_keeps_always_stages_and_the_tail():
+    assert progress.to_resume(["ingest", "a", "b", "c"], {"a", "c"}) == ["ingest", "b", "c"]
+    assert progress.to_resume(["a", "b"], {"a", "b"}, always=()) == []
+    assert progress.to_resume(["a", "b"], set(), always=()) == ["a", "b"]
