@@ -355,7 +355,7 @@ class RankWeights(_Strict):
     personalisation: float = 0.5
     discovery: float = 0.3
     trend: float = 0.2
-    popularity: float = 0.0
+    popularity: float = 1.0
 
 
 class RankConf(_Strict):

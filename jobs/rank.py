@@ -129,9 +129,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         "item_id", F.coalesce("short_title", "title").alias("title")
     )
     scored = score(components(candidates, known, touched, item_popularity(bought)), rc, bought)
-    ranked = top_k(scored, rc).join(
-        titles, "item_id", "left"
-    )
+    ranked = top_k(scored, rc).join(titles, "item_id", "left")
     out = ranked.select(
         "user_id", "position", "item_id", "title", "leaf_category", F.round("score", 5).alias("score"),
         *[F.round(c, 5).alias(c) for c in COMPONENTS], "bought", F.col("kind").alias("query_kind"), "query",
