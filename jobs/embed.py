@@ -82,6 +82,10 @@ def embed_texts(
             flush=True,
         )
     missing.unpersist()
+    if not tables.exists(spark, conf, TEXT_VECTORS):  # nothing to embed, nothing cached yet
+        return df.withColumn("vector", F.lit(None).cast("array<float>")).withColumn(
+            "embedding_model", F.lit(model_id)
+        )
     vectors = (
         tables.read(spark, conf, TEXT_VECTORS)
         .filter(F.col("embedding_model") == model_id)

@@ -66,3 +66,12 @@ def test_cache_embeds_each_text_once_per_model(spark, conf_factory, capsys):
     embed_texts(spark, conf, both, "text").collect()
     assert "5 cached, 0 to embed" in capsys.readouterr().out
     assert tables.read(spark, conf, TEXT_VECTORS).count() == 5
+
+
+def test_no_texts_and_no_cache_yet_gives_an_empty_result_not_an_error(spark, conf_factory):
+    conf = conf_factory()
+    empty = spark.createDataFrame([], "doc_id string, doc_text string")
+    out = embed_texts(spark, conf, empty, "doc_text")
+    assert out.count() == 0 and {"vector", "embedding_model"} <= set(out.columns)
+    nulls = spark.createDataFrame([("d1", None)], "doc_id string, doc_text string")
+    assert embed_texts(spark, conf, nulls, "doc_text").first()["vector"] is None
