@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import tables
+from jobs.aggregate import UNKNOWN_CATEGORY
 from jobs.config import Config
 from udfs.embedding import EmbeddingSpec, embed_column, spec_from_conf
 
@@ -111,12 +112,15 @@ def item_texts(profiles: DataFrame) -> DataFrame:
 
     ``text`` = short title, category and factor values (``"Jumbo Bag Red Retrospot. bags.
     jumbo, red, retrospot"``), so a query naming a category or a factor finds the item.
-    ``vector_id`` = xxhash64 of the item id without its sign bit: the non-negative int64
-    id FAISS stores (-1 means "no result" there).
+    An item without a title (a catalog that only has ids, such as Taobao UserBehavior)
+    is embedded by its category alone, so that queries naming the category still find it;
+    items with neither are left out. ``vector_id`` = xxhash64 of the item id without its
+    sign bit: the non-negative int64 id FAISS stores (-1 means "no result" there).
     """
     factors = F.array_join(F.transform("decision_factors", lambda f: f["value"]), ", ")
     title = F.coalesce("short_title", "title")
-    return profiles.filter(title.isNotNull()).select(
+    known_category = F.col("leaf_category").isNotNull() & (F.col("leaf_category") != UNKNOWN_CATEGORY)
+    return profiles.filter(title.isNotNull() | known_category).select(
         "item_id",
         F.xxhash64("item_id").bitwiseAND(F.lit(0x7FFFFFFFFFFFFFFF)).alias("vector_id"),
         "leaf_category",
@@ -126,7 +130,7 @@ def item_texts(profiles: DataFrame) -> DataFrame:
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:
-    """Write ``silver.item_vectors`` (every profiled item with a title); only texts new to
+    """Write ``silver.item_vectors`` (every profiled item with a title or a category); only texts new to
     the cache are embedded. User query vectors are embedded by ``jobs.q2i`` the same way."""
     profiles = tables.read(spark, conf, "silver.item_profiles")
     items = item_texts(profiles)

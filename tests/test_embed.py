@@ -75,3 +75,21 @@ def test_no_texts_and_no_cache_yet_gives_an_empty_result_not_an_error(spark, con
     assert out.count() == 0 and {"vector", "embedding_model"} <= set(out.columns)
     nulls = spark.createDataFrame([("d1", None)], "doc_id string, doc_text string")
     assert embed_texts(spark, conf, nulls, "doc_text").first()["vector"] is None
+
+
+def test_item_text_falls_back_to_the_category_when_there_is_no_title(spark):
+    from jobs.embed import item_texts
+
+    rows = [
+        ("I1", "Jumbo Bag Red", None, "bags", "mid", [{"kind": "colour", "value": "red"}]),
+        ("I2", None, None, "4756105", None, []),  # an id-only catalog (Taobao): category alone
+        ("I3", None, None, "unknown", None, []),  # nothing to say: left out
+        ("I4", None, None, None, None, []),
+    ]
+    profiles = spark.createDataFrame(
+        rows,
+        "item_id string, title string, short_title string, leaf_category string, price_band string, "
+        "decision_factors array<struct<kind:string,value:string>>",
+    )
+    got = {r.item_id: r.text for r in item_texts(profiles).collect()}
+    assert got == {"I1": "Jumbo Bag Red. bags. red", "I2": "4756105"}

@@ -271,6 +271,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
             recs = pipeline_recs(spark, asof, method)
             lists.append(recs)
             summary, per_user = _measure(spark, asof, recs, test, ec.k)
+            if method not in set(summary["method"]):  # no list at all: a row of misses
+                summary = pd.DataFrame([_no_lists_row(method, n_users)])
             summaries.append(summary)
             per_users.append(per_user)
             ops[method] = ops_figures(spark, asof, n_users if ec.max_users else _pipeline_users(spark, asof))
@@ -313,6 +315,15 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
         ev_run["metrics"]["test_purchases"] = float(n_test)
         tracker.artifacts(ev_run["run_id"], out_dir, "report")
     return ev_run["metrics"]
+
+
+def _no_lists_row(method: str, users: int) -> dict:
+    """The summary of a method that recommended nothing: misses, and no list to describe."""
+    from jobs.evaluate.metrics import METRICS
+
+    row = {m: float("nan") for m in METRICS}
+    row.update(recall=0.0, hit_rate=0.0, ndcg=0.0, coverage=0.0, users_with_list=0.0)
+    return {"method": method, **row, "users": users}
 
 
 def _pipeline_users(spark: SparkSession, asof: Config) -> int:

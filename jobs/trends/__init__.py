@@ -356,8 +356,11 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         r["sources"] = sorted({d["source"] for d in docs})
     _stage("queries", started, generated=len(rows), failed_seeds=failed)
 
-    vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
-    clusters = normalise(rows, vectors, tc.cluster_threshold, tc.cluster_neighbors)
+    if rows:
+        vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), -1)
+        clusters = normalise(rows, vectors, tc.cluster_threshold, tc.cluster_neighbors)
+    else:  # no seed this run (e.g. no category with enough activity): an empty table
+        clusters = []
     model_id = rows[0]["embedding_model"] if rows else ""
     out = [
         {
