@@ -71,6 +71,12 @@ def main() -> None:
     if scratch.exists():
         shutil.rmtree(scratch)
     base = [
+        # One llama.cpp slot on a few cores answers one request at a time: few requests in
+        # flight and a generous timeout, or they time out waiting in its queue.
+        "llm.runtime.tasks=1",
+        "llm.runtime.max_in_flight=2",
+        "llm.runtime.timeout_s=300",
+        "llm.runtime.max_retries=1",
         f"storage.root={scratch}",
         f"evaluate.max_users={args.users}",
         f"evaluate.report_dir={out}",
@@ -87,7 +93,12 @@ def main() -> None:
             from udfs.llm.local_server import LlamaCppServer, smollm2_gguf
 
             server = stack.enter_context(LlamaCppServer(smollm2_gguf()))
-            endpoints["smollm2"] = {"base_url": server.base_url, "model": "smollm2"}
+            endpoints["smollm2"] = {
+                "base_url": server.base_url,
+                "model": "smollm2",
+                "api_key_env": None,
+                "max_tokens": 256,
+            }
         variants = []
         for name, ep in endpoints.items():
             overrides = [f"llm.endpoints.{name}={json.dumps(ep)}"]
