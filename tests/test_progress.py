@@ -96,7 +96,9 @@ def test_resume_starts_at_the_first_stage_not_complete(spark, conf_factory, fake
     assert fake_dag["calls"] == ["ingest", "a", "b", "c"]
 
     runs = tables.read(spark, conf, progress.STAGE_RUNS)
-    assert runs.filter("stage = 'c'").count() == 3 and runs.filter("run_date != DATE'2026-11-24'").count() == 0
+    assert (
+        runs.filter("stage = 'c'").count() == 3 and runs.filter("run_date != DATE'2026-11-24'").count() == 0
+    )
 
 
 def test_restart_runs_every_stage(spark, conf_factory, fake_dag):
