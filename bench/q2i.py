@@ -25,7 +25,9 @@ What is measured
    least the number of results asked: 100 per shard would force efSearch >= 100 in all
    8 graphs, while 40 lets efSearch 64 do.
 3. Single: the same kind of index over all items, asked for ``k``, same search
-   parameters (efSearch raised to ``k``).
+   parameters (efSearch raised to ``k``); with ``--single-ef scaled`` its efSearch is
+   the shards' times ``k / shard-k``, the same candidate list per result asked (a shard
+   asked for 32 with efSearch 40 against one index asked for 100 with efSearch 125).
 4. A sweep of the search parameter (efSearch or nprobe) on the exactly searched
    queries, sharded and single, with the plain setting (every shard asked for ``k``)
    added when ``--shard-k`` is below ``k``.
@@ -238,6 +240,13 @@ def main() -> None:
         default=80,
         help="HNSW build candidate list (build_index ef_construction)",
     )
+    parser.add_argument(
+        "--single-ef",
+        choices=["same", "scaled"],
+        default="same",
+        help="HNSW efSearch of the single index: the shards' value (raised to k), or scaled by "
+        "k / shard-k so that both keep the same candidate list per result asked",
+    )
     parser.add_argument("--centres", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "q2i.md"))
@@ -246,6 +255,10 @@ def main() -> None:
     n_exact = min(args.exact_queries, args.queries)
     k = args.k
     build_kw = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
+
+    def single_ef(ef: int) -> int:
+        return round(ef * k / shard_k) if args.single_ef == "scaled" else ef
+
     shard_k = args.shard_k or safe_shard_k(k, args.shards)
     if not 1 <= shard_k <= k:
         parser.error(f"--shard-k must be in 1..{k}")
@@ -324,7 +337,8 @@ def main() -> None:
     del items
     gc.collect()
     time_exact_again(exact)
-    single_ids, single_search = search_all([single], queries, k, k, **search_kwargs)
+    single_kwargs = {**search_kwargs, "ef_search": single_ef(args.ef_search)}
+    single_ids, single_search = search_all([single], queries, k, k, **single_kwargs)
     time_exact_again(exact)
     single_recall = recall_at(single_ids[:n_exact], truth)
     log(f"single: searched in {single_search:.1f} s, recall@{k} {single_recall:.4f}")
@@ -333,7 +347,7 @@ def main() -> None:
         queries[:n_exact],
         truth,
         param,
-        [(k, value) for _, value in sweep_settings],
+        [(k, single_ef(value) if param == "ef_search" else value) for _, value in sweep_settings],
         **search_kwargs,
     )
     del single, exact
@@ -383,15 +397,16 @@ def main() -> None:
             + "):",
             "",
             f"| {param} | asked per shard | sharded queries/s | sharded recall@{k} "
-            f"| single queries/s | single recall@{k} |",
-            "|---:|---:|---:|---:|---:|---:|",
+            f"| single {param} | single queries/s | single recall@{k} |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for (per_shard, value), (sh_qps, sh_recall), (si_qps, si_recall) in zip(
             sweep_settings, sharded_sweep, single_sweep, strict=True
         ):
+            si_value = single_ef(value) if param == "ef_search" else value
             sweep_table.append(
                 f"| {value} | {per_shard} | {sh_qps:,.0f} ({sh_qps / exact_qps:.1f}x) | {sh_recall:.4f} "
-                f"| {si_qps:,.0f} ({si_qps / exact_qps:.1f}x) | {si_recall:.4f} |"
+                f"| {si_value} | {si_qps:,.0f} ({si_qps / exact_qps:.1f}x) | {si_recall:.4f} |"
             )
         sweep_table.append("")
     load_after = os.getloadavg()
@@ -401,7 +416,7 @@ def main() -> None:
         f"- each shard returns its best {shard_k} per query (the single index its best {k}); a shard holds more "
         f"than {shard_k} of a query's true top {k} with probability {overflow_probability(k, args.shards, shard_k):.1e}",
         f"- index kind {kind}; search parameters nprobe = {args.nprobe} (IVF), efSearch = {args.ef_search} (HNSW; "
-        f"raised to the k asked when smaller: {max(args.ef_search, shard_k)} per shard, {max(args.ef_search, k)} "
+        f"raised to the k asked when smaller: {max(args.ef_search, shard_k)} per shard, {max(single_ef(args.ef_search), k)} "
         "single index); "
         f"build parameters: HNSW M = {args.hnsw_m}, efConstruction = {args.ef_construction}, others the "
         "`build_index` defaults",
