@@ -31,8 +31,9 @@ Launcher options (before the subcommand):
   -h, --help              this text
 
 Subcommand and CLI args: everything from the subcommand on goes to the discovery CLI
-unchanged: pipeline [--only STAGE...], ingest, aggregate, generate --users N --days N --out DIR,
-each with [--conf FILE] [--set key=value ...] [--run-date YYYY-MM-DD]. Run
+unchanged: pipeline [--only STAGE...] [--restart], any single stage (ingest, items, aggregate,
+..., rank, evaluate), generate --users N --days N --out DIR, each with [--conf FILE]
+[--set key=value ...] [--run-date YYYY-MM-DD]. Run
 './spark-submit.sh <subcommand> --help' for a subcommand's own options.
 
 Spark settings taken from the config (conf file + --set), since under spark-submit the JVM
