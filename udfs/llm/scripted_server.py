@@ -207,6 +207,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "ScriptedLLM/1.0"
     disable_nagle_algorithm = True
     server: _HTTPServer
+    #: called just before a response is written (set per completion request)
+    before_send: Callable[[], None] | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -234,6 +236,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         content_type: str = "application/json",
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        if self.before_send is not None:
+            self.before_send()
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -297,7 +301,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raw = self._read_body()
         path = self._path()
         if path == "/v1/chat/completions":
-            owner._handle_completion(self, raw)
+            try:
+                owner._handle_completion(self, raw)
+            finally:
+                self.before_send = None
         elif path == "/v1/_reset":
             owner.reset()
             self._send_json(200, {"ok": True})
@@ -620,6 +627,8 @@ class ScriptedLLMServer:
 
     def _handle_completion(self, handler: _Handler, raw: bytes) -> None:
         now = time.time()
+        # Stamped before the bytes leave, so a client that has its reply never sees it unset.
+        handler.before_send = self._responded
         try:
             body = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -640,7 +649,6 @@ class ScriptedLLMServer:
         if not authorized:
             self._outcome("unauthorized")
             handler._send_unauthorized()
-            self._responded()
             return
         if not valid:
             self._outcome("bad_request")
@@ -652,7 +660,6 @@ class ScriptedLLMServer:
                     "invalid_request",
                 ),
             )
-            self._responded()
             return
         assert isinstance(body, dict)
         if body.get("stream"):
@@ -661,7 +668,6 @@ class ScriptedLLMServer:
                 400,
                 _error_body("Streaming is not supported by this server.", "invalid_request_error", "stream"),
             )
-            self._responded()
             return
 
         slots = self._slots
@@ -678,7 +684,6 @@ class ScriptedLLMServer:
                         ),
                         headers=self._rate_limit_headers(),
                     )
-                    self._responded()
                     return
             else:
                 slots.acquire()
@@ -695,7 +700,6 @@ class ScriptedLLMServer:
         finally:
             if slots is not None:
                 slots.release()
-        self._responded()
 
     def _answer(self, handler: _Handler, body: dict[str, Any], request_no: int) -> None:
         digest = _messages_digest(body)
