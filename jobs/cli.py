@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, _module in STAGES:
         p = sub.add_parser(name, help=f"run the {name} stage")
         _add_common(p)
+    n = sub.add_parser(
+        "nearline",
+        help="stream bronze.events: refresh the recommendations of triggered users (Ctrl-C stops)",
+    )
+    _add_common(n)
+    n.add_argument("--stop-after-idle", type=float, default=None, metavar="SECONDS",
+                   help="stop when no new events arrived for this long (default: run until stopped)")  # fmt: skip
+    n.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
     g = sub.add_parser("generate", help="write synthetic events and items (generic format, Parquet)")
     g.add_argument("--users", type=int, required=True)
     g.add_argument("--days", type=int, required=True)
@@ -180,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             events.write.mode("overwrite").parquet(f"{args.out}/events")
             items.write.mode("overwrite").parquet(f"{args.out}/items")
             print(f"generate: wrote {args.out}/events and {args.out}/items", flush=True)
+        elif args.command == "nearline":
+            from jobs import nearline
+
+            result = nearline.run(spark, conf, args.stop_after_idle, args.max_seconds)
+            print(
+                f"nearline: stopped after {result['batches']:,} batches, {result['triggers']:,} triggers",
+                flush=True,
+            )
         elif args.command == "pipeline":
             from jobs.tracking import Tracker, tracked
 

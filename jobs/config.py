@@ -370,6 +370,31 @@ class RankConf(_Strict):
     bought_factor: float = Field(0.5, ge=0, le=1)
 
 
+class NearlineConf(_Strict):
+    """jobs/nearline: fresh events -> refreshed recommendations for the users they trigger."""
+
+    # Event types that trigger a refresh by themselves.
+    trigger_types: list[str] = ["search", "purchase"]
+    # Product detail views: `views` of them within `view_window_s` seconds trigger one.
+    view_types: list[str] = ["view", "click"]
+    views: int = Field(5, ge=1)
+    view_window_s: float = Field(600.0, gt=0)
+    # Streaming state (offsets, commits); default <storage.root>/checkpoints/nearline.
+    checkpoint: str | None = None
+    # First start only (later starts resume from the checkpoint): "latest" = only events
+    # appended from now on; a number = that Delta version of bronze.events.
+    starting_version: str = "latest"
+    # Seconds between micro-batches; 0 = the next one as soon as the last one ends.
+    trigger_interval_s: float = Field(0.0, ge=0)
+    # Spark tasks the triggered users of one micro-batch are spread over (0 = one per core).
+    tasks: int = Field(0, ge=0)
+    # A nearline LLM call gives up sooner than a batch one: the heuristic answers instead.
+    llm_timeout_s: float = Field(10.0, gt=0)
+    llm_max_retries: int = Field(1, ge=0)
+    # Fresh searches of a triggered user searched for as they are (kind "search").
+    search_queries: int = Field(2, ge=0)
+
+
 class TrackingConf(_Strict):
     # MLflow: every stage run logs its params (never secrets), metrics and artifacts.
     enabled: bool = True
@@ -428,6 +453,7 @@ class Config(_Strict):
     index: IndexConf = IndexConf()
     q2i: Q2IConf = Q2IConf()
     rank: RankConf = RankConf()
+    nearline: NearlineConf = NearlineConf()
     llm: LLMConf = LLMConf()
     tracking: TrackingConf = TrackingConf()
     evaluate: EvaluateConf = EvaluateConf()

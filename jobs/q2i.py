@@ -50,6 +50,7 @@ def search_shards(pairs: DataFrame, k: int, nprobe: int, ef_search: int) -> Data
 
     def search(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import numpy as np
+
         from udfs.vector_index import search as shard_search
 
         for pdf in batches:
@@ -102,6 +103,11 @@ def user_preferences(spark: SparkSession, conf: Config) -> tuple[DataFrame, Data
     return cfv, bands
 
 
+def dynamic_score(relevance, kind_weight, cfv_match, price_match, qc):
+    """The personalised score of a candidate (Spark columns or numpy / pandas values)."""
+    return relevance * kind_weight + cfv_match * qc.cfv_match + price_match * qc.price_band
+
+
 def personalise(
     candidates: DataFrame, prefs: DataFrame, bands: DataFrame, profiles: DataFrame, conf: Config
 ) -> DataFrame:
@@ -126,10 +132,14 @@ def personalise(
         .withColumn("price_match", F.coalesce("price_match", F.lit(0.0)))
         .withColumn(
             "score",
-            F.col("relevance") * F.coalesce(kind_weight[F.col("kind")], F.lit(1.0))
-            + F.col("cfv_match") * qc.cfv_match
-            + F.col("price_match") * qc.price_band,
-        )
+            dynamic_score(
+                F.col("relevance"),
+                F.coalesce(kind_weight[F.col("kind")], F.lit(1.0)),
+                F.col("cfv_match"),
+                F.col("price_match"),
+                qc,
+            ),
+        )  # fmt: skip
     )
 
 

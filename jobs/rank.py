@@ -32,6 +32,24 @@ from jobs.config import Config, RankConf
 
 RECOMMENDATIONS = "gold.recommendations"
 COMPONENTS = ("relevance", "personalisation", "discovery", "trend", "popularity")
+DISCOVERY_NEW_CATEGORY, DISCOVERY_NEW_ITEM = 1.0, 0.5
+
+
+# The arithmetic below takes Spark columns (this module) or numpy / pandas values
+# (jobs/nearline), so that both paths score alike.
+
+
+def personalisation(cfv_match, price_match):
+    """The personalisation component from q2i's matches."""
+    return 0.7 * cfv_match + 0.3 * price_match
+
+
+def weighted_total(values, weights):
+    """``sum(weights[c] x values[c])`` over :data:`COMPONENTS`."""
+    total = 0.0
+    for c in COMPONENTS:
+        total = total + float(getattr(weights, c)) * values[c]
+    return total
 
 
 def item_popularity(bought: DataFrame) -> DataFrame:
@@ -59,10 +77,12 @@ def components(
     return (
         candidates.join(known, ["user_id", "leaf_category"], "left")
         .join(seen, ["user_id", "item_id"], "left")
-        .withColumn("personalisation", 0.7 * F.col("cfv_match") + 0.3 * F.col("price_match"))
+        .withColumn("personalisation", personalisation(F.col("cfv_match"), F.col("price_match")))
         .withColumn(
             "discovery",
-            F.when(F.col("_known_cat").isNull(), 1.0).when(F.col("_seen").isNull(), 0.5).otherwise(0.0),
+            F.when(F.col("_known_cat").isNull(), DISCOVERY_NEW_CATEGORY)
+            .when(F.col("_seen").isNull(), DISCOVERY_NEW_ITEM)
+            .otherwise(0.0),
         )
         .withColumn("trend", F.when(F.col("kind") == "trend", 1.0).otherwise(0.0))
         .drop("_known_cat", "_seen")
@@ -71,7 +91,7 @@ def components(
 
 def score(df: DataFrame, rc: RankConf, bought: DataFrame) -> DataFrame:
     """+ score and bought; excluded bought items removed."""
-    total = sum((F.lit(float(getattr(rc.weights, c))) * F.col(c) for c in COMPONENTS), F.lit(0.0))
+    total = F.lit(0.0) + weighted_total({c: F.col(c) for c in COMPONENTS}, rc.weights)
     out = df.join(
         bought.select("user_id", "item_id", F.lit(True).alias("bought")), ["user_id", "item_id"], "left"
     )

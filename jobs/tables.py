@@ -151,3 +151,13 @@ def append(df: DataFrame, conf: Config, name: str) -> int:
     mode = "append" if exists(spark, conf, name) else "errorifexists"
     _save(_writer(df, conf, None).mode(mode), conf, name)
     return int(_last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
+
+
+def append_once(df: DataFrame, conf: Config, name: str, app_id: str, version: int) -> None:
+    """Append ``df`` unless a write with this (``app_id``, ``version``) was committed before.
+
+    Delta's idempotent writes: a streaming ``foreachBatch`` passes its query's id and the
+    batch id, so a batch replayed after a crash appends nothing the second time.
+    """
+    w = _writer(df, conf, None).mode("append").option("txnAppId", app_id).option("txnVersion", int(version))
+    _save(w, conf, name)

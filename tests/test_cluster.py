@@ -1,10 +1,12 @@
 """End to end on a real Spark standalone cluster (one master, two workers, all on 127.0.0.1).
 
-The aggregate stage runs twice on the same bronze tables: once in local mode through the
-``discovery`` command, once through ``./spark-submit.sh`` on the cluster, with its code
-shipped as a zip to executors in other processes. Both must write the same silver rows.
+Each test runs the same work twice on copies of the same bronze tables: once in local mode
+through the ``discovery`` command, once through ``./spark-submit.sh`` on the cluster, with
+its code shipped as a zip to executors in other processes. The aggregate stage must write
+the same silver rows both ways; the pipeline from items to rank the same user queries and
+recommendations.
 
-Slow (about 2-3 minutes): run with ``pytest -m cluster``.
+Slow (about 9-10 minutes on 2 cores, 5-6 of them the pipeline): run with ``pytest -m cluster``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs.cli import STAGES
+
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +37,15 @@ SILVER_TABLES = [
 ]
 N_DAY_FILES = 4
 APP_NAME = "discovery-cluster-test"
+# No web UI for the applications (the master's and workers' stay): less work on 2 cores.
+NO_UI = ["--set", "spark.extra={spark.ui.enabled: 'false'}"]
+# The pipeline test: every stage after ingest up to rank (evaluate reruns them all as of a
+# cut date, too slow here), then these columns of gold.recommendations must match ...
+_STAGE_NAMES = [s for s, _ in STAGES]
+PIPELINE_STAGES = _STAGE_NAMES[_STAGE_NAMES.index("ingest") + 1 : _STAGE_NAMES.index("rank") + 1]
+RECOMMENDATION_KEY = ["user_id", "position", "item_id", "leaf_category", "query_kind", "reason"]
+# ... and the scores within this (vectors embedded in other processes may differ in the last bits).
+SCORE_TOLERANCE = 1e-4
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -224,10 +237,7 @@ def bronze_root(tmp_path_factory) -> Path:
         shutil.copy(f, days / f.name)
     root = base / "local"
     _run(
-        [str(REPO / ".venv" / "bin" / "discovery") if (REPO / ".venv" / "bin" / "discovery").exists()
-         else shutil.which("discovery") or "discovery",
-         "ingest", "--set", f"storage.root={root}", "--set", "spark.master=local[2]",
-         "--set", "spark.shuffle_partitions=2",
+        [_discovery(), "ingest", *_local_settings(root),
          "--set", f"ingest.sources=[{{name: online_retail, format: online_retail, path: '{days}', timezone: Europe/London}}]"],
         base / "ingest.log",
     )  # fmt: skip
@@ -236,53 +246,68 @@ def bronze_root(tmp_path_factory) -> Path:
     return root
 
 
-# --- the test -----------------------------------------------------------------------------
+# --- both ways at once, and what to check afterwards ----------------------------------------
 
 
-def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronze_root, tmp_path, request):
-    local_root = bronze_root
-    cluster_root = tmp_path / "cluster"
-    shutil.copytree(local_root / "bronze", cluster_root / "bronze")
-    discovery = REPO / ".venv" / "bin" / "discovery"
-    discovery_cmd = str(discovery) if discovery.exists() else (shutil.which("discovery") or "discovery")
+def _discovery() -> str:
+    venv = REPO / ".venv" / "bin" / "discovery"
+    return str(venv) if venv.exists() else (shutil.which("discovery") or "discovery")
 
-    # Both runs at once (different roots): most of their time is start-up and scheduling.
-    local_log, cluster_log = tmp_path / "aggregate-local.log", tmp_path / "aggregate-cluster.log"
-    local = _start(
-        [discovery_cmd, "aggregate", "--set", f"storage.root={local_root}", "--set", "spark.master=local[2]",
-         "--set", "spark.shuffle_partitions=2"],
-        local_log,
-    )  # fmt: skip
+
+def _local_settings(root: Path) -> list[str]:
+    return ["--set", f"storage.root={root}", "--set", "spark.master=local[2]",
+            "--set", "spark.shuffle_partitions=2", *NO_UI]  # fmt: skip
+
+
+def _with_bronze(bronze: Path, root: Path) -> Path:
+    """A fresh storage root holding a copy of the bronze tables under ``bronze``."""
+    shutil.copytree(bronze / "bronze", root / "bronze")
+    return root
+
+
+def _local_and_cluster(
+    cluster: dict, cli: list[str], local_root: Path, cluster_root: Path, app_name: str, logs: Path,
+    timeout: float = 420,
+) -> str:  # fmt: skip
+    """Run the CLI arguments ``cli`` (a subcommand and its options) in local mode through
+    ``discovery`` on ``local_root`` and through ``./spark-submit.sh`` on the standalone
+    cluster on ``cluster_root``, both at once (most of their time is start-up and
+    scheduling); return the cluster run's output."""
+    label = cli[0]
+    local_log, cluster_log = logs / f"{label}-local.log", logs / f"{label}-cluster.log"
+    local = _start([_discovery(), *cli, *_local_settings(local_root)], local_log)
     try:
-        cluster = _start(
-            [str(REPO / "spark-submit.sh"), "--master", standalone_cluster["master_url"],
+        cluster_run = _start(
+            [str(REPO / "spark-submit.sh"), "--master", cluster["master_url"],
              # Tiny tables: as in the local session (jobs/session.py), not Delta's 50 tasks per snapshot.
              "--spark-conf", "spark.databricks.delta.snapshotPartitions=2",
-             "aggregate", "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={APP_NAME}",
-             "--set", "spark.shuffle_partitions=2"],
+             *cli, "--set", f"storage.root={cluster_root}", "--set", f"spark.app_name={app_name}",
+             "--set", "spark.shuffle_partitions=2", *NO_UI],
             cluster_log,
         )  # fmt: skip
-        out = _finish(cluster, cluster_log)
+        out = _finish(cluster_run, cluster_log, timeout)
     except BaseException:
         _kill_group(local, grace=2)
         raise
-    _finish(local, local_log)
+    _finish(local, local_log, timeout)
+    # The cluster run went through spark-submit to the standalone master.
+    assert f"--master {cluster['master_url']}" in out, out[-3000:]
+    return out
 
-    # 1. The cluster run went through spark-submit to the standalone master ...
-    assert f"--master {standalone_cluster['master_url']}" in out, out[-3000:]
-    assert "aggregate: silver.user_windows" in out, out[-3000:]
-    # ... which finished exactly this application ...
-    status = _get_json(standalone_cluster["status_url"])
-    apps = [a for a in status.get("completedapps", []) if a.get("name") == APP_NAME]
-    assert len(apps) == 1, f"master lists no completed app {APP_NAME}: {status.get('completedapps')}"
+
+def _executor_logs(cluster: dict, app_name: str) -> dict[str, str]:
+    """Worker name -> the stderr of its executor(s) of ``app_name``, after checking that the
+    master finished exactly one application of that name and that each worker launched an
+    executor of it: a JVM of its own, with its own log, that ran tasks of the job."""
+    status = _get_json(cluster["status_url"])
+    apps = [a for a in status.get("completedapps", []) if a.get("name") == app_name]
+    assert len(apps) == 1, (
+        f"master lists no (or several) completed app {app_name}: {status.get('completedapps')}"
+    )
     app_id = apps[0]["id"]
     assert apps[0].get("state") == "FINISHED", apps[0]
-    # ... and each worker launched an executor of it: a JVM of its own, with its own log,
-    # that ran the job's tasks.
-    tasks = {}
-    for url, work_dir in zip(
-        standalone_cluster["worker_status_urls"], standalone_cluster["work_dirs"], strict=True
-    ):
+    logs = {}
+    for url, work_dir in zip(cluster["worker_status_urls"], cluster["work_dirs"], strict=True):
         worker = _get_json(url)
         executors = worker.get("finishedexecutors", []) + worker.get("executors", [])
         assert any(e.get("appid") == app_id for e in executors), f"worker {url} ran no executor of {app_id}"
@@ -290,27 +315,95 @@ def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronz
         assert stderr_logs, f"no executor logs under {work_dir / app_id}"
         text = "\n".join(p.read_text(errors="replace") for p in stderr_logs)
         assert "org.apache.spark.executor.CoarseGrainedExecutorBackend" in text, text[:2000]
-        tasks[work_dir.name] = text.count("Finished task")
-    print(f"tasks finished per worker: {tasks}")
+        logs[work_dir.name] = text
+    tasks = {name: text.count("Finished task") for name, text in logs.items()}
+    print(f"{app_name}: tasks finished per worker: {tasks}")
     assert sum(tasks.values()) > 0, f"the cluster's executors ran no task: {tasks}"
+    return logs
 
-    # 2. Both runs wrote the same silver rows.
+
+def _tables(spark, local_root: Path, cluster_root: Path, name: str):
+    """The table ``name`` of the local run and of the cluster run."""
     from jobs import tables
     from jobs.config import load_config
 
-    spark = request.getfixturevalue("spark")
     conf_local = load_config(overrides=[f"storage.root={local_root}"])
     conf_cluster = load_config(overrides=[f"storage.root={cluster_root}"])
+    return tables.read(spark, conf_local, name), tables.read(spark, conf_cluster, name)
+
+
+def _assert_same_rows(name: str, a, b) -> int:
+    """Both frames hold the same multiset of rows (and some); returns the row count."""
+    assert a.schema == b.schema, f"{name}: schemas differ\n{a.schema}\n{b.schema}"
+    n_a, n_b = a.count(), b.count()
+    assert n_a > 0, f"{name}: no rows (nothing to compare)"
+    assert n_a == n_b, f"{name}: {n_a} rows locally, {n_b} on the cluster"
+    only_local = a.exceptAll(b)
+    only_cluster = b.exceptAll(a)
+    assert only_local.count() == 0, f"{name}: rows only in the local run: {only_local.limit(5).collect()}"
+    assert only_cluster.count() == 0, (
+        f"{name}: rows only in the cluster run: {only_cluster.limit(5).collect()}"
+    )
+    return n_a
+
+
+# --- the tests ----------------------------------------------------------------------------
+
+
+def test_aggregate_on_standalone_cluster_matches_local(standalone_cluster, bronze_root, tmp_path, request):
+    local_root = bronze_root
+    cluster_root = _with_bronze(bronze_root, tmp_path / "cluster")
+    app_name = f"{APP_NAME}-aggregate"
+    out = _local_and_cluster(standalone_cluster, ["aggregate"], local_root, cluster_root, app_name, tmp_path)
+    assert "aggregate: silver.user_windows" in out, out[-3000:]
+    _executor_logs(standalone_cluster, app_name)
+
+    # Both runs wrote the same silver rows.
+    spark = request.getfixturevalue("spark")
     for name in SILVER_TABLES:
-        a = tables.read(spark, conf_local, name)
-        b = tables.read(spark, conf_cluster, name)
-        assert a.schema == b.schema, f"{name}: schemas differ\n{a.schema}\n{b.schema}"
-        n_a, n_b = a.count(), b.count()
-        assert n_a > 0, f"{name}: no rows (nothing to compare)"
-        assert n_a == n_b, f"{name}: {n_a} rows locally, {n_b} on the cluster"
-        only_local = a.exceptAll(b)
-        only_cluster = b.exceptAll(a)
-        assert only_local.count() == 0, f"{name}: rows only in the local run: {only_local.limit(5).collect()}"
-        assert only_cluster.count() == 0, (
-            f"{name}: rows only in the cluster run: {only_cluster.limit(5).collect()}"
-        )
+        _assert_same_rows(name, *_tables(spark, local_root, cluster_root, name))
+
+
+def test_pipeline_on_standalone_cluster_matches_local(standalone_cluster, bronze_root, tmp_path, request):
+    local_root = _with_bronze(bronze_root, tmp_path / "local")
+    cluster_root = _with_bronze(bronze_root, tmp_path / "cluster")
+    app_name = f"{APP_NAME}-pipeline"
+    out = _local_and_cluster(
+        standalone_cluster, ["pipeline", "--restart", "--only", *PIPELINE_STAGES], local_root, cluster_root,
+        app_name, tmp_path, timeout=600,
+    )  # fmt: skip
+    n = len(PIPELINE_STAGES)
+    for i, stage in enumerate(PIPELINE_STAGES, 1):
+        assert f"[{i}/{n}] {stage} done" in out, f"the cluster run did not finish {stage}\n{out[-3000:]}"
+    logs = _executor_logs(standalone_cluster, app_name)
+    # The embedding model was loaded by the executors' Python workers (its loader's progress
+    # line goes to the executor's stderr), not by the driver: the items were embedded there.
+    assert any("Loading weights" in text for text in logs.values()), "no executor loaded the embedding model"
+
+    spark = request.getfixturevalue("spark")
+    cols = ["user_id", "query_id", "kind", "query"]
+    queries = _assert_same_rows(
+        "gold.user_queries",
+        *(t.select(cols) for t in _tables(spark, local_root, cluster_root, "gold.user_queries")),
+    )
+
+    local, cluster = (
+        {
+            tuple(r[c] for c in RECOMMENDATION_KEY): r["score"]
+            for r in t.select(*RECOMMENDATION_KEY, "score").collect()
+        }
+        for t in _tables(spark, local_root, cluster_root, "gold.recommendations")
+    )
+    assert local, "gold.recommendations: no rows (nothing to compare)"
+    only_local = sorted(set(local) - set(cluster))
+    only_cluster = sorted(set(cluster) - set(local))
+    assert not only_local and not only_cluster, (
+        f"gold.recommendations: {len(only_local)} rows only in the local run, {len(only_cluster)} only in the "
+        f"cluster run (of {len(local)} / {len(cluster)}); first: {only_local[:3]} / {only_cluster[:3]}"
+    )
+    far = [(k, local[k], cluster[k]) for k in sorted(local) if abs(local[k] - cluster[k]) > SCORE_TOLERANCE]
+    assert not far, (
+        f"gold.recommendations: {len(far)} scores differ by more than {SCORE_TOLERANCE}: {far[:5]}"
+    )
+    users = len({k[0] for k in local})
+    print(f"same {len(local):,} recommendations for {users:,} users and {queries:,} user queries both ways")

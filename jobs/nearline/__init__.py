@@ -1,0 +1,373 @@
+"""Nearline: fresh events -> refreshed recommendations of the users they trigger, in seconds.
+
+A Structured Streaming query reads ``bronze.events`` (a Delta table; new events appended
+by ingest or any other producer) and handles each micro-batch in ``foreachBatch``:
+
+1. the batch's events are folded into the user state (``jobs.nearline.state``: recent
+   CFV, history) and the triggered users found (``jobs.nearline.triggers``: a search or
+   purchase, or the 5th detail view within 10 minutes, both configurable);
+2. their refresh rows go to the executors, where U2Q, query embedding, the FAISS shards
+   (each loaded once per Python worker) and the ranking run (``jobs.nearline.refresh``);
+3. one Delta MERGE writes ``gold.nearline_recommendations``: one row per user with the
+   list (``items``: position, item, title, category, score and its components, the query
+   and the reason), the triggering event (id, type, time) and the batch id;
+4. ``silver.nearline_batches`` gets one row per micro-batch (events, triggers, the
+   MERGE's Delta version and commit time, seconds per phase).
+
+Exactly once: the checkpoint (``nearline.checkpoint``) holds the stream's offsets; a batch
+that was cut short is replayed with the same id and the same events after a restart. The
+MERGE only replaces a user's row from a *later* batch (``s.batch_id > t.batch_id``), so a
+replay of a batch whose MERGE had already committed changes nothing, and the batch log is
+an idempotent Delta append (``txnAppId`` / ``txnVersion``). No event is skipped: the
+offsets only advance after ``foreachBatch`` returned.
+
+Run it with ``discovery nearline`` (stops on Ctrl-C, or with ``--stop-after-idle``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs import tables
+from jobs.config import Config
+from jobs.nearline.refresh import INPUT_COLUMNS, OUTPUT_SCHEMA, RefreshSettings, refresh_users, with_timeouts
+from jobs.nearline.state import EVENT_FIELDS, UserState, load
+from jobs.nearline.triggers import ViewWindow, find_triggers
+
+RECOMMENDATIONS = "gold.nearline_recommendations"
+BATCHES = "silver.nearline_batches"
+
+ITEM_TYPE = T.StructType(
+    [
+        T.StructField("position", T.IntegerType()),
+        T.StructField("item_id", T.StringType()),
+        T.StructField("title", T.StringType()),
+        T.StructField("leaf_category", T.StringType()),
+        T.StructField("score", T.DoubleType()),
+        *[
+            T.StructField(c, T.DoubleType())
+            for c in ("relevance", "personalisation", "discovery", "trend", "popularity")
+        ],
+        T.StructField("bought", T.BooleanType()),
+        T.StructField("query_kind", T.StringType()),
+        T.StructField("query", T.StringType()),
+        T.StructField("reason", T.StringType()),
+    ]
+)
+RECOMMENDATIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("items", T.ArrayType(ITEM_TYPE)),
+        T.StructField("trigger_event_id", T.StringType()),
+        T.StructField("trigger_type", T.StringType()),
+        T.StructField("event_ts", T.TimestampType()),
+        T.StructField("batch_id", T.LongType()),
+        T.StructField("batch_started_at", T.TimestampType()),
+        T.StructField("u2q_status", T.StringType()),
+        T.StructField("u2q_model", T.StringType()),
+        T.StructField("u2q_error", T.StringType()),
+        T.StructField("queries", T.IntegerType()),
+    ]
+)
+BATCHES_SCHEMA = T.StructType(
+    [
+        T.StructField("batch_id", T.LongType()),
+        T.StructField("events", T.LongType()),
+        T.StructField("triggers", T.LongType()),
+        T.StructField("users_written", T.LongType()),
+        T.StructField("failed", T.LongType()),
+        T.StructField("u2q_fallbacks", T.LongType()),
+        T.StructField("first_event_id", T.StringType()),
+        T.StructField("last_event_id", T.StringType()),
+        T.StructField("started_at", T.TimestampType()),
+        T.StructField("committed_at", T.TimestampType()),
+        T.StructField("recommendations_version", T.LongType()),
+        T.StructField("read_s", T.DoubleType()),
+        T.StructField("refresh_s", T.DoubleType()),
+        T.StructField("merge_s", T.DoubleType()),
+    ]
+)
+
+
+def checkpoint_location(conf: Config) -> str:
+    if conf.nearline.checkpoint:
+        return conf.nearline.checkpoint
+    root = conf.storage.root if "://" in conf.storage.root else os.path.abspath(conf.storage.root)
+    return f"{root}/checkpoints/nearline"
+
+
+def _utc(ts) -> dt.datetime:
+    return pd.Timestamp(ts).to_pydatetime().replace(tzinfo=None)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class BatchHandler:
+    """The ``foreachBatch`` function and what it keeps between micro-batches."""
+
+    spark: SparkSession
+    conf: Config
+    state: UserState
+    settings: RefreshSettings
+    items_broadcast: object
+    window: ViewWindow
+    app_id: str
+    on_batch: object = None  # optional callback(dict) after each batch, for progress
+    batches: int = 0
+    triggers: int = 0
+    last_batch_at: float = field(default_factory=time.monotonic)
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        started_at, t0 = _now(), time.perf_counter()
+        events = batch.select(*EVENT_FIELDS).toPandas()
+        read_s = time.perf_counter() - t0
+        self.last_batch_at = time.monotonic()
+        if events.empty:
+            return
+        events["ts"] = [_utc(t) for t in events["ts"]]
+        self.state.fold(events)
+        nc = self.conf.nearline
+        triggers = find_triggers(events, self.window, nc.trigger_types, nc.view_types)
+        t1 = time.perf_counter()
+        written, failed, fallbacks, version, committed_at = 0, 0, 0, None, None
+        if triggers:
+            rows = pd.DataFrame([self.state.inputs(t.user_id, t.ts.date()) for t in triggers])[
+                list(INPUT_COLUMNS)
+            ]
+            out = self._refresh(rows)
+            refresh_s = time.perf_counter() - t1
+            by_user = {t.user_id: t for t in triggers}
+            records = []
+            for r in out.to_dict("records"):
+                if r["items_json"] is None:  # the refresh failed: the user keeps the last list
+                    print(f"nearline: batch {batch_id}: user {r['user_id']}: {r['u2q_error']}", flush=True)
+                    failed += 1
+                    continue
+                t = by_user[r["user_id"]]
+                fallbacks += r["u2q_status"] == "failed"
+                items = json.loads(r["items_json"])
+                records.append(
+                    (
+                        r["user_id"],
+                        items,
+                        t.event_id,
+                        t.event_type,
+                        t.ts,
+                        int(batch_id),
+                        started_at,
+                        r["u2q_status"],
+                        r["u2q_model"],
+                        r["u2q_error"],
+                        len(json.loads(r["queries_json"])),
+                    )  # fmt: skip
+                )
+            t2 = time.perf_counter()
+            if records:
+                version, committed_at = self._merge(records)
+            merge_s = time.perf_counter() - t2
+            written = len(records)
+        else:
+            refresh_s = merge_s = 0.0
+        ordered = events.sort_values(["ts", "event_id"])
+        log = [(int(batch_id), len(events), len(triggers), written, failed, fallbacks, ordered["event_id"].iloc[0],
+                ordered["event_id"].iloc[-1], started_at, committed_at, version, round(read_s, 3),
+                round(refresh_s, 3), round(merge_s, 3))]  # fmt: skip
+        tables.append_once(
+            self.spark.createDataFrame(log, BATCHES_SCHEMA), self.conf, BATCHES, self.app_id, batch_id
+        )
+        self.batches += 1
+        self.triggers += len(triggers)
+        line = (
+            f"nearline: batch {batch_id}: {len(events):,} events, {len(triggers):,} triggered users, "
+            f"{written:,} lists written (read {read_s:.2f}s, refresh {refresh_s:.2f}s, merge {merge_s:.2f}s)"
+        )
+        print(line, flush=True)
+        if self.on_batch:
+            self.on_batch({"batch_id": batch_id, "events": len(events), "triggers": len(triggers)})
+
+    def _refresh(self, rows: pd.DataFrame) -> pd.DataFrame:
+        settings, items = self.settings, self.items_broadcast
+        tasks = self.conf.nearline.tasks or self.spark.sparkContext.defaultParallelism
+        df = self.spark.createDataFrame(
+            rows, T.StructType([T.StructField(c, T.StringType()) for c in INPUT_COLUMNS])
+        )
+
+        def run(batches):
+            for pdf in batches:
+                if len(pdf):
+                    yield refresh_users(pdf, settings, items.value)
+
+        return df.repartition(max(1, min(tasks, len(rows)))).mapInPandas(run, OUTPUT_SCHEMA).toPandas()
+
+    def _merge(self, records: list[tuple]) -> tuple[int, dt.datetime]:
+        from delta.tables import DeltaTable
+
+        spark, conf = self.spark, self.conf
+        df = spark.createDataFrame(records, RECOMMENDATIONS_SCHEMA)
+        if not tables.exists(spark, conf, RECOMMENDATIONS):
+            tables.overwrite(df.limit(0), conf, RECOMMENDATIONS)
+        loc = tables.location(conf, RECOMMENDATIONS)
+        target = DeltaTable.forName(spark, loc) if conf.storage.catalog else DeltaTable.forPath(spark, loc)
+        (
+            target.alias("t")
+            .merge(df.alias("s"), "t.user_id = s.user_id")
+            .whenMatchedUpdateAll(condition="s.batch_id > t.batch_id")
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+        last = target.history(1).select("version", "timestamp").collect()[0]
+        return int(last["version"]), last["timestamp"]
+
+
+def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
+    """The executors' settings: agent backend, prompt, endpoint, embedding, shards."""
+    from jobs.q2i import _shard  # noqa: F401  (fails early if faiss is missing)
+    from prompts import load_prompt
+    from udfs.agents import u2q
+    from udfs.embedding import spec_from_conf
+    from udfs.llm.runner import call_settings
+
+    uc = conf.u2q
+    agent_conf = conf.llm.agent(u2q.AGENT.name)
+    prompt = call = None
+    if agent_conf.backend != "heuristic":
+        prompt = load_prompt(u2q.AGENT.name, agent_conf.prompt_version)
+        call = with_timeouts(
+            call_settings(conf.llm.endpoint_of(u2q.AGENT.name), conf.llm.runtime, u2q.AGENT),
+            conf.nearline.llm_timeout_s,
+            conf.nearline.llm_max_retries,
+        )
+    manifest = tables.read(spark, conf, "gold.index_manifest").filter(F.col("count") > 0)
+    shards = manifest.select("path", "embedding_model").collect()
+    spec = spec_from_conf(conf)
+    models = {r["embedding_model"] for r in shards}
+    if shards and models != {spec.model_id}:
+        raise RuntimeError(
+            f"nearline: the index was built with {models}, not {spec.model_id}: re-run embed and index"
+        )
+    missing = [r["path"] for r in shards if "://" not in r["path"] and not os.path.exists(r["path"])]
+    if missing:
+        raise RuntimeError(f"nearline: shard files missing (rebuild with the index stage): {missing[:3]}")
+    return RefreshSettings(
+        u2q_counts={"personal": uc.personal, "trend": uc.trend, "exploration": uc.exploration},
+        backend=agent_conf.backend,
+        prompt=prompt,
+        call=call,
+        embedding=spec,
+        shard_paths=[r["path"] for r in shards],
+        q2i=conf.q2i,
+        rank=conf.rank,
+    )
+
+
+def seed_views(spark: SparkSession, conf: Config, window: ViewWindow) -> int:
+    """Load the detail views of the last window into ``window`` (the trigger state)."""
+    nc = conf.nearline
+    events = tables.read(spark, conf, "bronze.events")
+    latest = events.filter(F.col("event_type").isin(*nc.view_types)).agg(F.max("ts")).collect()[0][0]
+    if latest is None:
+        return 0
+    since = latest - dt.timedelta(seconds=nc.view_window_s)
+    rows = (
+        events.filter(
+            F.col("event_type").isin(*nc.view_types)
+            & (F.col("ts") > F.lit(since))
+            & (F.col("dt") >= F.lit(since.date()))
+        )
+        .select("user_id", "event_id", "ts")
+        .collect()
+    )
+    for r in rows:
+        window.add(r["user_id"], r["event_id"], _utc(r["ts"]))
+    return len(rows)
+
+
+def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, BatchHandler]:
+    """Load the state and start the streaming query; returns (StreamingQuery, handler)."""
+    for needed in (
+        "bronze.events",
+        "gold.portraits",
+        "gold.cfv",
+        "silver.item_vectors",
+        "gold.index_manifest",
+    ):
+        if not tables.exists(spark, conf, needed):
+            raise RuntimeError(
+                f"nearline: {needed} is missing: run the batch pipeline first (discovery pipeline)"
+            )
+    nc = conf.nearline
+    settings = settings_from_conf(spark, conf)
+    state, items = load(spark, conf)
+    window = ViewWindow(nc.views, nc.view_window_s)
+    n_views = seed_views(spark, conf, window)
+    checkpoint = checkpoint_location(conf)
+    handler = BatchHandler(
+        spark=spark,
+        conf=conf,
+        state=state,
+        settings=settings,
+        items_broadcast=spark.sparkContext.broadcast(items),
+        window=window,
+        app_id="nearline:" + checkpoint,
+        on_batch=on_batch,
+    )
+    resuming = os.path.exists(os.path.join(checkpoint, "commits"))
+    # Ignored by Delta when the checkpoint already holds offsets.
+    reader = spark.readStream.format("delta").option("startingVersion", nc.starting_version)
+    source = (
+        reader.load(tables.location(conf, "bronze.events"))
+        if not conf.storage.catalog
+        else reader.table(tables.location(conf, "bronze.events"))
+    )
+    writer = (
+        source.writeStream.foreachBatch(handler)
+        .option("checkpointLocation", checkpoint)
+        .queryName("nearline")
+    )
+    if nc.trigger_interval_s > 0:
+        writer = writer.trigger(processingTime=f"{nc.trigger_interval_s} seconds")
+    query = writer.start()
+    print(
+        f"nearline: ready; reading {tables.location(conf, 'bronze.events')} from "
+        f"{'the checkpoint' if resuming else 'version ' + nc.starting_version}"
+        f" ({n_views:,} recent detail views loaded); checkpoint {checkpoint}",
+        flush=True,
+    )
+    return query, handler
+
+
+def run(
+    spark: SparkSession, conf: Config, stop_after_idle: float | None = None, max_seconds: float | None = None
+) -> dict:
+    """Run the stream until stopped (Ctrl-C), idle for ``stop_after_idle`` seconds, or ``max_seconds``."""
+    query, handler = start(spark, conf)
+    began = time.monotonic()
+    try:
+        while query.isActive:
+            query.awaitTermination(1.0)
+            now = time.monotonic()
+            if stop_after_idle is not None and now - handler.last_batch_at > stop_after_idle:
+                print(f"nearline: no new events for {stop_after_idle:.0f}s, stopping", flush=True)
+                break
+            if max_seconds is not None and now - began > max_seconds:
+                break
+    except KeyboardInterrupt:
+        print("nearline: interrupted, stopping", flush=True)
+    finally:
+        if query.isActive:
+            query.stop()
+    if query.exception() is not None:
+        raise RuntimeError(f"nearline: the stream failed: {query.exception()}")
+    return {"batches": handler.batches, "triggers": handler.triggers}
