@@ -39,7 +39,14 @@ from pyspark.sql import types as T
 
 from jobs import tables
 from jobs.config import Config
-from jobs.nearline.refresh import INPUT_COLUMNS, OUTPUT_SCHEMA, RefreshSettings, refresh_users, with_timeouts
+from jobs.nearline.refresh import (
+    INPUT_COLUMNS,
+    OUTPUT_SCHEMA,
+    RefreshSettings,
+    refresh_users,
+    warm_up,
+    with_timeouts,
+)
 from jobs.nearline.state import EVENT_FIELDS, UserState, load
 from jobs.nearline.triggers import ViewWindow, find_triggers
 
@@ -312,6 +319,15 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     state, items = load(spark, conf)
     window = ViewWindow(nc.views, nc.view_window_s)
     n_views = seed_views(spark, conf, window)
+    tasks = nc.tasks or spark.sparkContext.defaultParallelism
+    t0 = time.perf_counter()
+    spark.range(tasks).repartition(tasks).mapInPandas(
+        lambda batches: (warm_up(pdf, settings) for pdf in batches), "seconds double"
+    ).collect()
+    print(
+        f"nearline: model and {len(settings.shard_paths)} shard(s) loaded in {tasks} worker(s), {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     checkpoint = checkpoint_location(conf)
     handler = BatchHandler(
         spark=spark,

@@ -287,3 +287,12 @@ def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) ->
 def with_timeouts(call: CallSettings, timeout_s: float, max_retries: int) -> CallSettings:
     """The batch call settings with the nearline's shorter patience."""
     return dataclasses.replace(call, timeout_s=timeout_s, max_retries=max_retries)
+
+
+def warm_up(pdf: pd.DataFrame, s: RefreshSettings) -> pd.DataFrame:
+    """Load the embedding model and every shard in this Python worker (before the first event)."""
+    started = time.perf_counter()
+    encode(["warm up"], s.embedding)
+    for path in s.shard_paths:
+        _shard(path)
+    return pd.DataFrame({"seconds": [time.perf_counter() - started] * len(pdf)})

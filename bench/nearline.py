@@ -1,0 +1,156 @@
+"""Nearline end-to-end latency: event timestamp -> the user's refreshed list committed.
+
+Copies the batch tables of a warehouse built by ``discovery pipeline`` (default
+``warehouse``) to a scratch root, starts the nearline stream there with the U2Q agent on
+the scripted OpenAI-compatible server (``--llm-latency-ms``, 300 by default), then, while
+the stream runs, appends waves of events that trigger ``--users`` distinct users (a
+purchase, a search, or five detail views, in turn), each event stamped with the wall
+clock just before its append. A user's latency is the commit time of the MERGE that wrote
+the list for that trigger (``silver.nearline_batches.committed_at``) minus the triggering
+event's timestamp: the producer's append, the stream's pick-up, the refresh and the MERGE
+all count. Prints p50 / p95 / max and the per-batch phase times.
+
+    python bench/nearline.py                      # 50 users, 300 ms LLM
+    python bench/nearline.py --users 20 --wave 2 --interval 1.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--warehouse", default="warehouse", help="storage root of a finished batch run")
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--wave", type=int, default=5, help="users triggered per append")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between appends")
+    parser.add_argument("--llm-latency-ms", type=float, default=300.0)
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the last list")
+    args = parser.parse_args(argv)
+
+    from jobs import nearline, tables
+    from jobs.config import load_config
+    from jobs.session import get_spark
+    from udfs.agents import u2q
+    from udfs.llm.scripted_server import ScriptedLLMServer
+
+    source = Path(args.warehouse)
+    if not (source / "gold" / "recommendations").exists():
+        print(
+            f"{source}: no finished batch run (gold.recommendations): run `discovery pipeline` first",
+            file=sys.stderr,
+        )
+        return 2
+    scratch = Path(tempfile.mkdtemp(prefix="bench_nearline_"))
+    for layer in ("bronze", "silver", "gold"):
+        shutil.copytree(source / layer, scratch / layer, ignore=shutil.ignore_patterns("evaluation"))
+    print(f"bench: scratch warehouse {scratch}", flush=True)
+
+    server = ScriptedLLMServer(latency_s=args.llm_latency_ms / 1000.0, responder=u2q.scripted_answer).start()
+    endpoint = {"base_url": server.base_url, "model": "scripted", "api_key_env": None}
+    conf = load_config(
+        overrides=[
+            f"storage.root={scratch}",
+            "spark.shuffle_partitions=2",
+            "tracking.enabled=false",
+            f"llm.endpoints.bench={json.dumps(endpoint)}",
+            "llm.agents.u2q.backend=openai",
+            "llm.agents.u2q.endpoint=bench",
+        ]
+    )
+    spark = get_spark(conf)
+    try:
+        query, _handler = nearline.start(spark, conf)
+        events = tables.read(spark, conf, "bronze.events")
+        schema = events.schema
+        template = events.first().asDict()
+        users = [
+            r[0] for r in events.select("user_id").distinct().orderBy("user_id").limit(args.users).collect()
+        ]
+        items = [r[0] for r in events.filter("event_type = 'purchase'").select("item_id").distinct().orderBy("item_id").limit(50).collect()]  # fmt: skip
+        expected: dict[str, tuple[str, dt.datetime]] = {}
+        n_events = 0
+        for w in range(0, len(users), args.wave):
+            rows = []
+            for i, user in enumerate(users[w : w + args.wave]):
+                kind = ("purchase", "search", "views")[(w + i) % 3]
+                item = items[(w + i) % len(items)]
+                now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+                base = dict(template, user_id=user, dt=now.date(), quantity=None, amount=None, order_id=None)
+                if kind == "views":
+                    for v in range(5):
+                        ts = now - dt.timedelta(milliseconds=40 * (4 - v))
+                        rows.append(dict(base, event_id=f"bench-{user}-v{v}", event_type="view", item_id=items[(w + i + v) % len(items)], ts=ts, query=None))  # fmt: skip
+                    expected[user] = (f"bench-{user}-v4", now)
+                elif kind == "search":
+                    rows.append(dict(base, event_id=f"bench-{user}-s", event_type="search", item_id=None, ts=now, query="red retrospot bag"))  # fmt: skip
+                    expected[user] = (f"bench-{user}-s", now)
+                else:
+                    rows.append(dict(base, event_id=f"bench-{user}-p", event_type="purchase", item_id=item, ts=now, query=None))  # fmt: skip
+                    expected[user] = (f"bench-{user}-p", now)
+            tables.append(spark.createDataFrame(rows, schema), conf, "bronze.events")
+            n_events += len(rows)
+            time.sleep(args.interval)
+
+        deadline = time.monotonic() + args.timeout
+        latencies: dict[str, float] = {}
+        while time.monotonic() < deadline and len(latencies) < len(expected):
+            if tables.exists(spark, conf, nearline.RECOMMENDATIONS) and tables.exists(
+                spark, conf, nearline.BATCHES
+            ):
+                recs = tables.read(spark, conf, nearline.RECOMMENDATIONS).select(
+                    "user_id", "trigger_event_id", "batch_id"
+                )
+                log = tables.read(spark, conf, nearline.BATCHES).select("batch_id", "committed_at")
+                for r in recs.join(log, "batch_id").collect():
+                    want = expected.get(r["user_id"])
+                    if want and r["trigger_event_id"] == want[0] and r["committed_at"] is not None:
+                        latencies[r["user_id"]] = (r["committed_at"] - want[1]).total_seconds()
+            time.sleep(1.0)
+        query.stop()
+        batches = tables.read(spark, conf, nearline.BATCHES).orderBy("batch_id").collect()
+    finally:
+        stats = server.stats()
+        server.stop()
+    if len(latencies) < len(expected):
+        print(
+            f"bench: only {len(latencies)} of {len(expected)} users got their list in time", file=sys.stderr
+        )
+    values = list(latencies.values())
+    print(f"\nnearline latency, event timestamp -> list committed ({len(values)} users, {n_events} events, "
+          f"{len(batches)} micro-batches, LLM {args.llm_latency_ms:.0f} ms, {stats['count']} LLM calls):")  # fmt: skip
+    if values:
+        print(
+            f"  p50 {statistics.median(values):.2f}s   p95 {_percentile(values, 95):.2f}s   max {max(values):.2f}s"
+        )
+    phases = {k: [b[k] for b in batches if b["triggers"]] for k in ("read_s", "refresh_s", "merge_s")}
+    print(
+        "  per batch (median): "
+        + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in phases.items() if v)
+    )
+    print(f"  U2Q fallbacks to the heuristic: {sum(b['u2q_fallbacks'] for b in batches)}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    spark.stop()
+    return 0 if len(latencies) == len(expected) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
