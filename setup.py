@@ -36,6 +36,9 @@ setup(
         # Tracking (runs, params, metrics, artifacts) and the evaluation's plots.
         "mlflow>=3,<4",
         "matplotlib>=3.7",
+        # The nearline's commits to Delta tables in a local warehouse: a MERGE in tens of
+        # milliseconds from the driver (delta-rs), where Spark's takes a second or more.
+        "deltalake>=1.1,<2",
     ],
     extras_require={
         "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.1", "ruff>=0.6", "wheel", "setuptools>=68"],

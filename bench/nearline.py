@@ -8,9 +8,12 @@ purchase, a search, or five detail views, in turn), each event stamped with the 
 clock just before its append. A user's latency is the commit time of the MERGE that wrote
 the list for that trigger (``silver.nearline_batches.committed_at``) minus the triggering
 event's timestamp: the producer's append, the stream's pick-up, the refresh and the MERGE
-all count. Prints p50 / p95 / max and the per-batch phase times.
+all count. Prints p50 / p95 / max and the per-batch phase times, once per commit engine
+(``nearline.commit``: auto = delta-rs for a local warehouse, and spark), side by side in
+one run.
 
-    python bench/nearline.py                      # 50 users, 300 ms LLM
+    python bench/nearline.py                      # 50 users, 300 ms LLM, both engines
+    python bench/nearline.py --commit auto        # the default engine only
     python bench/nearline.py --users 20 --wave 2 --interval 1.5
 """
 
@@ -34,37 +37,15 @@ def _percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--warehouse", default="warehouse", help="storage root of a finished batch run")
-    parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--wave", type=int, default=5, help="users triggered per append")
-    parser.add_argument("--interval", type=float, default=2.0, help="seconds between appends")
-    parser.add_argument("--llm-latency-ms", type=float, default=300.0)
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the last list")
-    args = parser.parse_args(argv)
-
+def measure(spark, args, source: Path, server, commit: str) -> dict:
+    """One stream on a fresh copy of the warehouse; the latencies of its triggered users."""
     from jobs import nearline, tables
     from jobs.config import load_config
-    from jobs.session import get_spark
-    from udfs.agents import u2q
-    from udfs.llm.scripted_server import ScriptedLLMServer
 
-    source = Path(args.warehouse)
-    if not (source / "gold" / "recommendations").exists():
-        print(
-            f"{source}: no finished batch run (gold.recommendations): run `discovery pipeline` first",
-            file=sys.stderr,
-        )
-        return 2
     scratch = Path(tempfile.mkdtemp(prefix="bench_nearline_"))
     for layer in ("bronze", "silver", "gold"):
         shutil.copytree(source / layer, scratch / layer, ignore=shutil.ignore_patterns("evaluation"))
-    print(f"bench: scratch warehouse {scratch}", flush=True)
-
-    server = ScriptedLLMServer(latency_s=args.llm_latency_ms / 1000.0, responder=u2q.scripted_answer).start()
+    print(f"bench: nearline.commit={commit}, scratch warehouse {scratch}", flush=True)
     endpoint = {"base_url": server.base_url, "model": "scripted", "api_key_env": None}
     conf = load_config(
         overrides=[
@@ -74,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             f"llm.endpoints.bench={json.dumps(endpoint)}",
             "llm.agents.u2q.backend=openai",
             "llm.agents.u2q.endpoint=bench",
+            f"nearline.commit={commit}",
         ]
     )
-    spark = get_spark(conf)
+    calls_before = server.stats()["count"]
+    lists_written = [0]  # counted by the stream's callback: no polling job competes with it
+    query, handler = nearline.start(
+        spark, conf, on_batch=lambda b: lists_written.__setitem__(0, lists_written[0] + b["written"])
+    )
     try:
-        query, _handler = nearline.start(spark, conf)
         events = tables.read(spark, conf, "bronze.events")
         schema = events.schema
         template = events.first().asDict()
@@ -88,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         items = [r[0] for r in events.filter("event_type = 'purchase'").select("item_id").distinct().orderBy("item_id").limit(50).collect()]  # fmt: skip
         expected: dict[str, tuple[str, dt.datetime]] = {}
         n_events = 0
+        append_s: list[float] = []
         for w in range(0, len(users), args.wave):
             rows = []
             for i, user in enumerate(users[w : w + args.wave]):
@@ -106,50 +92,122 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     rows.append(dict(base, event_id=f"bench-{user}-p", event_type="purchase", item_id=item, ts=now, query=None))  # fmt: skip
                     expected[user] = (f"bench-{user}-p", now)
+            t0 = time.perf_counter()
             tables.append(spark.createDataFrame(rows, schema), conf, "bronze.events")
+            append_s.append(time.perf_counter() - t0)
             n_events += len(rows)
             time.sleep(args.interval)
 
         deadline = time.monotonic() + args.timeout
         latencies: dict[str, float] = {}
+        waits: dict[str, float] = {}
+        work: dict[str, float] = {}
         while time.monotonic() < deadline and len(latencies) < len(expected):
-            if tables.exists(spark, conf, nearline.RECOMMENDATIONS) and tables.exists(
-                spark, conf, nearline.BATCHES
-            ):
+            if lists_written[0] >= len(expected):
                 recs = tables.read(spark, conf, nearline.RECOMMENDATIONS).select(
-                    "user_id", "trigger_event_id", "batch_id"
+                    "user_id", "trigger_event_id", "batch_id", "batch_started_at"
                 )
                 log = tables.read(spark, conf, nearline.BATCHES).select("batch_id", "committed_at")
                 for r in recs.join(log, "batch_id").collect():
                     want = expected.get(r["user_id"])
                     if want and r["trigger_event_id"] == want[0] and r["committed_at"] is not None:
                         latencies[r["user_id"]] = (r["committed_at"] - want[1]).total_seconds()
+                        # event -> its micro-batch started (the append, the pick-up, the wait
+                        # for the batch before), and the batch's start -> its MERGE committed.
+                        waits[r["user_id"]] = (r["batch_started_at"] - want[1]).total_seconds()
+                        work[r["user_id"]] = (r["committed_at"] - r["batch_started_at"]).total_seconds()
             time.sleep(1.0)
-        query.stop()
-        batches = tables.read(spark, conf, nearline.BATCHES).orderBy("batch_id").collect()
     finally:
-        stats = server.stats()
-        server.stop()
+        query.stop()
+    batches = tables.read(spark, conf, nearline.BATCHES).orderBy("batch_id").collect()
+    shutil.rmtree(scratch, ignore_errors=True)
     if len(latencies) < len(expected):
         print(
             f"bench: only {len(latencies)} of {len(expected)} users got their list in time", file=sys.stderr
         )
-    values = list(latencies.values())
-    print(f"\nnearline latency, event timestamp -> list committed ({len(values)} users, {n_events} events, "
-          f"{len(batches)} micro-batches, LLM {args.llm_latency_ms:.0f} ms, {stats['count']} LLM calls):")  # fmt: skip
-    if values:
-        print(
-            f"  p50 {statistics.median(values):.2f}s   p95 {_percentile(values, 95):.2f}s   max {max(values):.2f}s"
-        )
     phases = {k: [b[k] for b in batches if b["triggers"]] for k in ("read_s", "refresh_s", "merge_s")}
-    print(
-        "  per batch (median): "
-        + ", ".join(f"{k} {statistics.median(v):.2f}s" for k, v in phases.items() if v)
+    return {
+        "commit": f"{commit} ({handler.engine})",
+        "users": len(latencies),
+        "expected": len(expected),
+        "events": n_events,
+        "batches": len(batches),
+        "llm_calls": server.stats()["count"] - calls_before,
+        "latencies": list(latencies.values()),
+        "waits": list(waits.values()),
+        "work": list(work.values()),
+        "append_s": append_s,
+        "phases": phases,
+        "fallbacks": sum(b["u2q_fallbacks"] for b in batches),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    print(f"  U2Q fallbacks to the heuristic: {sum(b['u2q_fallbacks'] for b in batches)}")
-    shutil.rmtree(scratch, ignore_errors=True)
+    parser.add_argument("--warehouse", default="warehouse", help="storage root of a finished batch run")
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--wave", type=int, default=5, help="users triggered per append")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between appends")
+    parser.add_argument("--llm-latency-ms", type=float, default=300.0)
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the last list")
+    parser.add_argument(
+        "--commit", default="auto,spark", help="nearline.commit values to measure, in turn (default both)"
+    )
+    args = parser.parse_args(argv)
+
+    from jobs.config import load_config
+    from jobs.session import get_spark
+    from udfs.agents import u2q
+    from udfs.llm.scripted_server import ScriptedLLMServer
+
+    source = Path(args.warehouse)
+    if not (source / "gold" / "recommendations").exists():
+        print(
+            f"{source}: no finished batch run (gold.recommendations): run `discovery pipeline` first",
+            file=sys.stderr,
+        )
+        return 2
+    server = ScriptedLLMServer(latency_s=args.llm_latency_ms / 1000.0, responder=u2q.scripted_answer).start()
+    spark = get_spark(load_config(overrides=["spark.shuffle_partitions=2", "tracking.enabled=false"]))
+    try:
+        results = [measure(spark, args, source, server, c.strip()) for c in args.commit.split(",")]
+    finally:
+        server.stop()
+    print(f"\nnearline latency, event timestamp -> list committed ({args.users} users in waves of "
+          f"{args.wave} every {args.interval:g}s, LLM {args.llm_latency_ms:.0f} ms):")  # fmt: skip
+    print(
+        "| commit | users | micro-batches | p50 | p95 | max | event -> batch start p50 | batch start -> "
+        "committed p50 | producer append p50 | read / refresh / merge (median per batch) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        v = r["latencies"]
+        if not v:
+            print(f"| {r['commit']} | 0 of {r['expected']} | {r['batches']} | - | - | - | - | - | - | - |")
+            continue
+        phases = " / ".join(
+            f"{statistics.median(r['phases'][k]):.2f} s" if r["phases"][k] else "-"
+            for k in ("read_s", "refresh_s", "merge_s")
+        )
+        print(
+            f"| {r['commit']} | {r['users']} of {r['expected']} | {r['batches']} | {statistics.median(v):.2f} s | "
+            f"{_percentile(v, 95):.2f} s | {max(v):.2f} s | {statistics.median(r['waits']):.2f} s | "
+            f"{statistics.median(r['work']):.2f} s | {statistics.median(r['append_s']):.2f} s | {phases} |"
+        )
+    if len(results) == 2 and results[0]["latencies"] and results[1]["latencies"]:
+        a, b = (statistics.median(r["latencies"]) for r in results)
+        pa, pb = (_percentile(r["latencies"], 95) for r in results)
+        print(
+            f"\np50 ratio {results[1]['commit']} / {results[0]['commit']}: {b / a:.2f}x; p95 ratio {pb / pa:.2f}x"
+        )
+    for r in results:
+        print(
+            f"{r['commit']}: {r['events']} events, {r['llm_calls']} LLM calls, {r['fallbacks']} U2Q fallbacks"
+        )
     spark.stop()
-    return 0 if len(latencies) == len(expected) else 1
+    return 0 if all(r["users"] == r["expected"] for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -393,6 +393,19 @@ class NearlineConf(_Strict):
     llm_max_retries: int = Field(1, ge=0)
     # Fresh searches of a triggered user searched for as they are (kind "search").
     search_queries: int = Field(2, ge=0)
+    # How the two output tables are committed: "auto" = delta-rs (the `deltalake` package,
+    # a MERGE in milliseconds) for tables in a local storage.root, Spark otherwise
+    # (catalog tables, object stores); "spark" = always Spark.
+    commit: Literal["auto", "spark"] = "auto"
+    # Spark stops a Python worker after a minute without work, and the embedding model
+    # and shards go with it; a small job every this many idle seconds keeps them (0 = off).
+    keep_warm_s: float = Field(30.0, ge=0, lt=60)
+    # Session settings for the nearline process (tiny micro-batches: no adaptive
+    # re-planning; the MERGE source is a local table, no need to materialise it).
+    spark_conf: dict[str, str] = {
+        "spark.sql.adaptive.enabled": "false",
+        "spark.databricks.delta.merge.materializeSource": "none",
+    }
 
 
 class TrackingConf(_Strict):

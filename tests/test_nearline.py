@@ -112,16 +112,16 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
 
     # 3. Crash after the MERGE committed, before the batch itself is: the replay changes nothing.
     monkeypatch.setattr(nearline.BatchHandler, "_merge", real_merge)
-    real_append_once = tables.append_once
+    real_log = nearline.BatchHandler._log
     crashes = []
 
-    def crash_after_merge(*args, **kwargs):
+    def crash_after_merge(self, rows, batch_id):
         if not crashes:
             crashes.append(1)
             raise Crash("killed after the MERGE")
-        return real_append_once(*args, **kwargs)
+        return real_log(self, rows, batch_id)
 
-    monkeypatch.setattr(tables, "append_once", crash_after_merge)
+    monkeypatch.setattr(nearline.BatchHandler, "_log", crash_after_merge)
     query, handler = nearline.start(spark, conf)
     try:
         assert _wait(query, lambda: not query.isActive, timeout=120)
@@ -156,7 +156,9 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
     # The replayed batch of n3 left b's row as the first MERGE wrote it (same batch id).
     assert by_user[b]["batch_id"] == merged[b]["batch_id"]
     history = tables._delta_table(spark, conf, nearline.RECOMMENDATIONS).history().collect()
-    assert max(h["version"] for h in history) > version_after_merge  # c's batch was merged after
+    # The replay of n3's batch committed nothing (the batch guard); c's batch one MERGE.
+    later = sorted((h["version"], h["operation"]) for h in history if h["version"] > version_after_merge)
+    assert later == [(version_after_merge + 1, "MERGE")]
     # Every event lands in exactly one logged batch: none lost, none logged twice.
     log = tables.read(spark, conf, nearline.BATCHES)
     assert log.count() == log.select("batch_id").distinct().count()

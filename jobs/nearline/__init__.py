@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -134,7 +135,12 @@ class BatchHandler:
     on_batch: object = None  # optional callback(dict) after each batch, for progress
     batches: int = 0
     triggers: int = 0
+    engine: str = "spark"  # how the two tables are committed: "delta-rs" or "spark"
     last_batch_at: float = field(default_factory=time.monotonic)
+    # When the Python workers last ran a refresh (or a keep-warm job), and a lock so
+    # that the keep-warm job never runs beside a refresh.
+    last_worker_use: float = field(default_factory=time.monotonic)
+    worker_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         started_at, t0 = _now(), time.perf_counter()
@@ -191,9 +197,7 @@ class BatchHandler:
         log = [(int(batch_id), len(events), len(triggers), written, failed, fallbacks, ordered["event_id"].iloc[0],
                 ordered["event_id"].iloc[-1], started_at, committed_at, version, round(read_s, 3),
                 round(refresh_s, 3), round(merge_s, 3))]  # fmt: skip
-        tables.append_once(
-            self.spark.createDataFrame(log, BATCHES_SCHEMA), self.conf, BATCHES, self.app_id, batch_id
-        )
+        self._log(log, batch_id)
         self.batches += 1
         self.triggers += len(triggers)
         line = (
@@ -202,13 +206,18 @@ class BatchHandler:
         )
         print(line, flush=True)
         if self.on_batch:
-            self.on_batch({"batch_id": batch_id, "events": len(events), "triggers": len(triggers)})
+            self.on_batch(
+                {"batch_id": batch_id, "events": len(events), "triggers": len(triggers), "written": written}
+            )
 
     def _refresh(self, rows: pd.DataFrame) -> pd.DataFrame:
         settings, items = self.settings, self.items_broadcast
-        tasks = self.conf.nearline.tasks or self.spark.sparkContext.defaultParallelism
+        sc = self.spark.sparkContext
+        tasks = max(1, min(self.conf.nearline.tasks or sc.defaultParallelism, len(rows)))
+        # The rows are split into `tasks` partitions here (no shuffle: one job, one stage).
+        rdd = sc.parallelize([tuple(r) for r in rows.itertuples(index=False)], tasks)
         df = self.spark.createDataFrame(
-            rows, T.StructType([T.StructField(c, T.StringType()) for c in INPUT_COLUMNS])
+            rdd, T.StructType([T.StructField(c, T.StringType()) for c in INPUT_COLUMNS])
         )
 
         def run(batches):
@@ -216,26 +225,103 @@ class BatchHandler:
                 if len(pdf):
                     yield refresh_users(pdf, settings, items.value)
 
-        return df.repartition(max(1, min(tasks, len(rows)))).mapInPandas(run, OUTPUT_SCHEMA).toPandas()
+        with self.worker_lock:
+            out = df.mapInPandas(run, OUTPUT_SCHEMA).toPandas()
+            self.last_worker_use = time.monotonic()
+        return out
+
+    def keep_warm(self) -> bool:
+        """Run the warm-up job if the Python workers sat idle for ``nearline.keep_warm_s``.
+
+        Spark stops a Python worker that has been idle for a minute, and the embedding
+        model and the shards go with it: the next trigger would wait for them to load
+        again. Returns whether the job ran.
+        """
+        every = self.conf.nearline.keep_warm_s
+        if not every or time.monotonic() - self.last_worker_use < every:
+            return False
+        if not self.worker_lock.acquire(blocking=False):
+            return False
+        try:
+            warm_workers(self.spark, self.conf, self.settings)
+            self.last_worker_use = time.monotonic()
+        finally:
+            self.worker_lock.release()
+        return True
 
     def _merge(self, records: list[tuple]) -> tuple[int, dt.datetime]:
-        from delta.tables import DeltaTable
+        return commit_lists(self.spark, self.conf, records, self.engine)
 
-        spark, conf = self.spark, self.conf
-        df = spark.createDataFrame(records, RECOMMENDATIONS_SCHEMA)
-        if not tables.exists(spark, conf, RECOMMENDATIONS):
-            tables.overwrite(df.limit(0), conf, RECOMMENDATIONS)
-        loc = tables.location(conf, RECOMMENDATIONS)
-        target = DeltaTable.forName(spark, loc) if conf.storage.catalog else DeltaTable.forPath(spark, loc)
-        (
-            target.alias("t")
-            .merge(df.alias("s"), "t.user_id = s.user_id")
-            .whenMatchedUpdateAll(condition="s.batch_id > t.batch_id")
-            .whenNotMatchedInsertAll()
-            .execute()
+    def _log(self, rows: list[tuple], batch_id: int) -> None:
+        log_batch(self.spark, self.conf, rows, self.app_id, batch_id, self.engine)
+
+    def warm_up_merge(self) -> None:
+        """A MERGE that matches nothing and writes nothing (no version is committed), so
+        that the first batch does not pay for what loads on first use (the JVM compiling
+        Spark's MERGE, the delta-rs runtime)."""
+        placeholder = ("__warm_up__", [], None, None, None, -1, _now(), None, None, None, 0)
+        commit_lists(self.spark, self.conf, [placeholder], self.engine)
+
+
+def commit_engine(conf: Config) -> str:
+    """``nearline.commit``: "auto" is delta-rs for tables in a local storage.root, else Spark."""
+    if conf.nearline.commit == "spark" or tables.local_path(conf, RECOMMENDATIONS) is None:
+        return "spark"
+    return "delta-rs"
+
+
+def create_tables(spark: SparkSession, conf: Config) -> None:
+    """Create the (empty) output tables, so that either engine can commit to them."""
+    for name, schema in ((RECOMMENDATIONS, RECOMMENDATIONS_SCHEMA), (BATCHES, BATCHES_SCHEMA)):
+        if not tables.exists(spark, conf, name):
+            tables.overwrite(spark.createDataFrame([], schema), conf, name)
+
+
+def commit_lists(
+    spark: SparkSession, conf: Config, records: list[tuple], engine: str
+) -> tuple[int, dt.datetime]:
+    """MERGE the refreshed lists (rows of ``RECOMMENDATIONS_SCHEMA``) into the table.
+
+    A user's row is replaced only from a later batch (``s.batch_id > t.batch_id``), so a
+    replayed batch changes nothing; rows with a negative batch id are never inserted (the
+    warm-up). Returns the table's (version, commit time) afterwards.
+    """
+    update_when, insert_when = "s.batch_id > t.batch_id", "s.batch_id >= 0"
+    if engine == "delta-rs":
+        names = RECOMMENDATIONS_SCHEMA.fieldNames()
+        rows = [dict(zip(names, r, strict=True)) for r in records]
+        return tables.rs_merge_upsert(
+            tables.local_path(conf, RECOMMENDATIONS), rows, ["user_id"], update_when, insert_when
         )
-        last = target.history(1).select("version", "timestamp").collect()[0]
-        return int(last["version"]), last["timestamp"]
+    from delta.tables import DeltaTable
+
+    loc = tables.location(conf, RECOMMENDATIONS)
+    target = DeltaTable.forName(spark, loc) if conf.storage.catalog else DeltaTable.forPath(spark, loc)
+    (
+        target.alias("t")
+        .merge(spark.createDataFrame(records, RECOMMENDATIONS_SCHEMA).alias("s"), "t.user_id = s.user_id")
+        .whenMatchedUpdateAll(condition=update_when)
+        .whenNotMatchedInsertAll(condition=insert_when)
+        .execute()
+    )
+    last = target.history(1).select("version", "timestamp").collect()[0]
+    return int(last["version"]), last["timestamp"]
+
+
+def log_batch(
+    spark: SparkSession, conf: Config, rows: list[tuple], app_id: str, batch_id: int, engine: str
+) -> None:
+    """Append a micro-batch's row(s) to ``silver.nearline_batches`` once per (app_id, batch_id)."""
+    if engine == "delta-rs":
+        names = BATCHES_SCHEMA.fieldNames()
+        tables.rs_append_once(
+            tables.local_path(conf, BATCHES),
+            [dict(zip(names, r, strict=True)) for r in rows],
+            app_id,
+            batch_id,
+        )
+    else:
+        tables.append_once(spark.createDataFrame(rows, BATCHES_SCHEMA), conf, BATCHES, app_id, batch_id)
 
 
 def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
@@ -279,6 +365,16 @@ def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
     )
 
 
+def warm_workers(spark: SparkSession, conf: Config, settings: RefreshSettings) -> float:
+    """Load the model and the shards in each Python worker (one partition per worker); seconds."""
+    tasks = conf.nearline.tasks or spark.sparkContext.defaultParallelism
+    t0 = time.perf_counter()
+    spark.range(0, tasks, 1, tasks).mapInPandas(
+        lambda batches: (warm_up(pdf, settings) for pdf in batches), "seconds double"
+    ).collect()
+    return time.perf_counter() - t0
+
+
 def seed_views(spark: SparkSession, conf: Config, window: ViewWindow) -> int:
     """Load the detail views of the last window into ``window`` (the trigger state)."""
     nc = conf.nearline
@@ -315,17 +411,16 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
                 f"nearline: {needed} is missing: run the batch pipeline first (discovery pipeline)"
             )
     nc = conf.nearline
+    for key, value in nc.spark_conf.items():
+        spark.conf.set(key, value)
     settings = settings_from_conf(spark, conf)
     state, items = load(spark, conf)
     window = ViewWindow(nc.views, nc.view_window_s)
     n_views = seed_views(spark, conf, window)
     tasks = nc.tasks or spark.sparkContext.defaultParallelism
-    t0 = time.perf_counter()
-    spark.range(tasks).repartition(tasks).mapInPandas(
-        lambda batches: (warm_up(pdf, settings) for pdf in batches), "seconds double"
-    ).collect()
+    seconds = warm_workers(spark, conf, settings)
     print(
-        f"nearline: model and {len(settings.shard_paths)} shard(s) loaded in {tasks} worker(s), {time.perf_counter() - t0:.1f}s",
+        f"nearline: model and {len(settings.shard_paths)} shard(s) loaded in {tasks} worker(s), {seconds:.1f}s",
         flush=True,
     )
     checkpoint = checkpoint_location(conf)
@@ -338,13 +433,21 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
         window=window,
         app_id="nearline:" + checkpoint,
         on_batch=on_batch,
+        engine=commit_engine(conf),
     )
-    # One refresh of placeholder users through the real path (Arrow transfer, broadcast,
-    # LLM client): the first triggered users should not pay for what loads on first use.
+    create_tables(spark, conf)
+    # What loads on first use should not be paid by the first triggered users: one refresh
+    # of real users through the whole path (the LLM client, Arrow, the broadcast, a real
+    # encode and search; nothing is written) and one MERGE that writes nothing.
     t0 = time.perf_counter()
-    placeholders = [state.inputs(f"__warm_up_{i}", state.run_date) for i in range(tasks)]
-    handler._refresh(pd.DataFrame(placeholders)[list(INPUT_COLUMNS)])
-    print(f"nearline: warm-up refresh {time.perf_counter() - t0:.1f}s", flush=True)
+    sample = sorted(state.inputs_by_user)[:tasks]
+    if sample:
+        handler._refresh(pd.DataFrame([state.inputs(u, state.run_date) for u in sample])[list(INPUT_COLUMNS)])
+    handler.warm_up_merge()
+    print(
+        f"nearline: warm-up refresh and MERGE {time.perf_counter() - t0:.1f}s; commits by {handler.engine}",
+        flush=True,
+    )
     resuming = os.path.exists(os.path.join(checkpoint, "commits"))
     # Ignored by Delta when the checkpoint already holds offsets.
     reader = spark.readStream.format("delta").option("startingVersion", nc.starting_version)
@@ -361,6 +464,10 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     if nc.trigger_interval_s > 0:
         writer = writer.trigger(processingTime=f"{nc.trigger_interval_s} seconds")
     query = writer.start()
+    if nc.keep_warm_s:
+        threading.Thread(
+            target=_keep_warm_loop, args=(query, handler), name="nearline-keep-warm", daemon=True
+        ).start()
     print(
         f"nearline: ready; reading {tables.location(conf, 'bronze.events')} from "
         f"{'the checkpoint' if resuming else 'version ' + nc.starting_version}"
@@ -368,6 +475,16 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
         flush=True,
     )
     return query, handler
+
+
+def _keep_warm_loop(query, handler: BatchHandler) -> None:
+    """While the query runs: keep the Python workers (and their model) alive when idle."""
+    while query.isActive:
+        try:
+            handler.keep_warm()
+        except Exception as e:  # noqa: BLE001 - a failed keep-warm job costs latency, not data
+            print(f"nearline: keep-warm job failed: {type(e).__name__}: {e}", flush=True)
+        time.sleep(1.0)
 
 
 def run(

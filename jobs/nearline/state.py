@@ -58,6 +58,13 @@ class UserState:
     folded: set[str] = field(default_factory=set)
     fresh_categories: dict[str, list[str]] = field(default_factory=dict)  # user -> latest first
     fresh_searches: dict[str, list[dict]] = field(default_factory=dict)
+    long_term_by_user: dict[str, list[tuple[str, list[dict]]]] = field(init=False)  # user -> [(cat, factors)]
+
+    def __post_init__(self) -> None:
+        self.long_term_by_user = defaultdict(list)
+        for (uid, cat, horizon), factors in self.cfv_lists.items():
+            if horizon == "long_term":
+                self.long_term_by_user[uid].append((cat, factors))
 
     # --- fresh events ------------------------------------------------------------------
 
@@ -144,10 +151,9 @@ class UserState:
             }
             candidates.append({**c, "recent": recent.get(cat, [])[:3]})
         prefs: dict[str, dict[str, float]] = defaultdict(dict)
-        for (uid, cat, horizon), factors in self.cfv_lists.items():
-            if uid == user_id and horizon == "long_term":
-                for f in factors:
-                    prefs[cat][f["factor"]] = max(prefs[cat].get(f["factor"], 0.0), f["weight"] / 10.0)
+        for cat, factors in self.long_term_by_user.get(user_id, []):
+            for f in factors:
+                prefs[cat][f["factor"]] = max(prefs[cat].get(f["factor"], 0.0), f["weight"] / 10.0)
         for cat, factors in recent.items():
             for f in factors:
                 prefs[cat][f["factor"]] = max(prefs[cat].get(f["factor"], 0.0), f["weight"] / 10.0)
