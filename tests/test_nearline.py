@@ -163,3 +163,98 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
     log = tables.read(spark, conf, nearline.BATCHES)
     assert log.count() == log.select("batch_id").distinct().count()
     assert log.agg(F.sum("events")).collect()[0][0] == 4
+
+
+def test_sigkill_of_the_whole_stream_mid_batch_loses_and_duplicates_nothing(spark, warehouse, tmp_path):
+    """`discovery nearline` as its own process group (driver, JVM, Python workers), killed
+    with SIGKILL while a micro-batch waits for the LLM; the restart replays the batch."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from udfs.agents import u2q
+    from udfs.llm.scripted_server import ScriptedLLMServer
+
+    # A copy of the batch tables (the other test's nearline tables and checkpoint left out).
+    source, root = Path(warehouse.storage.root), tmp_path / "warehouse"
+    for layer in ("bronze", "silver", "gold"):
+        shutil.copytree(
+            source / layer,
+            root / layer,
+            ignore=shutil.ignore_patterns("nearline_recommendations", "nearline_batches"),
+        )
+    conf = warehouse.model_copy(update={"storage": warehouse.storage.model_copy(update={"root": str(root)})})
+    users, item = _users_and_item(spark, conf, 2)
+    a, b = users
+
+    delay = [0.05]  # seconds per LLM answer: slow only while the batch is to be killed
+    server = ScriptedLLMServer(latency_s=lambda body: delay[0], responder=u2q.scripted_answer).start()
+    endpoint = {"base_url": server.base_url, "model": "scripted", "api_key_env": None}
+    sets = [
+        f"storage.root={root}", "spark.shuffle_partitions=2", "tracking.enabled=false", "rank.top_k=5",
+        "q2i.k=10", "nearline.tasks=1", f"llm.endpoints.t={json.dumps(endpoint)}",
+        "llm.agents.u2q.backend=openai", "llm.agents.u2q.endpoint=t", "nearline.llm_timeout_s=120",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "jobs", "nearline", *[x for s in sets for x in ("--set", s)]]
+
+    def launch(extra: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "w") as fh:
+            return subprocess.Popen(
+                cmd + extra,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=os.environ.copy(),
+            )
+
+    def wait_for(predicate, timeout: float, what: str, log: Path) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not after {timeout}s\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    try:
+        log1 = tmp_path / "first.log"
+        first = launch(["--max-seconds", "600"], log1)
+        try:
+            wait_for(lambda: "nearline: ready" in log1.read_text(), 300, "first start ready", log1)
+            calls = server.stats()["count"]  # the warm-up refresh called the LLM already
+            delay[0] = 60.0
+            _append(spark, conf, [
+                {"event_id": "k1", "user_id": a, "event_type": "purchase", "item_id": item},
+                {"event_id": "k2", "user_id": b, "event_type": "cart", "item_id": item},
+            ])  # fmt: skip
+            # The batch is in flight once its U2Q request reached the (slow) LLM.
+            wait_for(lambda: server.stats()["count"] > calls, 120, "the batch's LLM request", log1)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+        finally:
+            if first.poll() is None:
+                os.killpg(first.pid, signal.SIGKILL)
+        time.sleep(2.0)  # let the orphaned JVM and workers go
+        assert (
+            not tables.exists(spark, conf, nearline.RECOMMENDATIONS)
+            or not tables.read(spark, conf, nearline.RECOMMENDATIONS).count()
+        )
+        assert "nearline: batch 0" not in log1.read_text()
+
+        delay[0] = 0.05
+        log2 = tmp_path / "second.log"
+        second = launch(["--stop-after-idle", "15", "--max-seconds", "400"], log2)
+        try:
+            assert second.wait(timeout=500) == 0, log2.read_text()[-3000:]
+        finally:
+            if second.poll() is None:
+                os.killpg(second.pid, signal.SIGKILL)
+    finally:
+        server.stop()
+
+    recs = tables.read(spark, conf, nearline.RECOMMENDATIONS).collect()
+    assert [(r["user_id"], r["trigger_event_id"], r["batch_id"]) for r in recs] == [(a, "k1", 0)]
+    log = tables.read(spark, conf, nearline.BATCHES).collect()
+    assert [(r["batch_id"], r["events"], r["triggers"], r["users_written"]) for r in log] == [(0, 2, 1, 1)]

@@ -10,7 +10,10 @@ by ingest or any other producer) and handles each micro-batch in ``foreachBatch`
    (each loaded once per Python worker) and the ranking run (``jobs.nearline.refresh``);
 3. one Delta MERGE writes ``gold.nearline_recommendations``: one row per user with the
    list (``items``: position, item, title, category, score and its components, the query
-   and the reason), the triggering event (id, type, time) and the batch id;
+   and the reason), the triggering event (id, type, time) and the batch id. For tables
+   in a local storage.root the driver commits it with delta-rs (tens of milliseconds;
+   Spark's MERGE costs a second or more of Spark jobs), else with Spark
+   (``nearline.commit``);
 4. ``silver.nearline_batches`` gets one row per micro-batch (events, triggers, the
    MERGE's Delta version and commit time, seconds per phase).
 
@@ -19,7 +22,14 @@ that was cut short is replayed with the same id and the same events after a rest
 MERGE only replaces a user's row from a *later* batch (``s.batch_id > t.batch_id``), so a
 replay of a batch whose MERGE had already committed changes nothing, and the batch log is
 an idempotent Delta append (``txnAppId`` / ``txnVersion``). No event is skipped: the
-offsets only advance after ``foreachBatch`` returned.
+offsets only advance after ``foreachBatch`` returned, and the source's starting version
+is pinned at the first start (:func:`starting_version`), so that a replay of the very
+first batch reads the same events.
+
+Latency: everything that loads on first use is loaded before the first event (the model
+and the shards in every Python worker, one refresh of real users through the whole path,
+a MERGE that writes nothing), and a small job every ``nearline.keep_warm_s`` idle seconds
+keeps the Python workers alive (Spark stops a worker after a minute without work).
 
 Run it with ``discovery nearline`` (stops on Ctrl-C, or with ``--stop-after-idle``).
 """
@@ -375,6 +385,54 @@ def warm_workers(spark: SparkSession, conf: Config, settings: RefreshSettings) -
     return time.perf_counter() - t0
 
 
+def starting_version(spark: SparkSession, conf: Config, checkpoint: str) -> str:
+    """The Delta source's ``startingVersion``, the same on every start of this checkpoint.
+
+    Delta reads the option again whenever the stream's first micro-batch is replayed (a
+    crash before it committed), and "latest" would then mean a later version: the events
+    of that first batch would be skipped. So the first start records the table's latest
+    version N next to the checkpoint, and every later start reads from N + 1 once that
+    version exists (before it does, nothing has arrived that could be missed).
+    """
+    if conf.nearline.starting_version != "latest":
+        return conf.nearline.starting_version
+    latest = int(tables._last_commit(spark, conf, "bronze.events")["version"])
+    marker = f"{checkpoint}/nearline_start.json"
+    saved = _read_text(spark, marker)
+    if saved is None:
+        _write_text(spark, marker, json.dumps({"latest_version_at_first_start": latest}))
+        return "latest"
+    first = int(json.loads(saved)["latest_version_at_first_start"])
+    return str(first + 1) if latest > first else "latest"
+
+
+def _hadoop_path(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    p = jvm.org.apache.hadoop.fs.Path(path)
+    return p.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), p
+
+
+def _read_text(spark: SparkSession, path: str) -> str | None:
+    """A small file next to the checkpoint (any Hadoop file system), or None."""
+    fs, p = _hadoop_path(spark, path)
+    if not fs.exists(p):
+        return None
+    stream = fs.open(p)
+    try:
+        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def _write_text(spark: SparkSession, path: str, text: str) -> None:
+    fs, p = _hadoop_path(spark, path)
+    out = fs.create(p, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
 def seed_views(spark: SparkSession, conf: Config, window: ViewWindow) -> int:
     """Load the detail views of the last window into ``window`` (the trigger state)."""
     nc = conf.nearline
@@ -449,8 +507,8 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
         flush=True,
     )
     resuming = os.path.exists(os.path.join(checkpoint, "commits"))
-    # Ignored by Delta when the checkpoint already holds offsets.
-    reader = spark.readStream.format("delta").option("startingVersion", nc.starting_version)
+    starting = starting_version(spark, conf, checkpoint)
+    reader = spark.readStream.format("delta").option("startingVersion", starting)
     source = (
         reader.load(tables.location(conf, "bronze.events"))
         if not conf.storage.catalog
@@ -470,7 +528,7 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
         ).start()
     print(
         f"nearline: ready; reading {tables.location(conf, 'bronze.events')} from "
-        f"{'the checkpoint' if resuming else 'version ' + nc.starting_version}"
+        f"{'the checkpoint' if resuming else 'version ' + starting}"
         f" ({n_views:,} recent detail views loaded); checkpoint {checkpoint}",
         flush=True,
     )
