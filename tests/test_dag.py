@@ -11,6 +11,7 @@ import yaml
 
 from jobs import dag
 from jobs.cli import STAGES, build_parser
+from jobs.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = re.compile(r"""["']((?:bronze|silver|gold)\.[a-z0-9_]+)["']""")
@@ -74,3 +75,18 @@ def test_databricks_job_has_one_task_per_stage_with_the_pipeline_dependencies():
         stage_module = dict(STAGES)[key]
         assert callable(importlib.import_module(stage_module).run)
         assert any("whl" in lib for lib in task["libraries"])
+
+
+def test_databricks_nearline_job_runs_the_stream_continuously():
+    bundle = yaml.safe_load((REPO / "databricks.yml").read_text(encoding="utf-8"))
+    job = bundle["resources"]["jobs"]["discovery_nearline"]
+    assert "continuous" in job and "schedule" not in job
+    (task,) = job["tasks"]
+    wheel = task["python_wheel_task"]
+    module, func = _console_scripts()[wheel["entry_point"]].split(":")
+    assert callable(getattr(importlib.import_module(module), func))
+    args = build_parser().parse_args(wheel["parameters"])
+    assert args.command == "nearline"
+    conf = load_config(args.conf, args.overrides)  # the overrides are valid config keys
+    assert conf.nearline.commit == "spark"
+    assert callable(importlib.import_module("jobs.nearline").run)
