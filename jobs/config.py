@@ -400,6 +400,10 @@ class NearlineConf(_Strict):
     # Spark stops a Python worker after a minute without work, and the embedding model
     # and shards go with it; a small job every this many idle seconds keeps them (0 = off).
     keep_warm_s: float = Field(30.0, ge=0, lt=60)
+    # Every this many seconds the stream looks for a newer batch run (a new version of
+    # gold.recommendations) and loads its features in the background (0 = never: restart
+    # the stream after a batch run).
+    reload_check_s: float = Field(300.0, ge=0)
     # Session settings for the nearline process (tiny micro-batches: no adaptive
     # re-planning; the MERGE source is a local table, no need to materialise it).
     spark_conf: dict[str, str] = {

@@ -60,6 +60,20 @@ def _wait(query, predicate, timeout=120.0):
     return False
 
 
+def _copy(conf, root):
+    """The config of a copy of the batch tables (the nearline's tables and checkpoint left out)."""
+    import shutil
+    from pathlib import Path
+
+    for layer in ("bronze", "silver", "gold"):
+        shutil.copytree(
+            Path(conf.storage.root) / layer,
+            root / layer,
+            ignore=shutil.ignore_patterns("nearline_recommendations", "nearline_batches"),
+        )
+    return conf.model_copy(update={"storage": conf.storage.model_copy(update={"root": str(root)})})
+
+
 def _users_and_item(spark, conf, n):
     events = tables.read(spark, conf, "bronze.events")
     users = [r[0] for r in events.select("user_id").distinct().orderBy("user_id").limit(n).collect()]
@@ -258,3 +272,29 @@ def test_sigkill_of_the_whole_stream_mid_batch_loses_and_duplicates_nothing(spar
     assert [(r["user_id"], r["trigger_event_id"], r["batch_id"]) for r in recs] == [(a, "k1", 0)]
     log = tables.read(spark, conf, nearline.BATCHES).collect()
     assert [(r["batch_id"], r["events"], r["triggers"], r["users_written"]) for r in log] == [(0, 2, 1, 1)]
+
+
+def test_a_new_batch_run_is_picked_up_without_a_restart(spark, warehouse, tmp_path):
+    conf = _copy(warehouse, tmp_path / "warehouse")
+    conf = conf.model_copy(update={"nearline": conf.nearline.model_copy(update={"reload_check_s": 2.0})})
+    users, item = _users_and_item(spark, conf, 1)
+    query, handler = nearline.start(spark, conf)
+    try:
+        first_run = handler.state.run_date
+        # A batch run for the next day: rank rewrites gold.recommendations.
+        next_day = first_run + dt.timedelta(days=1)
+        run_stages(
+            spark, conf.model_copy(update={"run": conf.run.model_copy(update={"date": next_day})}), ["rank"]
+        )
+        assert _wait(query, lambda: handler.reloads == 1, timeout=180), query.exception()
+        assert handler.state.run_date == next_day
+        # The stream goes on with the new features.
+        _append(
+            spark, conf, [{"event_id": "r1", "user_id": users[0], "event_type": "purchase", "item_id": item}]
+        )
+        assert _wait(query, lambda: handler.batches >= 1), query.exception()
+    finally:
+        query.stop()
+    rows = tables.read(spark, conf, nearline.RECOMMENDATIONS).collect()
+    assert [(r["user_id"], r["trigger_event_id"]) for r in rows] == [(users[0], "r1")]
+    assert handler.reloads == 1  # gold.recommendations did not change again

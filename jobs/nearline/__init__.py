@@ -31,6 +31,11 @@ and the shards in every Python worker, one refresh of real users through the who
 a MERGE that writes nothing), and a small job every ``nearline.keep_warm_s`` idle seconds
 keeps the Python workers alive (Spark stops a worker after a minute without work).
 
+New batch runs: every ``nearline.reload_check_s`` seconds a background thread looks for a
+new version of ``gold.recommendations`` and, if there is one, loads the batch features
+again beside the running stream; they take over between two micro-batches, with the
+events of the batches handled meanwhile folded in.
+
 Run it with ``discovery nearline`` (stops on Ctrl-C, or with ``--stop-after-idle``).
 """
 
@@ -146,6 +151,12 @@ class BatchHandler:
     batches: int = 0
     triggers: int = 0
     engine: str = "spark"  # how the two tables are committed: "delta-rs" or "spark"
+    # The version of gold.recommendations whose batch run the features come from; the
+    # events of the batches handled while newer features load (None: no reload running).
+    features_version: int | None = None
+    events_since_reload: list | None = None
+    batch_lock: threading.Lock = field(default_factory=threading.Lock)
+    reloads: int = 0
     last_batch_at: float = field(default_factory=time.monotonic)
     # When the Python workers last ran a refresh (or a keep-warm job), and a lock so
     # that the keep-warm job never runs beside a refresh.
@@ -153,6 +164,10 @@ class BatchHandler:
     worker_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        with self.batch_lock:
+            self._handle(batch, batch_id)
+
+    def _handle(self, batch: DataFrame, batch_id: int) -> None:
         started_at, t0 = _now(), time.perf_counter()
         events = batch.select(*EVENT_FIELDS).toPandas()
         read_s = time.perf_counter() - t0
@@ -161,6 +176,8 @@ class BatchHandler:
             return
         events["ts"] = [_utc(t) for t in events["ts"]]
         self.state.fold(events)
+        if self.events_since_reload is not None:
+            self.events_since_reload.append(events)
         nc = self.conf.nearline
         triggers = find_triggers(events, self.window, nc.trigger_types, nc.view_types)
         t1 = time.perf_counter()
@@ -259,6 +276,41 @@ class BatchHandler:
             self.worker_lock.release()
         return True
 
+    def reload_if_newer(self) -> bool:
+        """Load the batch features again if a batch run rewrote gold.recommendations since.
+
+        The load runs beside the stream (batches go on with the old features); the new
+        state takes over between two batches, with the events of the batches handled
+        meanwhile folded into it. Returns whether it reloaded.
+        """
+        version = features_version(self.spark, self.conf)
+        if version is None or (self.features_version is not None and version <= self.features_version):
+            return False
+        print(
+            f"nearline: gold.recommendations is at version {version}: reloading the batch features",
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        self.events_since_reload = []
+        try:
+            settings = settings_from_conf(self.spark, self.conf)
+            state, items = load(self.spark, self.conf)
+            warm_workers(self.spark, self.conf, settings)
+            broadcast = self.spark.sparkContext.broadcast(items)
+            with self.batch_lock:
+                for events in self.events_since_reload:
+                    state.fold(events)
+                self.state, self.settings, self.items_broadcast = state, settings, broadcast
+                self.features_version = version
+                self.reloads += 1
+        finally:
+            self.events_since_reload = None
+        print(
+            f"nearline: batch features of {state.run_date} in use, {time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
+        return True
+
     def _merge(self, records: list[tuple]) -> tuple[int, dt.datetime]:
         return commit_lists(self.spark, self.conf, records, self.engine)
 
@@ -271,6 +323,13 @@ class BatchHandler:
         Spark's MERGE, the delta-rs runtime)."""
         placeholder = ("__warm_up__", [], None, None, None, -1, _now(), None, None, None, 0)
         commit_lists(self.spark, self.conf, [placeholder], self.engine)
+
+
+def features_version(spark: SparkSession, conf: Config) -> int | None:
+    """The Delta version of gold.recommendations: a batch run's last write the stream uses."""
+    if not tables.exists(spark, conf, "gold.recommendations"):
+        return None
+    return int(tables._last_commit(spark, conf, "gold.recommendations")["version"])
 
 
 def commit_engine(conf: Config) -> str:
@@ -471,6 +530,7 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     nc = conf.nearline
     for key, value in nc.spark_conf.items():
         spark.conf.set(key, value)
+    version = features_version(spark, conf)  # before the load: a run during it is seen later
     settings = settings_from_conf(spark, conf)
     state, items = load(spark, conf)
     window = ViewWindow(nc.views, nc.view_window_s)
@@ -492,6 +552,7 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
         app_id="nearline:" + checkpoint,
         on_batch=on_batch,
         engine=commit_engine(conf),
+        features_version=version,
     )
     create_tables(spark, conf)
     # What loads on first use should not be paid by the first triggered users: one refresh
@@ -522,9 +583,9 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     if nc.trigger_interval_s > 0:
         writer = writer.trigger(processingTime=f"{nc.trigger_interval_s} seconds")
     query = writer.start()
-    if nc.keep_warm_s:
+    if nc.keep_warm_s or nc.reload_check_s:
         threading.Thread(
-            target=_keep_warm_loop, args=(query, handler), name="nearline-keep-warm", daemon=True
+            target=_background_loop, args=(query, handler), name="nearline-background", daemon=True
         ).start()
     print(
         f"nearline: ready; reading {tables.location(conf, 'bronze.events')} from "
@@ -535,13 +596,18 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     return query, handler
 
 
-def _keep_warm_loop(query, handler: BatchHandler) -> None:
-    """While the query runs: keep the Python workers (and their model) alive when idle."""
+def _background_loop(query, handler: BatchHandler) -> None:
+    """While the query runs: keep the Python workers warm; reload newer batch features."""
+    every = handler.conf.nearline.reload_check_s
+    next_check = time.monotonic() + every
     while query.isActive:
         try:
             handler.keep_warm()
-        except Exception as e:  # noqa: BLE001 - a failed keep-warm job costs latency, not data
-            print(f"nearline: keep-warm job failed: {type(e).__name__}: {e}", flush=True)
+            if every and time.monotonic() >= next_check:
+                handler.reload_if_newer()
+                next_check = time.monotonic() + every
+        except Exception as e:  # noqa: BLE001 - the stream goes on with what it has
+            print(f"nearline: background job failed: {type(e).__name__}: {e}", flush=True)
         time.sleep(1.0)
 
 
