@@ -300,9 +300,11 @@ class BatchHandler:
             with self.batch_lock:
                 for events in self.events_since_reload:
                     state.fold(events)
+                old = self.items_broadcast
                 self.state, self.settings, self.items_broadcast = state, settings, broadcast
                 self.features_version = version
                 self.reloads += 1
+                old.unpersist()  # no batch is running: nothing reads the old item table now
         finally:
             self.events_since_reload = None
         print(
