@@ -79,6 +79,9 @@ def main() -> None:
         "llm.runtime.max_retries=1",
         f"storage.root={scratch}",
         f"evaluate.max_users={args.users}",
+        # One cut and untuned baselines: the comparison is between agent backends.
+        "evaluate.n_cuts=1",
+        "evaluate.tuning.enabled=false",
         f"evaluate.report_dir={out}",
         *args.overrides,
     ]
@@ -113,11 +116,18 @@ def main() -> None:
         t0 = time.perf_counter()
         evaluate.run(spark, conf)
         seconds = time.perf_counter() - t0
-    table = tables.read(spark, conf, evaluate.EVALUATION).drop("cut_date", "k", "evaluated_at").toPandas()
-    text = report.format_table(table, k=conf.evaluate.k)
+    summary = tables.read(spark, conf, evaluate.EVALUATION).drop("evaluated_at", "level").toPandas()
+    k = conf.evaluate.k
+    text = "\n\n".join(
+        [
+            report.format_table(summary, "mean", k, [*report.MAIN_METRICS, *report.OPS_METRICS]),
+            report.format_comparison(summary, "mean", k, ["recall", "new_category_hit"]),
+        ]
+    )
+    cuts = tables.read(spark, conf, evaluate.CUTS).toPandas()
     header = (
-        f"Model selection: {args.users} sampled buyers, agents on the LLM: {', '.join(agents)}; "
-        f"cut {conf.evaluate.cut_date}; {seconds / 60:.1f} min in all\n\n"
+        f"Model selection: {args.users} sampled buyers per cut, agents on the LLM: {', '.join(agents)}; "
+        f"cuts {', '.join(str(c) for c in cuts['cut_date'])}; {seconds / 60:.1f} min in all\n\n"
     )
     (out / "model_selection.md").write_text(header + text + "\n", encoding="utf-8")
     print(header + text)

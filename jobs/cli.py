@@ -43,6 +43,14 @@ STAGES: list[tuple[str, str]] = [
     ("rank", "jobs.rank"),
     ("evaluate", "jobs.evaluate"),
 ]
+# Stages of their own schedule: `discovery pipeline` (the daily run) leaves them out unless
+# asked (--with-evaluation, or evaluate.in_pipeline in the profile).
+NOT_DAILY = ("evaluate",)
+
+
+def daily_stages() -> list[str]:
+    """The stages of the daily run, in DAG order."""
+    return [s for s, _ in STAGES if s not in NOT_DAILY]
 
 
 def _stage_runner(module: str) -> Callable:
@@ -67,9 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="discovery", description="Inference-driven discovery recommender on Spark."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pipeline", help="run every stage in order: " + " -> ".join(s for s, _ in STAGES))
+    p = sub.add_parser("pipeline", help="run the daily stages in order: " + " -> ".join(daily_stages()))
     _add_common(p)
     p.add_argument("--only", nargs="+", default=None, help="run only these stages (in DAG order)")
+    p.add_argument(
+        "--with-evaluation",
+        action="store_true",
+        help="also run the evaluation (several as-of reruns; its own weekly job otherwise)",
+    )
     p.add_argument(
         "--restart",
         action="store_true",
@@ -200,11 +213,14 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.tracking import Tracker, tracked
 
             tracker = Tracker(conf)
+            names = args.only or daily_stages()
+            if (args.with_evaluation or conf.evaluate.in_pipeline) and not args.only:
+                names = names + list(NOT_DAILY)
             with tracked(tracker, conf, "pipeline") as parent:
                 run_stages(
                     spark,
                     conf,
-                    args.only or [s for s, _ in STAGES],
+                    names,
                     tracker,
                     parent["run_id"],
                     resume=not args.restart,

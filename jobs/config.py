@@ -428,31 +428,70 @@ class EvalVariantConf(_Strict):
     overrides: list[str] = []
 
 
+class EvalTuningConf(_Strict):
+    # Settings of the tunable baselines (ALS, item-kNN, repeat) are chosen by a grid
+    # search on the validation split: train before (first cut - validation_days), test
+    # on the purchases of [first cut - validation_days, first cut). No test window is read.
+    enabled: bool = True
+    # The score maximised on the validation split, at K = evaluate.k.
+    metric: Literal["recall", "ndcg", "hit"] = "recall"
+    # Per baseline, a grid that replaces its default (jobs/evaluate/baselines.py: TUNABLE),
+    # e.g. {als: {rank: [32], reg_param: [0.1, 1.0], alpha: [10.0]}}.
+    grids: dict[str, dict[str, list[Any]]] = {}
+
+
 class EvaluateConf(_Strict):
-    # Temporal split: stages run as of the day before cut_date and see no event on or
-    # after it; purchases from cut_date on are the test set. "auto" = the last
-    # test_days days of the data are the test period.
-    cut_date: dt.date | Literal["auto"] = "auto"
-    test_days: int = Field(2, ge=1)
-    # Test purchases before this day only (None = to the end of the data). With a cut
-    # date before the final one this gives a validation split for tuning, e.g. cut
-    # 2011-08-01, test_end 2011-09-01, that never touches the final test period.
-    test_end: dt.date | None = None
+    # Temporal splits. "auto" = the last n_cuts windows of test_days days that end with
+    # the data; or a list of cut dates, each followed by a test window of test_days days.
+    # At every cut the stages run as of the day before it and see no event on or after
+    # it; the purchases of its test window are what the lists must find.
+    cuts: Literal["auto"] | list[dt.date] = "auto"
+    n_cuts: int = Field(3, ge=1)
+    test_days: int = Field(28, ge=1)
+    # The validation window right before the first cut (tuning of the baselines).
+    validation_days: int = Field(28, ge=1)
+    # Cut-offs of every metric; k is the headline K of the printed tables and of tuning.
+    ks: list[int] = [5, 10, 20, 50]
     k: int = Field(20, ge=1)
-    baselines: list[Literal["popularity", "cooccurrence", "als", "filter_bubble"]] = [
+    baselines: list[Literal["repeat", "popularity", "cooccurrence", "item_knn", "als", "filter_bubble"]] = [
+        "repeat",
         "popularity",
         "cooccurrence",
+        "item_knn",
         "als",
         "filter_bubble",
     ]
-    # Evaluate at most this many users (a seeded sample of those active on both sides);
-    # the as-of pipeline then runs for them only. None = all.
+    tuning: EvalTuningConf = EvalTuningConf()
+    # Paired bootstrap over users: resamples and interval level.
+    bootstrap_resamples: int = Field(1000, ge=100)
+    interval_level: float = Field(0.95, gt=0.5, lt=1.0)
+    # Evaluate at most this many users per cut (a seeded sample of those active on both
+    # sides); the as-of pipeline then runs for them only. None = all.
     max_users: int | None = Field(None, ge=1)
     seed: int = 7
     # Model selection: each variant reruns the as-of pipeline with its overrides.
     variants: list[EvalVariantConf] = []
     # Where the HTML report and its plots are written (also logged to MLflow).
     report_dir: str = "reports"
+    # Also run the evaluation at the end of `discovery pipeline` (the daily run does not
+    # need it; `discovery pipeline --with-evaluation` asks for it once).
+    in_pipeline: bool = False
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("ks must be a non-empty list of cut-offs >= 1")
+        return sorted(set(ks))
+
+    @field_validator("cuts")
+    @classmethod
+    def _cuts(cls, cuts):
+        if isinstance(cuts, list):
+            if not cuts:
+                raise ValueError("cuts must be 'auto' or a non-empty list of dates")
+            return sorted(set(cuts))
+        return cuts
 
 
 class Config(_Strict):

@@ -76,7 +76,16 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     # The evaluation reruns the stages above as of its cut date in a warehouse of its own;
     # from the main warehouse it reads only the events and the catalog.
-    "evaluate": (("bronze.events", "bronze.items"), ("gold.evaluation", "gold.evaluation_lists")),
+    "evaluate": (
+        ("bronze.events", "bronze.items"),
+        (
+            "gold.evaluation",
+            "gold.evaluation_users",
+            "gold.evaluation_lists",
+            "gold.evaluation_cuts",
+            "gold.evaluation_tuning",
+        ),
+    ),
 }
 
 

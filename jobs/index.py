@@ -72,6 +72,7 @@ def build_shards(assigned: DataFrame, conf: Config, build_dir: str, model_id: st
 
     def build(pdf: pd.DataFrame) -> pd.DataFrame:
         import numpy as np
+
         from udfs.vector_index import build_index, choose_index_type, save_index
 
         shard = int(pdf["shard"].iloc[0])

@@ -67,3 +67,17 @@ def test_wheel_ships_the_jobs_the_default_conf_and_the_console_command(tmp_path)
         assert f in names, f
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "discovery = jobs.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_pipeline_leaves_the_evaluation_out_unless_asked(monkeypatch, spark):
+    from jobs import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "run_stages", lambda _spark, _conf, names, *a, **k: calls.append(list(names)))
+    quiet = ["--set", "tracking.enabled=false", "--set", "spark.shuffle_partitions=2"]
+    assert cli.main(["pipeline", *quiet]) == 0
+    assert cli.main(["pipeline", "--with-evaluation", *quiet]) == 0
+    assert cli.main(["pipeline", "--set", "evaluate.in_pipeline=true", *quiet]) == 0
+    daily, asked, by_profile = calls
+    assert daily == cli.daily_stages() and "evaluate" not in daily and daily[-1] == "rank"
+    assert asked == by_profile == [*daily, "evaluate"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from jobs import dag
-from jobs.cli import STAGES, build_parser
+from jobs.cli import STAGES, build_parser, daily_stages
 from jobs.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,9 +58,10 @@ def test_databricks_job_has_one_task_per_stage_with_the_pipeline_dependencies():
     job = bundle["resources"]["jobs"]["discovery_daily"]
     assert job["schedule"]["quartz_cron_expression"]
     tasks = {t["task_key"]: t for t in job["tasks"]}
-    assert list(tasks) == [s for s, _ in STAGES]
+    # The daily job holds the daily stages; the evaluation has a weekly job of its own.
+    assert list(tasks) == daily_stages() and "evaluate" not in tasks
     graph = {key: sorted(d["task_key"] for d in t.get("depends_on", [])) for key, t in tasks.items()}
-    assert graph == dag.dependencies()
+    assert graph == {s: deps for s, deps in dag.dependencies().items() if s in tasks}
 
     scripts = _console_scripts()
     parser = build_parser()
@@ -90,3 +91,28 @@ def test_databricks_nearline_job_runs_the_stream_continuously():
     conf = load_config(args.conf, args.overrides)  # the overrides are valid config keys
     assert conf.nearline.commit == "spark"
     assert callable(importlib.import_module("jobs.nearline").run)
+
+
+def test_databricks_evaluation_job_is_weekly_and_runs_the_evaluate_command():
+    bundle = yaml.safe_load((REPO / "databricks.yml").read_text(encoding="utf-8"))
+    job = bundle["resources"]["jobs"]["discovery_evaluation"]
+    # Quartz: seconds minutes hours day-of-month month day-of-week -> one day of the week.
+    fields = job["schedule"]["quartz_cron_expression"].split()
+    assert (
+        len(fields) == 6
+        and fields[3] == "?"
+        and fields[5] in {"MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"}
+    )
+    (task,) = job["tasks"]
+    assert "depends_on" not in task
+    wheel = task["python_wheel_task"]
+    module, func = _console_scripts()[wheel["entry_point"]].split(":")
+    assert callable(getattr(importlib.import_module(module), func))
+    params = [p.replace("{{job.parameters.run_date}}", "2026-11-25") for p in wheel["parameters"]]
+    args = build_parser().parse_args(params)
+    assert args.command == "evaluate"
+    load_config(args.conf, args.overrides)  # the overrides are valid config keys
+    # What it reads, the daily job writes: it can run on any day after a daily run.
+    reads, _ = dag.stage_tables("evaluate")
+    daily_writes = {t for s in daily_stages() for t in dag.stage_tables(s)[1]}
+    assert set(reads) <= daily_writes

@@ -1,4 +1,4 @@
-"""Evaluation report: Markdown table, PNG plots and the self-contained HTML page."""
+"""Evaluation report on the bootstrap summary: Markdown tables, PNG plots, HTML page."""
 
 from __future__ import annotations
 
@@ -6,54 +6,90 @@ import base64
 import math
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.evaluate import report
+from jobs.evaluate import bootstrap, report
 
 NAN = math.nan
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CUTS = ["2011-10-01", "2011-09-17"]  # deliberately not in date order
+METHODS = ["als", "pipeline", "repeat", "pipeline[smollm2]"]  # pipeline not first
+KS = [5, 10, 20, 50]
+QUALITY = list(report.QUALITY_METRICS)
+DESCRIPTIVE = [
+    "list_length",
+    "has_list",
+    "repeat_share",
+    "discovery_slots",
+    "category_width",
+    "intra_list_diversity",
+    "novelty",
+    "reason_share",
+]
+BINARY = {"hit", "has_list", "new_item_hit", "new_category_hit"}
+OPTIONAL = {"recall_repeat", "recall_new_item", "recall_new_category", "new_item_hit", "new_category_hit"}
+
+
+def per_user_frame(users: int = 25, seed: int = 3) -> pd.DataFrame:
+    """Random per-user metrics for every (cut, method, k); some users not eligible (NaN)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for cut in CUTS:
+        for method in METHODS:
+            for k in KS:
+                for user in range(users):
+                    row = {"cut": cut, "method": method, "k": k, "user_id": f"u{user}"}
+                    for metric in QUALITY + DESCRIPTIVE:
+                        value = float(rng.random() < 0.4) if metric in BINARY else rng.random()
+                        if metric in OPTIONAL and rng.random() < 0.3:
+                            value = NAN
+                        row[metric] = value
+                    row["list_length"] *= k
+                    row["novelty"] *= 12
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_row(
+    cut, method, k, metric, value, lo=NAN, hi=NAN, diff=NAN, diff_lo=NAN, diff_hi=NAN, verdict=None
+):
+    return dict(zip(bootstrap.SUMMARY_COLUMNS, (cut, method, k, metric, value, lo, hi, diff, diff_lo, diff_hi, verdict), strict=True))  # fmt: skip
+
+
+def frame(*rows: dict) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=list(bootstrap.SUMMARY_COLUMNS))
+
+
+@pytest.fixture(scope="module")
+def summary() -> pd.DataFrame:
+    """A realistic summary: bootstrap output plus coverage and operational point values."""
+    out = bootstrap.summarize(
+        per_user_frame(), QUALITY + DESCRIPTIVE, "pipeline", n_resamples=200, higher_is_better=QUALITY
+    )
+    extra = []
+    for cut in [*CUTS, "mean"]:
+        for i, method in enumerate(METHODS):
+            for k in KS:
+                extra.append(summary_row(cut, method, k, "coverage", 0.01 * (i + 1) + 0.001 * k))
+        for k in KS:
+            extra.append(summary_row(cut, "pipeline[smollm2]", k, "parse_success", 0.975))
+            extra.append(summary_row(cut, "pipeline[smollm2]", k, "latency_p95_ms", 2400.4))
+    return pd.concat([out, frame(*extra)], ignore_index=True)
 
 
 def cells(line: str) -> list[str]:
-    """Cells of one Markdown table line, stripped."""
-    assert line.startswith("|") and line.endswith("|")
-    return [c.strip() for c in line[1:-1].split("|")]
+    """Cells of one Markdown table line (split on unescaped ``|``), stripped."""
+    assert line.startswith("|") and line.endswith("|"), line
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
 
 
-def sample_table() -> pd.DataFrame:
-    """Three methods; baselines have no operational figures; some NaN metrics."""
-    return pd.DataFrame(
-        {
-            "method": ["pipeline[smollm2]", "popularity", "als"],
-            "recall": [0.12345, 0.05, NAN],
-            "hit_rate": [0.5, 0.25, 0.3],
-            "ndcg": [0.08, 0.031, 0.04],
-            "new_item_hit_rate": [0.2, 0.01, 0.1],
-            "new_category_hit_rate": [0.15, 0.0, 0.07],
-            "category_width": [6.456, 2.0, 3.5],
-            "intra_list_diversity": [0.61, 0.22, 0.4],
-            "novelty": [11.23456, 7.1, 9.0],
-            "coverage": [0.3, 0.001, 0.12],
-            "reason_share": [0.9, NAN, NAN],
-            "users_with_list": [1.0, 1.0, 0.98333],
-            "parse_success": [0.975, NAN, NAN],
-            "tokens_per_user": [412.34, NAN, NAN],
-            "latency_p50_ms": [812.6, NAN, NAN],
-            "latency_p95_ms": [2400.4, NAN, NAN],
-            "failures": [3.0, NAN, NAN],
-        }
-    )
-
-
-def sample_per_user(table: pd.DataFrame) -> pd.DataFrame:
-    """A few users per method with a NaN width mixed in."""
-    rows = []
-    for i, method in enumerate(table["method"]):
-        for user in range(6):
-            width = NAN if user == 0 else float(1 + (user + i) % 5)
-            rows.append((method, f"u{user}", width, user % 2))
-    return pd.DataFrame(rows, columns=["method", "user_id", "category_width", "hits"])
+def table_dicts(markdown: str) -> list[dict[str, str]]:
+    """Rows of a Markdown table as {header: cell}."""
+    lines = markdown.splitlines()
+    headers = cells(lines[0])
+    return [dict(zip(headers, cells(line), strict=True)) for line in lines[2:]]
 
 
 def assert_png(path) -> bytes:
@@ -63,163 +99,259 @@ def assert_png(path) -> bytes:
     return data
 
 
+# --------------------------------------------------------------------------- values
+
+
+def test_format_value_kinds_sign_and_missing():
+    assert report.format_value(0.12345, "rate") == "0.1235"
+    assert report.format_value(6.456, "dec2") == "6.46"
+    assert report.format_value(412.34, "dec1") == "412.3"
+    assert report.format_value(2400.6, "int") == "2401"
+    assert report.format_value(0.0421, "rate", signed=True) == "+0.0421"
+    assert report.format_value(-0.0421, "rate", signed=True) == "-0.0421"
+    assert report.format_value(NAN, "rate") == "-"
+    assert report.format_value(None, "rate") == "-"
+    with pytest.raises(ValueError, match="kind"):
+        report.format_value(1.0, "percent")
+
+
+def test_metric_groups_have_headers_and_definitions():
+    groups = report.MAIN_METRICS + report.REPEAT_EXPLORE_METRICS + report.DESCRIPTIVE_METRICS
+    assert len(set(groups)) == len(groups)
+    definitions = dict(report.metric_definitions(10))
+    for metric in groups:
+        head = report.header(metric, 10)
+        assert head in definitions and definitions[head].endswith(".")
+    assert report.header("recall", 10) == "recall@10"
+    assert report.header("new_category_hit", 10) == "new-cat hit@10"
+    assert report.header("recall_repeat", 10) == "recall repeat"
+    assert report.header("recall_new_category", 10) == "recall new-cat"
+    assert report.header("repeat_share", 10) == "repeat share"
+    assert report.header("discovery_precision", 10) == "new-cat hits/slot"
+    assert "top-10" in definitions["recall@10"]
+
+
 # --------------------------------------------------------------------------- format_table
 
 
-def test_format_table_headers_follow_canonical_order_and_k():
-    table = sample_table()
-    shuffled = table[list(reversed(table.columns))]  # column order in the frame must not matter
-    lines = report.format_table(shuffled, k=10).splitlines()
-    assert cells(lines[0]) == [
-        "method",
-        "recall@10",
-        "hit@10",
-        "ndcg@10",
-        "new-item hit",
-        "new-cat hit",
-        "cat width",
-        "diversity",
-        "novelty",
-        "coverage",
-        "reason share",
-        "users w/ list",
-        "parse ok",
-        "tokens/user",
-        "p50 ms",
-        "p95 ms",
-        "failures",
+def test_format_table_cell_shows_value_and_interval():
+    summary = frame(
+        summary_row("2011-09-17", "pipeline", 10, "recall", 0.12345, 0.11, 0.135),
+        summary_row("2011-09-17", "pipeline", 10, "list_length", 9.456, 9.1, 9.8),
+        summary_row("2011-09-17", "pipeline", 10, "coverage", 0.3),  # no interval
+        summary_row("2011-09-17", "pipeline", 20, "recall", 0.9, 0.8, 0.95),  # other K
+        summary_row("mean", "pipeline", 10, "recall", 0.5, 0.4, 0.6),  # other cut
+    )
+    text = report.format_table(summary, "2011-09-17", 10, report.MAIN_METRICS)
+    assert table_dicts(text) == [
+        {
+            "method": "pipeline",
+            "recall@10": "0.1235 [0.1100, 0.1350]",
+            "list length": "9.46 [9.10, 9.80]",
+            "coverage": "0.3000",
+        }
     ]
-    assert len(lines) == 2 + len(table)
 
 
-def test_format_table_formats_values_and_marks_nan():
-    lines = report.format_table(sample_table()).splitlines()
-    header = cells(lines[0])
-    first = dict(zip(header, cells(lines[2]), strict=True))
-    assert first == {
-        "method": "pipeline[smollm2]",
-        "recall@20": "0.1235",
-        "hit@20": "0.5000",
-        "ndcg@20": "0.0800",
-        "new-item hit": "0.2000",
-        "new-cat hit": "0.1500",
-        "cat width": "6.46",
-        "diversity": "0.6100",
-        "novelty": "11.23",
-        "coverage": "0.3000",
-        "reason share": "0.9000",
-        "users w/ list": "1.0000",
-        "parse ok": "0.9750",
-        "tokens/user": "412.3",
-        "p50 ms": "813",
-        "p95 ms": "2400",
-        "failures": "3",
-    }
-    als = dict(zip(header, cells(lines[4]), strict=True))
-    assert als["method"] == "als"
-    assert als["recall@20"] == "-"
-    assert als["p95 ms"] == "-" and als["failures"] == "-"
-    assert als["users w/ list"] == "0.9833"
+def test_format_table_pipeline_first_then_order_of_appearance(summary):
+    hand = frame(
+        summary_row("mean", "zeta", 20, "recall", 0.1),
+        summary_row("mean", "pipeline", 20, "recall", 0.2),
+        summary_row("mean", "als", 20, "recall", 0.3),
+    )
+    methods = [row["method"] for row in table_dicts(report.format_table(hand, "mean", 20, ["recall"]))]
+    assert methods == ["pipeline", "zeta", "als"]
+
+    rows = table_dicts(report.format_table(summary, "mean", 20, report.MAIN_METRICS))
+    assert [row["method"] for row in rows] == ["pipeline", "als", "pipeline[smollm2]", "repeat"]
+    expected = summary.query("cut == 'mean' and method == 'repeat' and k == 20 and metric == 'ndcg'").iloc[0]
+    assert rows[3]["ndcg@20"] == (f"{expected['value']:.4f} [{expected['lo']:.4f}, {expected['hi']:.4f}]")
 
 
-def test_format_table_is_valid_markdown_with_right_aligned_numbers():
-    table = sample_table()[["method", "recall", "novelty"]]
-    lines = report.format_table(table).splitlines()
+def test_format_table_missing_metric_and_nan_show_dash():
+    summary = frame(
+        summary_row("mean", "pipeline", 20, "recall", 0.2, 0.1, 0.3),
+        summary_row("mean", "pipeline", 20, "ndcg", 0.1, 0.05, 0.15),
+        summary_row("mean", "als", 20, "recall", NAN, NAN, NAN),  # NaN value
+        # als has no ndcg row at all
+    )
+    rows = table_dicts(report.format_table(summary, "mean", 20, report.MAIN_METRICS))
+    assert list(rows[0]) == ["method", "recall@20", "ndcg@20"]  # metrics absent everywhere left out
+    assert rows[1] == {"method": "als", "recall@20": "-", "ndcg@20": "-"}
+
+
+def test_format_table_is_markdown_with_right_aligned_numbers_and_escaped_pipe():
+    summary = frame(
+        summary_row("mean", "pipeline", 20, "recall", 0.2, 0.1, 0.3),
+        summary_row("mean", "a|b", 20, "recall", 0.1),
+        summary_row("mean", "a|b", 20, "hit", 0.4, 0.3, 0.5),
+    )
+    lines = report.format_table(summary, "mean", 20, report.MAIN_METRICS).splitlines()
     separator = cells(lines[1])
-    assert re.fullmatch(r"-{3,}", separator[0])  # method: default (left) alignment
-    assert all(re.fullmatch(r"-{2,}:", s) for s in separator[1:])  # numbers: right-aligned
-    # Every line has the same number of cells, and missing columns are left out.
+    assert re.fullmatch(r"-{3,}", separator[0])
+    assert all(re.fullmatch(r"-{2,}:", s) for s in separator[1:])
     assert {len(cells(line)) for line in lines} == {3}
-    assert "coverage" not in lines[0] and "p50 ms" not in lines[0]
+    assert cells(lines[3])[0] == "a\\|b"
 
 
-def test_format_table_escapes_pipe_in_method_and_needs_method_column():
-    table = pd.DataFrame({"method": ["a|b"], "recall": [0.1]})
-    row = report.format_table(table).splitlines()[2]
-    assert "a\\|b" in row
-    assert len(re.split(r"(?<!\\)\|", row)) == 4  # ['', method, recall, '']
-    with pytest.raises(ValueError, match="method"):
-        report.format_table(pd.DataFrame({"recall": [0.1]}))
+# --------------------------------------------------------------------------- format_comparison
+
+
+def test_format_comparison_takes_the_verdict_from_the_input():
+    summary = frame(
+        summary_row("mean", "pipeline", 20, "recall", 0.2, 0.1, 0.3),
+        summary_row("mean", "pipeline", 20, "hit", 0.5, 0.4, 0.6),
+        summary_row("mean", "pipeline", 20, "list_length", 9.0, 8.0, 10.0),
+        # Point difference positive but the verdict says worse: the report must say worse.
+        summary_row("mean", "als", 20, "recall", 0.17, 0.1, 0.2, 0.03, -0.01, 0.07, "worse"),
+        # Point difference negative, verdict better.
+        summary_row("mean", "als", 20, "hit", 0.5421, 0.5, 0.6, -0.0421, -0.051, -0.033, "better"),
+        summary_row("mean", "als", 20, "list_length", 5.0, 4.0, 6.0, 4.0, 3.0, 5.0, "higher"),
+        summary_row("mean", "repeat", 20, "recall", 0.2, 0.1, 0.3, 0.0, -0.02, 0.02, "not distinguishable"),
+    )
+    rows = table_dicts(report.format_comparison(summary, "mean", 20, report.MAIN_METRICS))
+    assert [row["baseline"] for row in rows] == ["als", "repeat"]  # no row for the reference
+    assert list(rows[0]) == ["baseline", "recall@20", "hit@20"]  # descriptive list_length left out
+    assert rows[0]["recall@20"] == "+0.0300 [-0.0100, +0.0700] worse"
+    assert rows[0]["hit@20"] == "-0.0421 [-0.0510, -0.0330] better"
+    assert rows[1] == {"baseline": "repeat", "recall@20": "+0.0000 [-0.0200, +0.0200] not distinguishable", "hit@20": "-"}  # fmt: skip
+
+
+def test_format_comparison_on_a_bootstrap_summary_matches_every_verdict(summary):
+    k = 10
+    rows = table_dicts(report.format_comparison(summary, "2011-09-17", k, report.REPEAT_EXPLORE_METRICS))
+    assert [row["baseline"] for row in rows] == ["als", "pipeline[smollm2]", "repeat"]
+    metrics = ["recall_repeat", "recall_new_item", "recall_new_category", "discovery_precision"]
+    assert list(rows[0])[1:] == [report.header(m, k) for m in metrics]
+    for row in rows:
+        for metric in metrics:
+            expected = summary.query(
+                "cut == '2011-09-17' and k == @k and method == @row['baseline'] and metric == @metric"
+            ).iloc[0]
+            cell = row[report.header(metric, k)]
+            assert cell.startswith(f"{expected['diff']:+.4f} [{expected['diff_lo']:+.4f}, ")
+            assert cell.endswith("] " + expected["verdict"]), cell
+
+
+# --------------------------------------------------------------------------- format_report
+
+
+def test_format_report_sections_in_date_order_then_mean_and_k_sweep(summary):
+    text = report.format_report(summary.sort_values("cut", ascending=False), k=20)  # later cut first
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert titles == ["### cut 2011-09-17", "### cut 2011-10-01", "### mean over 2 cuts", "### K sweep (mean over 2 cuts)"]  # fmt: skip
+    sweep = text[text.index("### K sweep") :]
+    for k in KS:
+        assert f"recall@{k}" in sweep and f"new-cat hit@{k}" in sweep
+    sweep_rows = [line for line in sweep.splitlines() if line.startswith("| pipeline ")]
+    assert len(sweep_rows) == 2  # one per swept metric
+    # Every section holds the main, repeat/explore and comparison tables at K=20 only.
+    for section in text.split("### ")[1:4]:
+        assert "recall@20" in section and "recall repeat" in section and "minus baseline" in section
+        assert "recall@10" not in section
+    mean = text[text.index("### mean") : text.index("### K sweep")]
+    assert "cat width" in mean and "p95 ms" in mean
+
+
+def test_format_report_words_better_worse_only_in_verdict_cells(summary):
+    text = report.format_report(summary, k=5)
+    prose = [line for line in text.splitlines() if not line.startswith("|") and line != report.LEGEND]
+    assert not any(re.search(r"\b(better|worse|higher|lower)\b", line) for line in prose)
+    n_better = (summary.query("k == 5 and metric in @QUALITY")["verdict"] == "better").sum()
+    assert text.count(" better") == n_better
+
+
+def test_format_report_empty_summary():
+    assert "no results" in report.format_report(frame(), k=20)
 
 
 # --------------------------------------------------------------------------- write_plots
 
 
-def test_write_plots_writes_three_pngs_with_nan(tmp_path):
-    table = sample_table()
+def test_write_plots_one_per_cut_mean_sweep_and_repeat_explore(summary, tmp_path):
     out_dir = tmp_path / "nested" / "plots"  # does not exist yet
-    plots = report.write_plots(table, sample_per_user(table), out_dir, k=20)
-    assert set(plots) == {"metrics_per_method", "category_width", "newcat_vs_recall"}
+    plots = report.write_plots(summary, out_dir, k=20)
+    assert set(plots) == {"cut_20110917", "cut_20111001", "cut_mean", "k_sweep", "repeat_explore"}
     for name, path in plots.items():
-        assert path.parent == out_dir
-        assert path.name == f"{name}.png"
+        assert path == out_dir / f"{name}.png"
         assert_png(path)
 
 
-def test_write_plots_single_method_and_empty_per_user(tmp_path):
-    table = pd.DataFrame(
-        {"method": ["pipeline"], "recall": [0.2], "new_category_hit_rate": [NAN], "novelty": [9.5]}
-    )
-    per_user = pd.DataFrame(columns=["method", "user_id", "category_width", "hits"])
-    plots = report.write_plots(table, per_user, tmp_path)
-    assert len(plots) == 3
+def test_write_plots_nan_only_and_empty_input(summary, tmp_path):
+    nan_only = summary.assign(value=NAN, lo=NAN, hi=NAN)
+    # A point value outside its interval (possible for a percentile interval) must not fail either.
+    outside = frame(summary_row("mean", "pipeline", 20, "recall", 0.5, 0.55, 0.6))
+    plots = report.write_plots(pd.concat([outside, nan_only], ignore_index=True), tmp_path / "nan", k=20)
+    assert len(plots) == 5
     for path in plots.values():
         assert_png(path)
+    empty = report.write_plots(frame(), tmp_path / "empty", k=20)
+    assert set(empty) == {"cut_mean", "k_sweep", "repeat_explore"}
+    for path in empty.values():
+        assert_png(path)
 
 
-def test_write_plots_leaves_no_open_pyplot_figures(tmp_path):
+def test_write_plots_leaves_no_open_pyplot_figures(summary, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.close("all")
-    table = sample_table()
-    report.write_plots(table, sample_per_user(table), tmp_path)
+    report.write_plots(summary, tmp_path, k=10)
     assert plt.get_fignums() == []
 
 
 # --------------------------------------------------------------------------- write_html
 
 
-def test_write_html_is_self_contained_and_escaped(tmp_path):
-    table = sample_table()
-    table.loc[1, "method"] = "pop&rank"
-    plots = report.write_plots(table, sample_per_user(table), tmp_path / "plots")
+def test_write_html_is_self_contained_escaped_and_embeds_every_plot(summary, tmp_path):
+    renamed = summary.replace({"method": {"repeat": "<b>repeat</b>"}})
+    plots = report.write_plots(renamed, tmp_path / "plots", k=20)
     title = "Discovery <eval> & baselines"
-    context = {"dataset": "online_retail", "cut date": "2011-09-01", "run id": "<abc>"}
-    out = report.write_html(table, plots, tmp_path / "site" / "report.html", title, context=context)
+    context = {"dataset": "online_retail", "run id": "<abc>"}
+    out = report.write_html(renamed, plots, tmp_path / "site" / "report.html", title, context, k=20)
 
     assert out == tmp_path / "site" / "report.html"
     text = out.read_text(encoding="utf-8")
-    assert "Discovery &lt;eval&gt; &amp; baselines" in text
-    assert title not in text
+    assert "Discovery &lt;eval&gt; &amp; baselines" in text and title not in text
     assert "&lt;abc&gt;" in text and "<abc>" not in text
-    assert "online_retail" in text and "2011-09-01" in text
-    for method in ["pipeline[smollm2]", "pop&amp;rank", "als"]:
-        assert method in text
-    # Same headers and number formatting as the Markdown table.
-    assert "recall@20" in text and "0.1235" in text and "new-cat hit" in text
+    assert "&lt;b&gt;repeat&lt;/b&gt;" in text and "<b>repeat</b>" not in text
 
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == 3
+    assert len(images) == len(plots) == 5
     decoded = [base64.b64decode(b64) for b64 in images]
-    assert all(data[:8] == PNG_SIGNATURE for data in decoded)
     assert sorted(decoded) == sorted(path.read_bytes() for path in plots.values())
-    # No reference to a file beside the page.
-    assert ".png" not in text.replace("data:image/png", "")
+    assert len(re.findall(r"\bsrc=", text)) == len(images)  # no other source
+    assert "href=" not in text and ".png" not in text.replace("data:image/png", "")
+    assert text.count("<figcaption>") == 5 and "cut 2011-09-17" in text
 
+    # Mean, per-cut, comparison and sweep tables; definitions; no tuning section.
+    for piece in ["Mean over 2 cuts", "Per cut", "2011-10-01", "recall repeat", "minus baseline", "K sweep"]:
+        assert piece in text
+    for k in KS:
+        assert f"new-cat hit@{k}" in text
+    assert "not distinguishable" in text
     how_to = text[text.index("How to read this") :]
-    for word in ["recall@20", "new-cat hit", "cat width", "cosine", "-log2", "catalog"]:
+    for word in ["recall@20", "new-cat hits/slot", "cosine", "-log2", "catalog"]:
         assert word in how_to
+    assert "Tuning" not in text
 
 
-def test_write_html_without_context(tmp_path):
-    table = pd.DataFrame({"method": ["pipeline"], "recall": [0.2]})
-    plots = report.write_plots(table, pd.DataFrame(columns=["method", "category_width"]), tmp_path)
-    out = report.write_html(table, plots, tmp_path / "r.html", "Report", k=5)
+def test_write_html_shows_the_tuning_table(summary, tmp_path):
+    tuning = pd.DataFrame(
+        {
+            "baseline": ["item_knn", "item_knn", "als"],
+            "params": ["{'neighbours': 50}", "{'neighbours': 200}", "{'rank': 64, 'reg': 0.1}"],
+            "score": [0.12345, 0.1, 0.2],
+            "chosen": [True, False, True],
+        }
+    )
+    plots = report.write_plots(summary, tmp_path / "plots", k=20)
+    out = report.write_html(summary, plots, tmp_path / "r.html", "Report", None, 20, tuning=tuning)
     text = out.read_text(encoding="utf-8")
-    assert "<h1>Report</h1>" in text
-    assert "recall@5" in text and "0.2000" in text
     assert 'class="context"' not in text
-    assert text.count("data:image/png;base64,") == 3
+    section = text[text.index("Tuning") : text.index("How to read this")]
+    assert "{&#x27;neighbours&#x27;: 50}" in section and "0.1235" in section
+    assert section.count('<tr class="chosen">') == 2
+    assert all(column in section for column in ["baseline", "params", "score", "chosen"])

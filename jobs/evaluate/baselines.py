@@ -8,23 +8,44 @@ and ``n_i`` is the number of distinct train buyers of item ``i`` (its popularity
 
 The baselines do not exclude items the user already bought, since wholesale buyers re-buy
 the same items; the co-occurrence baseline is the exception: it recommends items other
-than the user's own purchases.
+than the user's own purchases (``item_knn`` can do the same with ``exclude_seen``).
 
 - ``popularity``: the ``k`` items with most buyers, the same list for every user;
 - ``cooccurrence``: items "bought together" with the user's purchases;
 - ``als``: Spark MLlib implicit-feedback ALS on weighted event counts;
-- ``filter_bubble``: the most popular items of the user's own categories.
+- ``filter_bubble``: the most popular items of the user's own categories;
+- ``repeat``: the user's own items by weighted frequency and recency,
+  ``score(u, i) = sum over u's events of i of EVENT_WEIGHTS[event_type] x 0.5 ** (age / h)``
+  with ``age`` the days from the event to ``as_of`` (the last train day, age 0) and ``h``
+  the half-life in days (no decay when ``h`` is None);
+- ``item_knn``: item-based collaborative filtering on binary interactions (a user "has" an
+  item with any weighted event), ``sim(i, j) = |U_i & U_j| / (sqrt(|U_i| x |U_j|) + shrink)``
+  with ``U_i`` the users having ``i``, each item keeping its ``neighbours`` most similar
+  items, and ``score(u, j) = sum over i in u's items of sim(i, j)``.
+
+Events of a type missing from ``EVENT_WEIGHTS`` (search, cancel) count nothing in
+``als``, ``repeat`` and ``item_knn``. ``recommend`` runs any baseline by name with keyword
+overrides of its settings, and ``TUNABLE`` holds the small default grids that ``grid``
+expands for tuning.
 """
 
 from __future__ import annotations
 
+import datetime
+import inspect
+import itertools
+import logging
+from typing import Any
+
 from pyspark.ml.recommendation import ALS
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
+log = logging.getLogger(__name__)
+
 RECS_COLUMNS = ("method", "user_id", "item_id", "position", "has_reason")
-# Confidence of one event for ALS; other event types (search, cancel) add nothing.
+# Weight of one event (ALS confidence, repeat score); other event types (search, cancel) add nothing.
 EVENT_WEIGHTS = {"purchase": 4.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 1.0}
 
 
@@ -132,18 +153,22 @@ def cooccurrence(train: DataFrame, users: DataFrame, k: int, max_items_per_user:
     return as_recs(candidates, "cooccurrence", k, "tier", F.desc("score"))
 
 
-def confidences(train: DataFrame) -> DataFrame:
-    """``(user_id, item_id, confidence)``: sum of ``EVENT_WEIGHTS`` over the pair's events."""
+def _event_weight() -> Column:
+    """``EVENT_WEIGHTS`` of the row's ``event_type``; null for other types."""
     weight = F.lit(None).cast("double")
     for event_type, w in EVENT_WEIGHTS.items():
         weight = F.when(F.col("event_type") == event_type, F.lit(w)).otherwise(weight)
-    return (
-        item_events(train)
-        .withColumn("_w", weight)
-        .filter(F.col("_w").isNotNull())
-        .groupBy("user_id", "item_id")
-        .agg(F.sum("_w").alias("confidence"))
-    )
+    return weight
+
+
+def _weighted_events(train: DataFrame) -> DataFrame:
+    """Item events of a type in ``EVENT_WEIGHTS``, with their weight as ``_w``."""
+    return item_events(train).withColumn("_w", _event_weight()).filter(F.col("_w").isNotNull())
+
+
+def confidences(train: DataFrame) -> DataFrame:
+    """``(user_id, item_id, confidence)``: sum of ``EVENT_WEIGHTS`` over the pair's events."""
+    return _weighted_events(train).groupBy("user_id", "item_id").agg(F.sum("_w").alias("confidence"))
 
 
 def _index(ids: DataFrame, column: str, index_column: str) -> DataFrame:
@@ -245,3 +270,165 @@ def filter_bubble(train: DataFrame, item_categories: DataFrame, users: DataFrame
         "score", F.col("share") * F.col("relative")
     )
     return as_recs(scored, "filter_bubble", k, F.desc("score"))
+
+
+def repeat(
+    train: DataFrame,
+    users: DataFrame,
+    k: int,
+    as_of: datetime.date,
+    half_life_days: float | None = 60.0,
+) -> DataFrame:
+    """The user's own items by weighted frequency and recency.
+
+    ``score(u, i)`` = sum over the user's weighted events of ``i`` of
+    ``EVENT_WEIGHTS[event_type] x 0.5 ** (age_days / half_life_days)``, where
+    ``age_days = (as_of - dt).days`` and ``as_of`` is the last train day (its events have
+    age 0). ``half_life_days=None`` turns the decay off (weighted frequency). Top ``k`` by
+    score, ties by item id; users without a weighted item event get no list.
+    """
+    if half_life_days is not None and half_life_days <= 0:
+        raise ValueError(f"half_life_days must be positive or None, got {half_life_days}")
+    if half_life_days is None:
+        decay = F.lit(1.0)
+    else:
+        age_days = F.datediff(F.lit(as_of), F.col("dt"))
+        decay = F.pow(F.lit(0.5), age_days / F.lit(float(half_life_days)))
+    scored = (
+        _weighted_events(train)
+        .join(users.select("user_id").distinct(), "user_id", "left_semi")
+        .groupBy("user_id", "item_id")
+        .agg(F.sum(F.col("_w") * decay).alias("score"))
+    )
+    return as_recs(scored, "repeat", k, F.desc("score"))
+
+
+def item_knn(
+    train: DataFrame,
+    users: DataFrame,
+    k: int,
+    neighbours: int = 50,
+    shrink: float = 0.0,
+    exclude_seen: bool = False,
+    max_items_per_user: int = 200,
+) -> DataFrame:
+    """Item-based collaborative filtering on binary user-item interactions.
+
+    A user has an item when they have a weighted event of it (the ``confidences`` pairs);
+    ``U_i`` is the set of users having ``i``. ``sim(i, j) = |U_i & U_j| / (sqrt(|U_i| x |U_j|)
+    + shrink)`` for ``i != j``; the intersection counts come from a self-join on user of each
+    user's ``max_items_per_user`` most recent items (latest event date, ties by item id), to
+    bound the pair count, while ``|U_i|`` counts all users. Each item keeps its
+    ``neighbours`` most similar items (ties by item id). ``score(u, j)`` = sum over all of
+    ``u``'s items ``i`` of ``sim(i, j)`` where ``j`` is a kept neighbour of ``i``. The user's
+    own items stay candidates (scored by their neighbours only) unless ``exclude_seen``.
+    Top ``k`` by score, ties by item id; users whose items have no neighbours get no list.
+    """
+    if neighbours < 1 or max_items_per_user < 1:
+        raise ValueError(
+            f"neighbours and max_items_per_user must be >= 1, got {neighbours} and {max_items_per_user}"
+        )
+    if shrink < 0:
+        raise ValueError(f"shrink must be >= 0, got {shrink}")
+    has = _weighted_events(train).groupBy("user_id", "item_id").agg(F.max("dt").alias("last_dt"))
+    recent = Window.partitionBy("user_id").orderBy(F.desc("last_dt"), "item_id")
+    basket = (
+        has.withColumn("_r", F.row_number().over(recent))
+        .filter(F.col("_r") <= max_items_per_user)
+        .select("user_id", "item_id")
+    )
+    n_users = has.groupBy("item_id").agg(F.count("*").alias("n_i"))
+    pairs = (
+        basket.alias("a")
+        .join(basket.alias("b"), "user_id")
+        .filter(F.col("a.item_id") != F.col("b.item_id"))
+        .groupBy(F.col("a.item_id").alias("item_id"), F.col("b.item_id").alias("other_id"))
+        .agg(F.count("*").alias("common"))
+    )
+    closest = Window.partitionBy("item_id").orderBy(F.desc("sim"), "other_id")
+    similar = (
+        pairs.join(n_users, "item_id")
+        .join(n_users.withColumnRenamed("item_id", "other_id").withColumnRenamed("n_i", "n_j"), "other_id")
+        .withColumn("sim", F.col("common") / (F.sqrt(F.col("n_i") * F.col("n_j")) + F.lit(float(shrink))))
+        .withColumn("_r", F.row_number().over(closest))
+        .filter(F.col("_r") <= neighbours)
+        .select("item_id", "other_id", "sim")
+    )
+    mine = has.join(users.select("user_id").distinct(), "user_id", "left_semi").select("user_id", "item_id")
+    scored = (
+        mine.join(similar, "item_id")
+        .groupBy("user_id", F.col("other_id").alias("item_id"))
+        .agg(F.sum("sim").alias("score"))
+    )
+    if exclude_seen:
+        scored = scored.join(mine, ["user_id", "item_id"], "left_anti")
+    return as_recs(scored, "item_knn", k, F.desc("score"))
+
+
+# Small default grids of each tunable baseline's settings, for the tuning code.
+TUNABLE: dict[str, dict[str, list]] = {
+    "als": {"rank": [16, 64], "reg_param": [0.01, 0.1], "alpha": [1.0, 10.0, 40.0]},
+    "item_knn": {"neighbours": [20, 100], "shrink": [0.0, 10.0]},
+    "repeat": {"half_life_days": [14.0, 60.0, None]},
+}
+
+# The baselines by method name, for ``recommend``.
+BASELINES = {
+    "popularity": popularity,
+    "cooccurrence": cooccurrence,
+    "als": als,
+    "filter_bubble": filter_bubble,
+    "repeat": repeat,
+    "item_knn": item_knn,
+}
+# Inputs that ``recommend`` passes itself; every other argument of a baseline is a setting.
+_INPUTS = ("train", "users", "k", "as_of", "item_categories")
+
+
+def grid(space: dict[str, list]) -> list[dict]:
+    """Every combination of the settings' values, ``itertools.product`` over the keys in order."""
+    keys = list(space)
+    return [
+        dict(zip(keys, values, strict=True)) for values in itertools.product(*(space[key] for key in keys))
+    ]
+
+
+def settings(name: str) -> tuple[str, ...]:
+    """The names of the settings of baseline ``name`` (the keys ``recommend`` accepts in ``params``)."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; allowed: {', '.join(BASELINES)}")
+    parameters = inspect.signature(BASELINES[name]).parameters
+    return tuple(p for p in parameters if p not in _INPUTS)
+
+
+def recommend(
+    name: str,
+    train: DataFrame,
+    users: DataFrame,
+    k: int,
+    as_of: datetime.date | None,
+    item_categories: DataFrame | None = None,
+    params: dict[str, Any] | None = None,
+) -> DataFrame:
+    """The recs of baseline ``name`` with ``params`` as keyword overrides of its settings.
+
+    ``as_of`` is only used by ``repeat`` and ``item_categories`` only by ``filter_bubble``
+    (both required there). An unknown name or setting raises ``ValueError``.
+    """
+    allowed = settings(name)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown settings {unknown} for baseline {name!r}; allowed: {', '.join(allowed) or 'none'}"
+        )
+    log.info("baseline %s with %s", name, params or "default settings")
+    if name == "filter_bubble":
+        if item_categories is None:
+            raise ValueError("baseline 'filter_bubble' needs item_categories")
+        return filter_bubble(train, item_categories, users, k, **params)
+    if name == "repeat":
+        if as_of is None:
+            raise ValueError("baseline 'repeat' needs as_of (the last train day)")
+        return repeat(train, users, k, as_of, **params)
+    return BASELINES[name](train, users, k, **params)
