@@ -212,6 +212,14 @@ def _tracking_uri(conf: Config) -> str:
 SHARED_CACHES = ("silver.text_vectors", "silver.llm_responses")
 
 
+def asof_items(spark: SparkSession, conf: Config, cut: dt.date) -> DataFrame:
+    """The catalog as known before ``cut``: items first seen before it (or never dated)."""
+    cut_ts = dt.datetime.combine(cut, dt.time())
+    return tables.read(spark, conf, "bronze.items").filter(
+        F.col("first_seen").isNull() | (F.col("first_seen") < F.lit(cut_ts))
+    )
+
+
 def build_asof_warehouse(
     spark: SparkSession,
     conf: Config,
@@ -230,10 +238,7 @@ def build_asof_warehouse(
     events = tables.read(spark, conf, "bronze.events").filter(F.col("dt") < F.lit(cut))
     if users is not None:
         events = events.join(users.select("user_id"), "user_id", "left_semi")
-    cut_ts = dt.datetime.combine(cut, dt.time())
-    items = tables.read(spark, conf, "bronze.items").filter(
-        F.col("first_seen").isNull() | (F.col("first_seen") < F.lit(cut_ts))
-    )
+    items = asof_items(spark, conf, cut)
     tables.overwrite(events, asof, "bronze.events", partition_by=["dt"])
     tables.overwrite(items, asof, "bronze.items")
     source = caches_from or conf
@@ -437,6 +442,12 @@ def evaluate_cut(
     n_test = test.count()
     log.info("evaluate: %s: %s users active on both sides, %s (user, item) purchases to find; K %s",
              window, f"{n_users:,}", f"{n_test:,}", ks)  # fmt: skip
+    catalog_items = asof_items(spark, conf, window.cut).count()
+    if max(ks) > catalog_items:
+        raise ValueError(
+            f"evaluate.ks: K={max(ks)} is larger than the catalog known before {window.cut} "
+            f"({catalog_items:,} items): lower evaluate.ks"
+        )
     result = CutResult(window, "ok", users=n_users, test_purchases=n_test, ops={})
     lists = []
     base_asof = asof_conf(conf, window.cut)
@@ -451,11 +462,6 @@ def evaluate_cut(
             previous[method] = asof
         if variant is None:
             result.train_events, result.catalog_items = counts["train_events"], counts["catalog_items"]
-            if max(ks) > counts["catalog_items"]:
-                raise ValueError(
-                    f"evaluate.ks: K={max(ks)} is larger than the catalog known before {window.cut} "
-                    f"({counts['catalog_items']:,} items): lower evaluate.ks"
-                )
         log.info("evaluate: %s: as-of warehouse %s: %s training events, %s catalog items; running %d stages as of %s",
                  method, asof.storage.root, f"{counts['train_events']:,}", f"{counts['catalog_items']:,}",
                  len(asof_stages()), asof.run.date)  # fmt: skip
@@ -519,6 +525,19 @@ def _extra_rows(results: list[CutResult], ks: list[int]) -> pd.DataFrame:
         if column not in out.columns:
             out[column] = None if column == "verdict" else float("nan")
     return out[list(bootstrap.SUMMARY_COLUMNS)]
+
+
+def _in_method_order(summary: pd.DataFrame, ec: EvaluateConf) -> pd.DataFrame:
+    """Rows by cut (dates, then the mean), K, method (the pipeline, its variants, then the
+    baselines as configured) and metric: the order of every table and plot."""
+    methods = [PIPELINE, *[f"{PIPELINE}[{v.name}]" for v in ec.variants], *ec.baselines]
+    rank = {m: i for i, m in enumerate(methods)}
+    keyed = summary.assign(
+        _mean=summary["cut"] == bootstrap.MEAN,
+        _method=summary["method"].map(lambda m: rank.get(m, len(rank))),
+    )
+    keyed = keyed.sort_values(["_mean", "cut", "k", "_method", "method", "metric"], kind="stable")
+    return keyed.drop(columns=["_mean", "_method"]).reset_index(drop=True)
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:
@@ -605,7 +624,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
             level=ec.interval_level,
             higher_is_better=QUALITY_METRICS,
         )
-        summary = pd.concat([summary, _extra_rows(done, ks)], ignore_index=True)
+        summary = _in_method_order(pd.concat([summary, _extra_rows(done, ks)], ignore_index=True), ec)
         stored = spark.createDataFrame(
             summary.astype({c: "float64" for c in ("value", "lo", "hi", "diff", "diff_lo", "diff_hi")})
         )
