@@ -75,19 +75,9 @@ ASOF_OUTPUTS = (
     "gold.user_queries",
     "gold.recommendations",
 )
-# Metrics where a higher value is a better list; the others describe a list.
-QUALITY_METRICS = (
-    "recall",
-    "hit",
-    "ndcg",
-    "recall_repeat",
-    "recall_new_item",
-    "recall_new_category",
-    "new_item_hit",
-    "new_category_hit",
-    "discovery_precision",
-)
-OPS_METRICS = ("parse_success", "tokens_per_user", "latency_p50_ms", "latency_p95_ms", "failures")
+# Re-exported: the metrics with a verdict of quality, the operational figures.
+QUALITY_METRICS = metrics.QUALITY_METRICS
+OPS_METRICS = metrics.OPS_METRICS
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,21 @@ PER_USER_METRICS = (
     "novelty",
     "reason_share",
 )
+# Per-user metrics where a higher value is a better list (a verdict reads better / worse);
+# the others describe a list (length, repeat share, width, ...).
+QUALITY_METRICS = (
+    "recall",
+    "hit",
+    "ndcg",
+    "recall_repeat",
+    "recall_new_item",
+    "recall_new_category",
+    "new_item_hit",
+    "new_category_hit",
+    "discovery_precision",
+)
+# Operational figures of a pipeline variant's LLM answers (point values, no interval).
+OPS_METRICS = ("parse_success", "tokens_per_user", "latency_p50_ms", "latency_p95_ms", "failures")
 # The summary of ``evaluate`` (a single k), and its per-user table.
 METRICS = (
     "recall",

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from jobs.evaluate import metrics
+
 log = logging.getLogger(__name__)
 
 REFERENCE = "pipeline"
@@ -169,19 +171,9 @@ REPEAT_EXPLORE_METRICS = (
     "discovery_precision",
 )
 DESCRIPTIVE_METRICS = ("category_width", "intra_list_diversity", "novelty", "reason_share")
-OPS_METRICS = ("parse_success", "tokens_per_user", "latency_p50_ms", "latency_p95_ms", "failures")
-# Metrics with a direction of quality: their verdicts read better / worse.
-QUALITY_METRICS = (
-    "recall",
-    "hit",
-    "ndcg",
-    "recall_repeat",
-    "recall_new_item",
-    "recall_new_category",
-    "new_item_hit",
-    "new_category_hit",
-    "discovery_precision",
-)
+# Metrics with a direction of quality (verdicts better / worse), operational figures.
+QUALITY_METRICS = metrics.QUALITY_METRICS
+OPS_METRICS = metrics.OPS_METRICS
 # Drawn in the per-cut plots and in the repeat/explore plot, and swept over K.
 PLOT_METRICS = ("recall", "hit", "ndcg", "new_item_hit", "new_category_hit")
 REPEAT_EXPLORE_PLOT_METRICS = ("recall_repeat", "recall_new_item", "recall_new_category")
