@@ -346,3 +346,27 @@ def test_windows_auto_explicit_and_bad_cuts():
         evaluate.resolve_windows(EvaluateConf(n_cuts=20, test_days=28), first, last)
     # no training day before the validation window: no tuning
     assert evaluate.validation_window(EvaluateConf(validation_days=28), auto, dt.date(2011, 8, 25)) is None
+
+
+def test_operational_figures_count_only_this_runs_answers(spark, conf_factory):
+    from udfs.llm.runner import RESPONSE_SCHEMA, RESPONSES_TABLE
+
+    asof = conf_factory(["run.run_id=evaluate-20250308-smollm2"])
+
+    def answer(key, status, tokens, latency, run_id):
+        row = dict.fromkeys(RESPONSE_SCHEMA.fieldNames())
+        row.update(cache_key=key, agent="u2q", status=status, input_tokens=tokens, output_tokens=0,
+                   latency_ms=latency, attempts=1, run_id=run_id)  # fmt: skip
+        return row
+
+    rows = [
+        answer("a", "ok", 100, 1000, "evaluate-20250308-smollm2"),
+        answer("b", "not_json", 300, 3000, "evaluate-20250308-smollm2"),
+        # seeded from the previous cut's cache: not this run's cost
+        answer("c", "ok", 5000, 90000, "evaluate-20250225-smollm2"),
+    ]
+    tables.overwrite(spark.createDataFrame(rows, RESPONSE_SCHEMA), asof, RESPONSES_TABLE)
+    figures = evaluate.ops_figures(spark, asof, users=2)
+    # 1 of 2 answers parsed; (100 + 300) tokens over 2 users; one failure
+    assert figures["parse_success"] == 0.5 and figures["tokens_per_user"] == 200.0
+    assert figures["failures"] == 1.0 and figures["latency_p95_ms"] <= 3000

@@ -261,12 +261,13 @@ def pipeline_recs(spark: SparkSession, asof: Config, method: str) -> DataFrame:
 
 def ops_figures(spark: SparkSession, asof: Config, users: int) -> dict[str, float]:
     """Parse success, tokens per user, latency p50/p95 and failures of the LLM answers
-    in the as-of warehouse (the latest answer per request); empty for a heuristic run."""
+    this as-of run asked for (its ``run.run_id``; answers found in the cache seeded from an
+    earlier cut cost nothing and are not counted); empty for a heuristic run."""
     from udfs.llm.runner import RESPONSES_TABLE
 
     if not tables.exists(spark, asof, RESPONSES_TABLE):
         return {}
-    answers = tables.read(spark, asof, RESPONSES_TABLE)
+    answers = tables.read(spark, asof, RESPONSES_TABLE).filter(F.col("run_id") == F.lit(asof.run.run_id))
     row = answers.agg(
         F.count("*").alias("n"),
         F.sum((F.col("status") == "ok").cast("int")).alias("ok"),
