@@ -306,12 +306,7 @@ def baseline_recs(
         log.info("evaluate: baseline %s %s: %s rows in %.1fs", name, params.get(name) or "", f"{df.count():,}",
                  time.perf_counter() - t0)  # fmt: skip
         frames.append(df)
-    if not frames:
-        return None
-    out = frames[0]
-    for df in frames[1:]:
-        out = out.unionByName(df)
-    return out
+    return _union(frames) if frames else None
 
 
 def _empty_frame(spark: SparkSession, schema: str) -> DataFrame:
@@ -467,10 +462,7 @@ def evaluate_cut(
     )
     if base is not None:
         lists.append(base)
-    recs = lists[0]
-    for df in lists[1:]:
-        recs = recs.unionByName(df)
-    recs = recs.localCheckpoint()
+    recs = _union(lists).localCheckpoint()
     history = train_asof.filter(F.col("item_id").isNotNull()).select("user_id", "item_id").distinct()
     purchases = (
         train_asof.filter((F.col("event_type") == "purchase") & F.col("item_id").isNotNull())
@@ -532,6 +524,7 @@ def _in_method_order(summary: pd.DataFrame, ec: EvaluateConf) -> pd.DataFrame:
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:
+    """The rows of every frame (same columns, matched by name)."""
     out = frames[0]
     for df in frames[1:]:
         out = out.unionByName(df)
