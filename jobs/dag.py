@@ -70,8 +70,21 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ),
         ("gold.q2i_candidates",),
     ),
+    "candidates": (
+        (
+            "bronze.events",
+            "silver.item_categories",
+            "silver.item_profiles",
+            "gold.cfv",
+            "gold.user_queries",
+            "gold.q2i_candidates",
+        ),
+        ("gold.candidates", "gold.candidate_features"),
+    ),
+    # Retrains when the newest model is older than ranker.max_age_days (weekly by default).
+    "train": (("bronze.events", "gold.candidate_features"), ("gold.ranker_models",)),
     "rank": (
-        ("bronze.events", "silver.item_profiles", "silver.user_windows", "gold.q2i_candidates"),
+        ("bronze.events", "gold.candidate_features", "gold.ranker_models"),
         ("gold.recommendations",),
     ),
     # The evaluation reruns the stages above as of its cut date in a warehouse of its own;

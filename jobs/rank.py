@@ -1,167 +1,130 @@
-"""Rank: Q2I candidates -> ``gold.recommendations``, top ``rank.top_k`` per user.
+"""Rank: the run date's candidates (``gold.candidate_features``) -> ``gold.recommendations``.
 
-One scoring with named components, each in 0..1:
+Every buyer's candidates, from all channels, are scored by the learned ranker
+(``jobs/ranker.py``; the newest model trained for this run date or before), then one list
+per buyer is filled by ``udfs/ranking.py``: near-duplicates once, the repeat and discovery
+quotas on every prefix, at most ``rank.max_per_category`` per category, ``rank.top_k``
+items. The nearline refresh calls the same function, so both paths rank alike.
 
-- ``relevance``: cosine similarity of the item to the query that found it;
-- ``personalisation``: ``0.7 x cfv_match + 0.3 x price_match`` (``jobs.q2i``);
-- ``discovery``: 1 when the item's category is new to the user (never touched in the
-  long-term window), 0.5 when the category is known but the item is new, else 0;
-- ``trend``: 1 when the query that found it is a trend query;
-- ``popularity``: ``log(1 + buyers) / log(1 + buyers of the most-bought item)``, buyers
-  counted up to the run date: wholesale buyers trust what other shops stock, and
-  semantic relevance alone cannot tell a staple from an item nobody buys.
-
-``score = sum(rank.weights[c] x c)``. An item found by several queries of the user is
-ranked once, with its best-scoring query (whose reason it carries). Items the user bought
-before are excluded, demoted (``score x rank.bought_factor``) or kept (``rank.bought``).
-Diversity: at most ``rank.max_per_category`` items of one category, filled greedily in
-score order (ties by item id), then the top ``rank.top_k``.
+Each row keeps the channel that brought the item and that channel's reason, whether the
+buyer bought it before and whether its category is new to them.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.window import Window
 
 from jobs import tables
 from jobs.aggregate import resolve_run_date
-from jobs.config import Config, RankConf
+from jobs.candidates import FEATURE_COLUMNS, FEATURES
+from jobs.config import Config
+from jobs.ranker import load_model
+from udfs.ranking import ListRules, rank_users
+
+log = logging.getLogger(__name__)
 
 RECOMMENDATIONS = "gold.recommendations"
-COMPONENTS = ("relevance", "personalisation", "discovery", "trend", "popularity")
-DISCOVERY_NEW_CATEGORY, DISCOVERY_NEW_ITEM = 1.0, 0.5
+# Passed through from the candidates to the list.
+PASSED = (
+    "user_id",
+    "item_id",
+    "title",
+    "norm_title",
+    "leaf_category",
+    "channel",
+    "reason",
+    "query_kind",
+    "query",
+)
+LIST_SCHEMA = (
+    "user_id string, position int, item_id string, title string, leaf_category string, score double, "
+    "channel string, reason string, query_kind string, query string, bought boolean, "
+    "is_new_category boolean, discovery double"
+)
 
 
-# The arithmetic below takes Spark columns (this module) or numpy / pandas values
-# (jobs/nearline), so that both paths score alike.
-
-
-def personalisation(cfv_match, price_match):
-    """The personalisation component from q2i's matches."""
-    return 0.7 * cfv_match + 0.3 * price_match
-
-
-def weighted_total(values, weights):
-    """``sum(weights[c] x values[c])`` over :data:`COMPONENTS`."""
-    total = 0.0
-    for c in COMPONENTS:
-        total = total + float(getattr(weights, c)) * values[c]
-    return total
-
-
-def item_popularity(bought: DataFrame) -> DataFrame:
-    """(item_id, popularity in 0..1) from distinct (user_id, item_id) purchases."""
-    buyers = bought.groupBy("item_id").agg(F.countDistinct("user_id").alias("_n"))
-    top = buyers.agg(F.max("_n")).collect()[0][0] or 1
-    return buyers.select("item_id", (F.log1p("_n") / math.log1p(top)).alias("popularity"))
-
-
-def components(
-    candidates: DataFrame,
-    known_categories: DataFrame,
-    touched_items: DataFrame,
-    popularity: DataFrame | None = None,
-) -> DataFrame:
-    """Candidates + the components (see the module docstring); no ``popularity`` frame = 0."""
-    known = known_categories.select("user_id", "leaf_category", F.lit(True).alias("_known_cat"))
-    seen = touched_items.select("user_id", "item_id", F.lit(True).alias("_seen"))
-    if popularity is None:
-        candidates = candidates.withColumn("popularity", F.lit(0.0))
-    else:
-        candidates = candidates.join(popularity, "item_id", "left").withColumn(
-            "popularity", F.coalesce("popularity", F.lit(0.0))
-        )
-    return (
-        candidates.join(known, ["user_id", "leaf_category"], "left")
-        .join(seen, ["user_id", "item_id"], "left")
-        .withColumn("personalisation", personalisation(F.col("cfv_match"), F.col("price_match")))
-        .withColumn(
-            "discovery",
-            F.when(F.col("_known_cat").isNull(), DISCOVERY_NEW_CATEGORY)
-            .when(F.col("_seen").isNull(), DISCOVERY_NEW_ITEM)
-            .otherwise(0.0),
-        )
-        .withColumn("trend", F.when(F.col("kind") == "trend", 1.0).otherwise(0.0))
-        .drop("_known_cat", "_seen")
+def list_rules(conf: Config, model_row: dict) -> ListRules:
+    """The list rules: ``rank`` settings, the quotas chosen at training unless set."""
+    rc = conf.rank
+    return ListRules(
+        top_k=rc.top_k,
+        repeat_share=rc.repeat_share if rc.repeat_share is not None else float(model_row["repeat_share"]),
+        discovery_share=(
+            rc.discovery_share if rc.discovery_share is not None else float(model_row["discovery_share"])
+        ),
+        max_per_category=rc.max_per_category,
+        dedup_titles=rc.dedup_titles,
     )
 
 
-def score(df: DataFrame, rc: RankConf, bought: DataFrame) -> DataFrame:
-    """+ score and bought; excluded bought items removed."""
-    total = F.lit(0.0) + weighted_total({c: F.col(c) for c in COMPONENTS}, rc.weights)
-    out = df.join(
-        bought.select("user_id", "item_id", F.lit(True).alias("bought")), ["user_id", "item_id"], "left"
-    )
-    out = out.withColumn("bought", F.coalesce("bought", F.lit(False))).withColumn("score", total)
-    if rc.bought == "exclude":
-        return out.filter(~F.col("bought"))
-    if rc.bought == "demote":
-        return out.withColumn(
-            "score", F.when(F.col("bought"), F.col("score") * rc.bought_factor).otherwise(F.col("score"))
-        )
-    return out
-
-
-def top_k(scored: DataFrame, rc: RankConf) -> DataFrame:
-    """One row per (user, item) with its best query; per-category cap; top ``rc.top_k``."""
-    best_query = Window.partitionBy("user_id", "item_id").orderBy(F.desc("score"), "query_id")
-    per_cat = Window.partitionBy("user_id", "leaf_category").orderBy(F.desc("score"), "item_id")
-    per_user = Window.partitionBy("user_id").orderBy(F.desc("score"), "item_id")
-    return (
-        scored.withColumn("_q", F.row_number().over(best_query))
-        .filter("_q = 1")
-        .withColumn("_c", F.row_number().over(per_cat))
-        .filter(F.col("_c") <= rc.max_per_category)
-        .withColumn("position", F.row_number().over(per_user))
-        .filter(F.col("position") <= rc.top_k)
-        .drop("_q", "_c")
+def as_list_rows(listed: pd.DataFrame) -> pd.DataFrame:
+    """The chosen rows of :func:`udfs.ranking.rank_users` in ``LIST_SCHEMA``'s columns."""
+    new_cat = listed["is_new_category"] > 0
+    return pd.DataFrame(
+        {
+            "user_id": listed["user_id"],
+            "position": listed["position"].astype("int32"),
+            "item_id": listed["item_id"],
+            "title": listed["title"],
+            "leaf_category": listed["leaf_category"],
+            "score": listed["score"].round(5),
+            "channel": listed["channel"],
+            "reason": listed["reason"],
+            "query_kind": listed["query_kind"],
+            "query": listed["query"],
+            "bought": listed["own_purchases"] > 0,
+            "is_new_category": new_cat,
+            # 1 in a category new to the buyer, 0.5 a new item of a known one, else 0.
+            "discovery": (new_cat * 1.0).where(new_cat, (listed["is_new_item"] > 0) * 0.5),
+        }
     )
 
 
-def history(spark: SparkSession, conf: Config, run_date) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """(known categories, touched items, bought items) per user, up to the run date."""
-    known = (
-        tables.read(spark, conf, "silver.user_windows")
-        .filter((F.col("window") == "long_term") & (F.col("n_events") > 0))
-        .select("user_id", "leaf_category")
-        .distinct()
-    )
-    events = tables.read(spark, conf, "bronze.events").filter(
-        (F.col("dt") <= F.lit(run_date)) & F.col("item_id").isNotNull()
-    )
-    touched = events.select("user_id", "item_id").distinct()
-    bought = events.filter(F.col("event_type") == "purchase").select("user_id", "item_id").distinct()
-    return known, touched, bought
+def rank(candidates: DataFrame, model: bytes, rules: ListRules) -> DataFrame:
+    """One list per buyer (``LIST_SCHEMA``), in Spark: the candidates grouped by buyer."""
+    features = list(FEATURE_COLUMNS)
+
+    def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
+        return as_list_rows(rank_users(pdf, model, features, rules))
+
+    cols = list(dict.fromkeys([*PASSED, *features]))
+    return candidates.select(*cols).groupBy("user_id").applyInPandas(per_user, LIST_SCHEMA)
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     """Write ``gold.recommendations``; returns users and rows."""
-    rc = conf.rank
     run_date = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
-    if not tables.exists(spark, conf, "gold.q2i_candidates"):
-        raise RuntimeError("rank: gold.q2i_candidates is missing: run the q2i stage first")
-    known, touched, bought = history(spark, conf, run_date)
-    candidates = tables.read(spark, conf, "gold.q2i_candidates")
-    titles = tables.read(spark, conf, "silver.item_profiles").select(
-        "item_id", F.coalesce("short_title", "title").alias("title")
+    if not tables.exists(spark, conf, FEATURES):
+        raise RuntimeError(f"rank: {FEATURES} is missing: run the candidates stage first")
+    candidates = tables.read(spark, conf, FEATURES).filter(F.col("as_of") == F.lit(run_date))
+    model, row = load_model(spark, conf, run_date)
+    rules = list_rules(conf, row)
+    log.info("rank: model %s (trained on the candidates of %s); list of %d, repeat share <= %.2f, "
+             "discovery share >= %.2f, <= %d per category", row["model_id"], row["train_as_of"], rules.top_k,
+             rules.repeat_share, rules.discovery_share, rules.max_per_category)  # fmt: skip
+    out = (
+        rank(candidates, model, rules)
+        .withColumn("model_id", F.lit(row["model_id"]))
+        .withColumn("as_of", F.lit(run_date))
     )
-    scored = score(components(candidates, known, touched, item_popularity(bought)), rc, bought)
-    ranked = top_k(scored, rc).join(titles, "item_id", "left")
-    out = ranked.select(
-        "user_id", "position", "item_id", "title", "leaf_category", F.round("score", 5).alias("score"),
-        *[F.round(c, 5).alias(c) for c in COMPONENTS], "bought", F.col("kind").alias("query_kind"), "query",
-        "reason", F.lit(run_date).alias("as_of"),
-    )  # fmt: skip
     tables.overwrite(out, conf, RECOMMENDATIONS)
     rows = tables.read(spark, conf, RECOMMENDATIONS)
-    counts = {"users": rows.select("user_id").distinct().count(), "rows": rows.count()}
-    new_cat = rows.filter(F.col("discovery") == 1.0).count()
-    print(
-        f"rank: {RECOMMENDATIONS} {counts['rows']:,} rows for {counts['users']:,} users; "
-        f"in a category new to the user {new_cat / max(counts['rows'], 1):.0%}",
-        flush=True,
-    )
+    stats = rows.agg(
+        F.countDistinct("user_id").alias("users"),
+        F.count("*").alias("rows"),
+        F.sum(F.col("is_new_category").cast("int")).alias("new_cat"),
+        F.sum(F.col("bought").cast("int")).alias("bought"),
+    ).collect()[0]
+    counts = {"users": int(stats["users"]), "rows": int(stats["rows"])}
+    by_channel = {r["channel"]: int(r["count"]) for r in rows.groupBy("channel").count().collect()}
+    n = max(counts["rows"], 1)
+    log.info(
+        "rank: %s %s rows for %s users; bought before %.0f%%, in a category new to the buyer %.0f%%; by channel %s",
+        RECOMMENDATIONS, f"{counts['rows']:,}", f"{counts['users']:,}", 100 * (stats["bought"] or 0) / n,
+        100 * (stats["new_cat"] or 0) / n, ", ".join(f"{c} {v:,}" for c, v in sorted(by_channel.items())),
+    )  # fmt: skip
     return counts

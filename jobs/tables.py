@@ -83,6 +83,18 @@ def overwrite(df: DataFrame, conf: Config, name: str, partition_by: list[str] | 
     _save(w, conf, name)
 
 
+def replace_where(df: DataFrame, conf: Config, name: str, condition: str) -> None:
+    """Replace the rows matching the SQL ``condition`` with ``df`` (all of whose rows must
+    match it), in one commit; the table must exist."""
+    w = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+    _save(w, conf, name)
+
+
+def delete_where(spark: SparkSession, conf: Config, name: str, condition: str) -> None:
+    """Delete the rows matching the SQL ``condition`` (no commit when none match)."""
+    _delta_table(spark, conf, name).delete(condition)
+
+
 def _last_commit(spark: SparkSession, conf: Config, name: str):
     return _delta_table(spark, conf, name).history(1).collect()[0]
 

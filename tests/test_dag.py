@@ -42,7 +42,8 @@ def test_dependencies_follow_reads_of_earlier_writes():
     deps = dag.dependencies()
     assert list(deps) == [s for s, _ in STAGES]
     assert deps["ingest"] == [] and deps["index"] == ["embed"]
-    assert "u2q" in deps["q2i"] and "q2i" in deps["rank"]
+    assert "u2q" in deps["q2i"] and "q2i" in deps["candidates"]
+    assert deps["rank"] == ["candidates", "ingest", "train"]
     order = [s for s, _ in STAGES]
     for stage, ups in deps.items():
         assert all(order.index(u) < order.index(stage) for u in ups)

@@ -82,7 +82,7 @@ def _users_and_item(spark, conf, n):
 
 
 def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_nothing(
-    spark, warehouse, monkeypatch
+    spark, warehouse, monkeypatch, capsys
 ):
     conf = warehouse
     users, item = _users_and_item(spark, conf, 3)
@@ -131,7 +131,7 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
 
     def crash_after_merge(self, rows, batch_id):
         if not crashes:
-            crashes.append(1)
+            crashes.append(rows)
             raise Crash("killed after the MERGE")
         return real_log(self, rows, batch_id)
 
@@ -142,6 +142,10 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
     finally:
         query.stop()
     assert "killed after the MERGE" in str(query.exception())
+    # The replayed batch: one event, one trigger, one list written (the log row says which
+    # step failed otherwise: no trigger, or a refresh error printed above).
+    (logged,) = crashes[0]
+    assert logged[1:5] == (1, 1, 1, 0), (logged, capsys.readouterr().out[-3000:])
     merged = {r["user_id"]: r for r in tables.read(spark, conf, nearline.RECOMMENDATIONS).collect()}
     assert merged[b]["trigger_event_id"] == "n3"
     version_after_merge = tables._last_commit(spark, conf, nearline.RECOMMENDATIONS)["version"]

@@ -1,114 +1,115 @@
-"""jobs/rank.py: components, one row per item, bought handling, per-category cap, top-K."""
+"""jobs/rank.py and the model store of jobs/ranker.py: the Spark path lists exactly what the
+shared per-buyer function lists, and a missing or mismatched model stops rank by name."""
 
 from __future__ import annotations
 
+import datetime as dt
+
+import numpy as np
+import pandas as pd
 import pytest
 
-from jobs import rank
-from jobs.config import RankConf
+from jobs import rank, ranker, tables
+from jobs.candidates import FEATURE_COLUMNS
+from jobs.config import load_config
+from jobs.nearline import scoring
+from udfs.ranking import ListRules, rank_users
 
-CAND_SCHEMA = (
-    "user_id string, query_id string, kind string, item_id string, leaf_category string, "
-    "relevance double, cfv_match double, price_match double"
-)
-
-
-def cands(spark, rows):
-    return spark.createDataFrame(rows, CAND_SCHEMA)
+RUN = dt.date(2024, 5, 1)
 
 
-def pairs(spark, rows, cols="user_id string, leaf_category string"):
-    return spark.createDataFrame(rows, cols)
+def _model(features):
+    import xgboost
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, len(features)))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(float)
+    return bytes(xgboost.train({"max_depth": 3}, xgboost.DMatrix(x, y), 15).save_raw("json"))
 
 
-def test_components_discovery_personalisation_and_trend(spark):
-    c = cands(
-        spark,
-        [
-            ("u", "q1", "personal", "A", "mugs", 0.8, 1.0, 1.0),  # known category, item touched
-            ("u", "q1", "personal", "B", "mugs", 0.7, 0.5, 0.0),  # known category, new item
-            ("u", "q2", "trend", "C", "lamps", 0.6, 0.0, 0.0),  # new category
-        ],
+def _candidates(n_users=3, per_user=12, seed=2):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        for i in range(per_user):
+            row = {c: float(rng.normal()) for c in FEATURE_COLUMNS}
+            row.update(own_events=float(i % 3 == 0), own_purchases=float(i % 6 == 0),
+                       is_new_category=float(i % 4 == 1), is_new_item=float(i % 3 != 0))  # fmt: skip
+            row.update(user_id=f"u{u}", item_id=f"i{i:02d}", title=f"Item {i}", norm_title=f"item {i % 9}",
+                       leaf_category=f"c{i % 5}", channel="query", reason="why", query_kind="personal", query="q")  # fmt: skip
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_the_spark_rank_lists_what_the_shared_per_buyer_function_lists(spark):
+    pdf = _candidates()
+    model = _model(list(FEATURE_COLUMNS))
+    rules = ListRules(top_k=6, repeat_share=0.5, discovery_share=0.2, max_per_category=2)
+    got = rank.rank(spark.createDataFrame(pdf), model, rules).toPandas()
+    expected = rank.as_list_rows(rank_users(pdf, model, list(FEATURE_COLUMNS), rules))
+    key = ["user_id", "position"]
+    got, expected = (
+        got.sort_values(key).reset_index(drop=True),
+        expected.sort_values(key).reset_index(drop=True),
     )
-    known = pairs(spark, [("u", "mugs")])
-    touched = pairs(spark, [("u", "A")], "user_id string, item_id string")
-    got = {r.item_id: r for r in rank.components(c, known, touched).collect()}
-    assert got["A"].discovery == 0.0 and got["B"].discovery == 0.5 and got["C"].discovery == 1.0
-    assert got["A"].personalisation == pytest.approx(1.0) and got["B"].personalisation == pytest.approx(0.35)
-    assert (got["A"].trend, got["C"].trend) == (0.0, 1.0)
-
-
-def scored_rows(spark, rows, rc, bought=()):
-    c = cands(spark, rows)
-    comp = rank.components(
-        c, pairs(spark, [("u", "mugs")]), pairs(spark, [], "user_id string, item_id string")
+    assert got[["user_id", "position", "item_id"]].equals(expected[["user_id", "position", "item_id"]])
+    assert np.allclose(got["score"], expected["score"])
+    assert (got.groupby("user_id").size() == 6).all()
+    # Near-duplicates (the same normalised title) appear once per list.
+    assert (
+        not got.merge(pdf[["user_id", "item_id", "norm_title"]]).duplicated(["user_id", "norm_title"]).any()
     )
-    b = spark.createDataFrame(list(bought), "user_id string, item_id string")
-    return rank.top_k(rank.score(comp, rc, b), rc).orderBy("user_id", "position").collect()
 
 
-def test_an_item_found_by_two_queries_is_ranked_once_with_its_best_query(spark):
-    rc = RankConf(weights={"relevance": 1.0, "personalisation": 0.0, "discovery": 0.0, "trend": 0.5})
-    rows = [
-        ("u", "q1", "personal", "A", "mugs", 0.9, 0.0, 0.0),  # 0.9
-        ("u", "q2", "trend", "A", "mugs", 0.5, 0.0, 0.0),  # 0.5 + 0.5 = 1.0: the better one
-        ("u", "q1", "personal", "B", "mugs", 0.8, 0.0, 0.0),
-    ]
-    got = scored_rows(spark, rows, rc)
-    assert [(r.item_id, r.query_id, r.position) for r in got] == [("A", "q2", 1), ("B", "q1", 2)]
-    assert got[0].score == pytest.approx(1.0)
+@pytest.fixture
+def store(spark, tmp_path):
+    conf = load_config(overrides=[f"storage.root={tmp_path / 'wh'}", "tracking.enabled=false"])
+    return conf
 
 
-def test_bought_items_excluded_demoted_or_kept(spark):
-    rows = [
-        ("u", "q", "personal", "A", "mugs", 0.9, 0.0, 0.0),
-        ("u", "q", "personal", "B", "mugs", 0.6, 0.0, 0.0),
-    ]
-    w = {"relevance": 1.0, "personalisation": 0.0, "discovery": 0.0, "trend": 0.0}
-    bought = [("u", "A")]
-    excl = scored_rows(spark, rows, RankConf(weights=w, bought="exclude"), bought)
-    assert [r.item_id for r in excl] == ["B"]
-    demoted = scored_rows(spark, rows, RankConf(weights=w, bought="demote", bought_factor=0.5), bought)
-    assert [(r.item_id, round(r.score, 3), r.bought) for r in demoted] == [
-        ("B", 0.6, False),
-        ("A", 0.45, True),
-    ]
-    kept = scored_rows(spark, rows, RankConf(weights=w, bought="keep"), bought)
-    assert [r.item_id for r in kept] == ["A", "B"]
+def _register(spark, conf, path, features):
+    row = {
+        "model_id": "m1", "path": str(path), "trained_at": dt.datetime(2024, 5, 1, 3), "run_date": RUN,
+        "train_as_of": RUN - dt.timedelta(days=28), "label_end": RUN, "features": features,
+        "repeat_share": 0.5, "discovery_share": 0.2, "holdout_recall": 0.1, "holdout_new_category_hit": 0.1,
+        "holdout_users": 10, "best_iteration": 3, "rows": 100, "users": 10, "positives": 5, "mlflow_run_id": None,
+    }  # fmt: skip
+    tables.overwrite(spark.createDataFrame([row], ranker.MODELS_SCHEMA), conf, ranker.MODELS)
 
 
-def test_per_category_cap_and_top_k(spark):
-    w = {"relevance": 1.0, "personalisation": 0.0, "discovery": 0.0, "trend": 0.0}
-    rows = [("u", "q", "personal", f"M{i}", "mugs", 0.9 - i / 100, 0.0, 0.0) for i in range(5)]
-    rows += [("u", "q", "personal", f"L{i}", "lamps", 0.5 - i / 100, 0.0, 0.0) for i in range(3)]
-    rows += [("v", "q9", "personal", "M0", "mugs", 0.1, 0.0, 0.0)]
-    got = scored_rows(spark, rows, RankConf(weights=w, max_per_category=2, top_k=3))
-    assert [(r.user_id, r.item_id) for r in got] == [("u", "M0"), ("u", "M1"), ("u", "L0"), ("v", "M0")]
+def test_rank_without_a_model_names_the_training_task(spark, store):
+    with pytest.raises(ranker.RankerError, match="no ranker model .*discovery train"):
+        ranker.load_model(spark, store, RUN)
 
 
-def test_a_user_without_history_gets_discovery_everywhere(spark):
-    c = cands(spark, [("new", "q", "exploration", "A", "mugs", 0.5, 0.0, 0.0)])
-    empty_cats = pairs(spark, [("u", "mugs")])  # another user's history only
-    got = rank.components(c, empty_cats, pairs(spark, [], "user_id string, item_id string")).collect()
-    assert [(r.user_id, r.discovery, r.personalisation) for r in got] == [("new", 1.0, 0.0)]
+def test_a_missing_model_file_or_other_features_stop_rank_with_the_models_path(spark, store, tmp_path):
+    folder = tmp_path / "models" / "m1"
+    _register(spark, store, folder, list(FEATURE_COLUMNS))
+    with pytest.raises(ranker.RankerError, match=f"{folder / 'model.json'}.*is missing"):
+        ranker.load_model(spark, store, RUN)
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_bytes(_model(list(FEATURE_COLUMNS)))
+    model, row = ranker.load_model(spark, store, RUN)
+    assert row["model_id"] == "m1" and model.startswith(b"{")
+    # A model trained for a later run date is not used for an earlier one.
+    with pytest.raises(ranker.RankerError, match="no ranker model"):
+        ranker.load_model(spark, store, RUN - dt.timedelta(days=1))
+    _register(spark, store, folder, ["own_events", "a_feature_this_version_lacks"])
+    with pytest.raises(ranker.RankerError, match="trained on other features.*a_feature_this_version_lacks"):
+        ranker.load_model(spark, store, RUN)
 
 
-def test_popularity_is_log_buyers_over_the_most_bought_and_lifts_the_score(spark):
+def test_list_rules_take_the_trained_quotas_unless_the_profile_sets_them(store):
+    row = {"repeat_share": 0.5, "discovery_share": 0.2}
+    assert rank.list_rules(store, row) == ListRules(20, 0.5, 0.2, 5, True)
+    conf = store.model_copy(update={"rank": store.rank.model_copy(update={"discovery_share": 0.4})})
+    assert rank.list_rules(conf, row).discovery_share == 0.4
+
+
+def test_nearline_popularity_is_log_buyers_over_the_most_bought(spark):
     bought = spark.createDataFrame(
         [("u1", "A"), ("u2", "A"), ("u3", "A"), ("u1", "B")], "user_id string, item_id string"
     )
-    pop = {r.item_id: r.popularity for r in rank.item_popularity(bought).collect()}
+    pop = {r.item_id: r.popularity for r in scoring.item_popularity(bought).collect()}
     # A: 3 buyers -> log(4)/log(4) = 1; B: 1 buyer -> log(2)/log(4) = 0.5
     assert pop == {"A": pytest.approx(1.0), "B": pytest.approx(0.5)}
-    c = cands(spark, [("u", "q", "personal", i, "mugs", 0.5, 0.0, 0.0) for i in ("A", "B", "C")])
-    comp = rank.components(
-        c, pairs(spark, [("u", "mugs")]), pairs(spark, [], "user_id string, item_id string"),
-        rank.item_popularity(bought),
-    )  # fmt: skip
-    rc = RankConf(
-        weights={"relevance": 1.0, "personalisation": 0.0, "discovery": 0.0, "trend": 0.0, "popularity": 0.4}
-    )
-    none = spark.createDataFrame([], "user_id string, item_id string")
-    got = {r.item_id: r.score for r in rank.score(comp, rc, none).collect()}
-    # 0.5 + 0.4 x (1, 0.5, 0: C was never bought)
-    assert got == {"A": pytest.approx(0.9), "B": pytest.approx(0.7), "C": pytest.approx(0.5)}

@@ -52,6 +52,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs import tables
+from jobs.asof import asof_items, asof_stages, build_asof_warehouse, run_asof_pipeline
 from jobs.config import Config, EvaluateConf, derive
 from jobs.evaluate import baselines, bootstrap, metrics
 
@@ -93,13 +94,6 @@ class Window:
 
     def __str__(self) -> str:
         return f"cut {self.cut} (test {self.cut}..{self.last_day})"
-
-
-def asof_stages() -> list[str]:
-    """Every stage the evaluation reruns as of the cut: all but ingest and evaluate itself."""
-    from jobs.cli import STAGES
-
-    return [s for s, _ in STAGES if s not in ("ingest", "evaluate")]
 
 
 def data_days(events: DataFrame) -> tuple[dt.date, dt.date]:
@@ -196,56 +190,6 @@ def _tracking_uri(conf: Config) -> str:
     from jobs.tracking import tracking_uri
 
     return tracking_uri(conf)
-
-
-# Caches that are pure functions of their inputs: copied into each as-of warehouse.
-SHARED_CACHES = ("silver.text_vectors", "silver.llm_responses")
-
-
-def asof_items(spark: SparkSession, conf: Config, cut: dt.date) -> DataFrame:
-    """The catalog as known before ``cut``: items first seen before it (or never dated)."""
-    cut_ts = dt.datetime.combine(cut, dt.time())
-    return tables.read(spark, conf, "bronze.items").filter(
-        F.col("first_seen").isNull() | (F.col("first_seen") < F.lit(cut_ts))
-    )
-
-
-def build_asof_warehouse(
-    spark: SparkSession,
-    conf: Config,
-    asof: Config,
-    cut: dt.date,
-    users: DataFrame | None,
-    caches_from: Config | None = None,
-) -> dict[str, int]:
-    """Copy what was known before the cut into the as-of warehouse; returns row counts.
-
-    ``users``: restrict the training events to these users (``evaluate.max_users``).
-    ``caches_from``: the warehouse whose caches (``SHARED_CACHES``) seed this one when it
-    has none yet (default: the main one; the evaluation passes the previous cut's, which
-    holds the main one's entries and what that cut added).
-    """
-    events = tables.read(spark, conf, "bronze.events").filter(F.col("dt") < F.lit(cut))
-    if users is not None:
-        events = events.join(users.select("user_id"), "user_id", "left_semi")
-    items = asof_items(spark, conf, cut)
-    tables.overwrite(events, asof, "bronze.events", partition_by=["dt"])
-    tables.overwrite(items, asof, "bronze.items")
-    source = caches_from or conf
-    for cache in SHARED_CACHES:
-        if tables.exists(spark, source, cache) and not tables.exists(spark, asof, cache):
-            tables.overwrite(tables.read(spark, source, cache), asof, cache)
-    return {
-        "train_events": tables.read(spark, asof, "bronze.events").count(),
-        "catalog_items": tables.read(spark, asof, "bronze.items").count(),
-    }
-
-
-def run_asof_pipeline(spark: SparkSession, asof: Config, tracker=None, parent_id: str | None = None) -> None:
-    """Every stage after ingest, in DAG order, in the as-of warehouse."""
-    from jobs.cli import run_stages
-
-    run_stages(spark, asof, asof_stages(), tracker=tracker, parent_id=parent_id, label="as of")
 
 
 def pipeline_recs(spark: SparkSession, asof: Config, method: str) -> DataFrame:

@@ -38,15 +38,16 @@ import logging
 from typing import Any
 
 from pyspark.ml.recommendation import ALS
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
+
+# The repeat and item-kNN rules are the pipeline's own repeat and collaborative channels.
+from jobs.candidates import item_neighbours, repeat_scores, weighted_events
 
 log = logging.getLogger(__name__)
 
 RECS_COLUMNS = ("method", "user_id", "item_id", "position", "has_reason")
-# Weight of one event (ALS confidence, repeat score); other event types (search, cancel) add nothing.
-EVENT_WEIGHTS = {"purchase": 4.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 1.0}
 
 
 def item_events(train: DataFrame) -> DataFrame:
@@ -153,17 +154,9 @@ def cooccurrence(train: DataFrame, users: DataFrame, k: int, max_items_per_user:
     return as_recs(candidates, "cooccurrence", k, "tier", F.desc("score"))
 
 
-def _event_weight() -> Column:
-    """``EVENT_WEIGHTS`` of the row's ``event_type``; null for other types."""
-    weight = F.lit(None).cast("double")
-    for event_type, w in EVENT_WEIGHTS.items():
-        weight = F.when(F.col("event_type") == event_type, F.lit(w)).otherwise(weight)
-    return weight
-
-
 def _weighted_events(train: DataFrame) -> DataFrame:
     """Item events of a type in ``EVENT_WEIGHTS``, with their weight as ``_w``."""
-    return item_events(train).withColumn("_w", _event_weight()).filter(F.col("_w").isNotNull())
+    return weighted_events(train)
 
 
 def confidences(train: DataFrame) -> DataFrame:
@@ -287,19 +280,8 @@ def repeat(
     age 0). ``half_life_days=None`` turns the decay off (weighted frequency). Top ``k`` by
     score, ties by item id; users without a weighted item event get no list.
     """
-    if half_life_days is not None and half_life_days <= 0:
-        raise ValueError(f"half_life_days must be positive or None, got {half_life_days}")
-    if half_life_days is None:
-        decay = F.lit(1.0)
-    else:
-        age_days = F.datediff(F.lit(as_of), F.col("dt"))
-        decay = F.pow(F.lit(0.5), age_days / F.lit(float(half_life_days)))
-    scored = (
-        _weighted_events(train)
-        .join(users.select("user_id").distinct(), "user_id", "left_semi")
-        .groupBy("user_id", "item_id")
-        .agg(F.sum(F.col("_w") * decay).alias("score"))
-    )
+    mine = train.join(users.select("user_id").distinct(), "user_id", "left_semi")
+    scored = repeat_scores(mine, as_of, half_life_days)
     return as_recs(scored, "repeat", k, F.desc("score"))
 
 
@@ -324,36 +306,8 @@ def item_knn(
     own items stay candidates (scored by their neighbours only) unless ``exclude_seen``.
     Top ``k`` by score, ties by item id; users whose items have no neighbours get no list.
     """
-    if neighbours < 1 or max_items_per_user < 1:
-        raise ValueError(
-            f"neighbours and max_items_per_user must be >= 1, got {neighbours} and {max_items_per_user}"
-        )
-    if shrink < 0:
-        raise ValueError(f"shrink must be >= 0, got {shrink}")
-    has = _weighted_events(train).groupBy("user_id", "item_id").agg(F.max("dt").alias("last_dt"))
-    recent = Window.partitionBy("user_id").orderBy(F.desc("last_dt"), "item_id")
-    basket = (
-        has.withColumn("_r", F.row_number().over(recent))
-        .filter(F.col("_r") <= max_items_per_user)
-        .select("user_id", "item_id")
-    )
-    n_users = has.groupBy("item_id").agg(F.count("*").alias("n_i"))
-    pairs = (
-        basket.alias("a")
-        .join(basket.alias("b"), "user_id")
-        .filter(F.col("a.item_id") != F.col("b.item_id"))
-        .groupBy(F.col("a.item_id").alias("item_id"), F.col("b.item_id").alias("other_id"))
-        .agg(F.count("*").alias("common"))
-    )
-    closest = Window.partitionBy("item_id").orderBy(F.desc("sim"), "other_id")
-    similar = (
-        pairs.join(n_users, "item_id")
-        .join(n_users.withColumnRenamed("item_id", "other_id").withColumnRenamed("n_i", "n_j"), "other_id")
-        .withColumn("sim", F.col("common") / (F.sqrt(F.col("n_i") * F.col("n_j")) + F.lit(float(shrink))))
-        .withColumn("_r", F.row_number().over(closest))
-        .filter(F.col("_r") <= neighbours)
-        .select("item_id", "other_id", "sim")
-    )
+    similar = item_neighbours(train, neighbours, shrink, max_items_per_user)
+    has = _weighted_events(train).select("user_id", "item_id").distinct()
     mine = has.join(users.select("user_id").distinct(), "user_id", "left_semi").select("user_id", "item_id")
     scored = (
         mine.join(similar, "item_id")

@@ -433,6 +433,7 @@ def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
         shard_paths=[r["path"] for r in shards],
         q2i=conf.q2i,
         rank=conf.rank,
+        nearline=conf.nearline,
     )
 
 

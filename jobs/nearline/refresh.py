@@ -16,8 +16,8 @@ Per user:
    ``q2i.k`` and the shards' answers merged (``udfs.vector_index.merge_topk``); each
    candidate is scored as in ``jobs.q2i`` (relevance x kind weight + CFV and price-band
    match) and the top ``q2i.per_query`` per query kept, plus the high-relevance ones.
-3. **Rank**: the components and weights of ``jobs.rank`` (relevance, personalisation,
-   discovery, trend, popularity; bought items as configured), one row per item with its
+3. **Rank**: the components and weights of ``jobs.nearline.scoring`` (relevance,
+   personalisation, discovery, trend, popularity; bought items as configured), one row per item with its
    best query, at most ``rank.max_per_category`` per category, the top ``rank.top_k``.
 """
 
@@ -34,9 +34,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.config import Q2IConf, RankConf
+from jobs.config import NearlineConf, Q2IConf, RankConf
+from jobs.nearline.scoring import (
+    COMPONENTS,
+    DISCOVERY_NEW_CATEGORY,
+    DISCOVERY_NEW_ITEM,
+    personalisation,
+    weighted_total,
+)
 from jobs.q2i import _shard, dynamic_score
-from jobs.rank import COMPONENTS, DISCOVERY_NEW_CATEGORY, DISCOVERY_NEW_ITEM, personalisation, weighted_total
 from prompts import Prompt
 from udfs.agents import u2q
 from udfs.embedding import EmbeddingSpec, encode
@@ -66,6 +72,7 @@ class RefreshSettings:
     shard_paths: list[str]
     q2i: Q2IConf
     rank: RankConf
+    nearline: NearlineConf
 
 
 def query_id(user_id: str, kind: str, query: str) -> str:
@@ -210,11 +217,11 @@ def rank_user(
     c["trend"] = (c["kind"] == "trend").astype(float)
     c["popularity"] = c["popularity"].fillna(0.0)
     c["bought"] = c["item_id"].isin(bought)
-    c["score"] = weighted_total({k: c[k] for k in COMPONENTS}, rc.weights)
-    if rc.bought == "exclude":
+    c["score"] = weighted_total({k: c[k] for k in COMPONENTS}, s.nearline.weights)
+    if s.nearline.bought == "exclude":
         c = c[~c["bought"]].copy()
-    elif rc.bought == "demote":
-        c.loc[c["bought"], "score"] = c.loc[c["bought"], "score"] * rc.bought_factor
+    elif s.nearline.bought == "demote":
+        c.loc[c["bought"], "score"] = c.loc[c["bought"], "score"] * s.nearline.bought_factor
     # One row per item (its best query), a cap per category, the top K.
     c = c.sort_values(["item_id", "score", "query_id"], ascending=[True, False, True]).drop_duplicates(
         "item_id"

@@ -189,7 +189,8 @@ def _pairs(df: DataFrame, key: str, value: str) -> dict[str, set[str]]:
 
 def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
     """(user state, item table indexed by vector_id) from the batch tables; prints progress."""
-    from jobs import cfv, q2i, rank, u2q
+    from jobs import cfv, q2i, u2q
+    from jobs.nearline import scoring
 
     events = tables.read(spark, conf, "bronze.events")
     # The batch run's date, not the last event's: fresh events are appended to the same table.
@@ -213,7 +214,7 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
         for r in tables.read(spark, conf, "gold.portraits").select("user_id", "main_categories").collect()
         for m in (r["main_categories"] or [])
     }
-    known, touched_df, bought_df = rank.history(spark, conf, run_date)
+    known, touched_df, bought_df = scoring.history(spark, conf, run_date)
     _, bands_df = q2i.user_preferences(spark, conf)
 
     item_cats = tables.read(spark, conf, "silver.item_categories")
@@ -278,7 +279,7 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
     fresh = events.filter(F.col("dt") > F.lit(run_date)).select(*EVENT_FIELDS).toPandas()
     state.fold(fresh)
 
-    popularity = rank.item_popularity(bought_df)
+    popularity = scoring.item_popularity(bought_df)
     all_factors = profiles.select(
         "item_id",
         F.transform("decision_factors", lambda f: F.lower(F.trim(f["value"]))).alias("factors"),

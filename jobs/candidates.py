@@ -1,0 +1,604 @@
+"""Candidates: every channel's items per buyer -> ``gold.candidates``, then their features
+-> ``gold.candidate_features`` (one row per buyer and item, kept per run date).
+
+Discovery is one channel of the feed, not the whole of it. Each channel proposes items
+with its own score, its rank within the buyer's list of that channel and its reason:
+
+- ``repeat``: the buyer's own items by weighted, decayed frequency,
+  ``sum over events of EVENT_WEIGHTS[type] x 0.5 ** (age_days / half_life)``
+  ("You ordered this 6 times, last on 12 Aug").
+- ``collaborative``: item-to-item neighbours of the buyer's items, ``sim(i, j) =
+  |U_i & U_j| / (sqrt(|U_i| x |U_j|) + shrink)`` over users with a weighted event, each
+  item keeping its ``neighbours`` closest; items the buyer already has are left to repeat
+  ("Shops that stock X also stock Y", X the buyer's item that contributes most).
+- ``query`` and ``trend``: the U2Q -> Q2Vec -> Q2I candidates of ``gold.q2i_candidates``
+  (trend queries form the trend channel), an item once with its best query.
+- ``bestseller``: the best-sellers (distinct buyers in the last ``popularity_days``) of
+  the categories chosen for the buyer: the target categories of their exploration and
+  trend queries and the ``bestseller_categories`` categories new to them that buyers of
+  their categories most often also buy (category transition). A buyer without history
+  gets the overall best-sellers: the cold-start path.
+
+Features (:func:`features`) are computed as of the run date from the events up to it
+and are what the learned ranker (``jobs/ranker.py``) trains on and ``jobs/rank.py``
+scores. ``gold.candidate_features`` keeps ``candidates.keep_days`` of run dates, since
+the ranker trains on the candidates of an earlier day labelled with what followed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from jobs import tables
+from jobs.config import CandidatesConf, Config
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = "gold.candidates"
+FEATURES = "gold.candidate_features"
+CHANNELS = ("repeat", "collaborative", "query", "trend", "bestseller")
+# Weight of one event in the repeat and collaborative channels (and the ALS baseline's
+# confidence); other event types (search, cancel) count nothing.
+EVENT_WEIGHTS = {"purchase": 4.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 1.0}
+# The numeric features the ranker reads, in this order (a model records the list it was
+# trained on; scoring with another list is refused).
+FEATURE_COLUMNS = (
+    *(f"{c}_score" for c in CHANNELS),
+    *(f"{c}_rank" for c in CHANNELS),
+    "n_channels",
+    "relevance",
+    "is_personal_query",
+    "is_exploration_query",
+    "cfv_match",
+    "price_match",
+    "own_purchases",
+    "own_events",
+    "days_since_purchase",
+    "days_since_event",
+    "is_new_item",
+    "is_new_category",
+    "category_share",
+    "category_transition",
+    "log_buyers",
+    "log_recent_buyers",
+    "buyer_trend",
+    "category_rank",
+    "category_buyer_share",
+)
+CANDIDATES_SCHEMA = (
+    "user_id string, item_id string, channel string, channel_score double, channel_rank int, reason string"
+)
+
+
+# --- shared rules --------------------------------------------------------------------------
+
+
+def event_weight() -> Column:
+    """``EVENT_WEIGHTS`` of the row's ``event_type``; null for other types."""
+    weight = F.lit(None).cast("double")
+    for event_type, w in EVENT_WEIGHTS.items():
+        weight = F.when(F.col("event_type") == event_type, F.lit(w)).otherwise(weight)
+    return weight
+
+
+def weighted_events(events: DataFrame) -> DataFrame:
+    """Events that name an item and have a type in ``EVENT_WEIGHTS``, with the weight ``_w``."""
+    return (
+        events.filter(F.col("item_id").isNotNull())
+        .withColumn("_w", event_weight())
+        .filter(F.col("_w").isNotNull())
+    )
+
+
+def repeat_scores(events: DataFrame, as_of: dt.date, half_life_days: float | None) -> DataFrame:
+    """``(user_id, item_id, score)``: weighted events, decayed by age (see the module docstring)."""
+    if half_life_days is not None and half_life_days <= 0:
+        raise ValueError(f"half_life_days must be positive or None, got {half_life_days}")
+    if half_life_days is None:
+        decay = F.lit(1.0)
+    else:
+        decay = F.pow(F.lit(0.5), F.datediff(F.lit(as_of), F.col("dt")) / F.lit(float(half_life_days)))
+    return (
+        weighted_events(events).groupBy("user_id", "item_id").agg(F.sum(F.col("_w") * decay).alias("score"))
+    )
+
+
+def item_neighbours(events: DataFrame, neighbours: int, shrink: float, max_items_per_user: int) -> DataFrame:
+    """``(item_id, other_id, sim)``: each item's ``neighbours`` most similar items.
+
+    ``sim = |U_i & U_j| / (sqrt(|U_i| x |U_j|) + shrink)``; the intersections count each
+    user's ``max_items_per_user`` most recent items (bounds the pairs), ``|U_i|`` all users.
+    """
+    if neighbours < 1 or max_items_per_user < 1:
+        raise ValueError(
+            f"neighbours and max_items_per_user must be >= 1, got {neighbours} and {max_items_per_user}"
+        )
+    if shrink < 0:
+        raise ValueError(f"shrink must be >= 0, got {shrink}")
+    has = weighted_events(events).groupBy("user_id", "item_id").agg(F.max("dt").alias("last_dt"))
+    recent = Window.partitionBy("user_id").orderBy(F.desc("last_dt"), "item_id")
+    basket = (
+        has.withColumn("_r", F.row_number().over(recent))
+        .filter(F.col("_r") <= max_items_per_user)
+        .select("user_id", "item_id")
+    )
+    n_users = has.groupBy("item_id").agg(F.count("*").alias("n_i"))
+    pairs = (
+        basket.alias("a")
+        .join(basket.alias("b"), "user_id")
+        .filter(F.col("a.item_id") != F.col("b.item_id"))
+        .groupBy(F.col("a.item_id").alias("item_id"), F.col("b.item_id").alias("other_id"))
+        .agg(F.count("*").alias("common"))
+    )
+    closest = Window.partitionBy("item_id").orderBy(F.desc("sim"), "other_id")
+    return (
+        pairs.join(n_users, "item_id")
+        .join(n_users.withColumnRenamed("item_id", "other_id").withColumnRenamed("n_i", "n_j"), "other_id")
+        .withColumn("sim", F.col("common") / (F.sqrt(F.col("n_i") * F.col("n_j")) + F.lit(float(shrink))))
+        .withColumn("_r", F.row_number().over(closest))
+        .filter(F.col("_r") <= neighbours)
+        .select("item_id", "other_id", "sim")
+    )
+
+
+_UNITS = r"(oz|g|gr|kg|ml|cl|l|lb|lbs|pk|pack|pcs|pc|ct|count|cm|mm|in|inch|x)"
+_SIZE = re.compile(rf"\b\d+([.,/]\d+)?\s*{_UNITS}?\b|\b{_UNITS}\b|\bset of\b|\bpack of\b")
+_NON_WORD = re.compile(r"[^a-z ]+")
+
+
+def normalise_title(title: str | None) -> str | None:
+    """The title without case, numbers, sizes and pack words: two items with the same
+    normalised title are the same product in another size or pack."""
+    if title is None:
+        return None
+    text = _SIZE.sub(" ", title.lower())
+    text = " ".join(_NON_WORD.sub(" ", text).split())
+    return text or None
+
+
+def normalised_title(title: Column) -> Column:
+    """:func:`normalise_title` as a Spark column expression (the same steps)."""
+    text = F.regexp_replace(F.lower(title), _SIZE.pattern, " ")
+    text = F.trim(F.regexp_replace(F.regexp_replace(text, _NON_WORD.pattern, " "), " +", " "))
+    return F.when(F.length(text) > 0, text)
+
+
+# --- channels ---------------------------------------------------------------------------------
+
+
+def _ranked(scored: DataFrame, channel: str, limit: int, reason: Column) -> DataFrame:
+    per_user = Window.partitionBy("user_id").orderBy(F.desc("channel_score"), "item_id")
+    return (
+        scored.withColumn("channel_rank", F.row_number().over(per_user))
+        .filter(F.col("channel_rank") <= limit)
+        .select(
+            "user_id", "item_id", F.lit(channel).alias("channel"), F.col("channel_score").cast("double"),
+            F.col("channel_rank").cast("int"), reason.alias("reason"),
+        )
+    )  # fmt: skip
+
+
+def repeat_channel(events: DataFrame, users: DataFrame, as_of: dt.date, cc: CandidatesConf) -> DataFrame:
+    """The buyer's own items (see the module docstring)."""
+    mine = events.join(users, "user_id", "left_semi")
+    scored = repeat_scores(mine, as_of, cc.repeat_half_life_days).withColumnRenamed("score", "channel_score")
+    facts = (
+        mine.filter((F.col("event_type") == "purchase") & F.col("item_id").isNotNull())
+        .groupBy("user_id", "item_id")
+        .agg(F.count("*").alias("_n"), F.max("dt").alias("_last"))
+    )
+    reason = F.when(
+        F.col("_n").isNotNull(),
+        F.concat(
+            F.lit("You ordered this "),
+            F.when(F.col("_n") == 1, F.lit("once")).otherwise(
+                F.concat(F.col("_n").cast("string"), F.lit(" times"))
+            ),
+            F.lit(", last on "),
+            F.date_format("_last", "d MMM"),
+        ),
+    ).otherwise(F.lit("You looked at this before"))
+    return _ranked(scored.join(facts, ["user_id", "item_id"], "left"), "repeat", cc.repeat_per_user, reason)
+
+
+def collaborative_channel(
+    events: DataFrame, users: DataFrame, titles: DataFrame, cc: CandidatesConf
+) -> DataFrame:
+    """Neighbours of the buyer's items that the buyer does not have yet."""
+    similar = item_neighbours(events, cc.neighbours, cc.shrink, cc.max_items_per_user)
+    mine = weighted_events(events).join(users, "user_id", "left_semi").select("user_id", "item_id").distinct()
+    contrib = mine.join(similar, "item_id").select(
+        "user_id", F.col("other_id").alias("target"), F.col("item_id").alias("source"), "sim"
+    )
+    strongest = Window.partitionBy("user_id", "target").orderBy(F.desc("sim"), "source")
+    scored = (
+        contrib.withColumn("channel_score", F.sum("sim").over(Window.partitionBy("user_id", "target")))
+        .withColumn("_r", F.row_number().over(strongest))
+        .filter("_r = 1")
+        .select("user_id", F.col("target").alias("item_id"), "channel_score", "source")
+        .join(mine, ["user_id", "item_id"], "left_anti")
+        .join(titles.select(F.col("item_id").alias("source"), F.col("title").alias("_source_title")), "source", "left")
+    )  # fmt: skip
+    reason = F.concat(
+        F.lit("Shops that stock "), F.coalesce("_source_title", F.col("source")), F.lit(" also stock this")
+    )
+    return _ranked(scored, "collaborative", cc.collaborative_per_user, reason)
+
+
+def query_channels(q2i: DataFrame, users: DataFrame, limit: int) -> DataFrame:
+    """The Q2I candidates: trend queries -> ``trend``, the others -> ``query``; an item once
+    per channel with its best-scoring query, the ``limit`` best per buyer and channel."""
+    cands = q2i.join(users, "user_id", "left_semi").withColumn(
+        "channel", F.when(F.col("kind") == "trend", "trend").otherwise("query")
+    )
+    best = Window.partitionBy("user_id", "channel", "item_id").orderBy(F.desc("score"), "query_id")
+    per_user = Window.partitionBy("user_id", "channel").orderBy(F.desc("score"), "item_id")
+    return (
+        cands.withColumn("_b", F.row_number().over(best))
+        .filter("_b = 1")
+        .withColumn("channel_rank", F.row_number().over(per_user))
+        .filter(F.col("channel_rank") <= limit)
+        .select(
+            "user_id", "item_id", "channel", F.col("score").cast("double").alias("channel_score"),
+            F.col("channel_rank").cast("int"), "reason",
+        )
+    )  # fmt: skip
+
+
+def item_buyers(events: DataFrame, since: dt.date | None = None) -> DataFrame:
+    """``(item_id, buyers)``: distinct buyers of each item (purchases on or after ``since``)."""
+    bought = events.filter((F.col("event_type") == "purchase") & F.col("item_id").isNotNull())
+    if since is not None:
+        bought = bought.filter(F.col("dt") >= F.lit(since))
+    return bought.groupBy("item_id").agg(F.countDistinct("user_id").alias("buyers"))
+
+
+def category_transitions(user_categories: DataFrame) -> DataFrame:
+    """``(from_category, leaf_category, p)``: of the buyers active in ``from_category``, the
+    share also active in ``leaf_category`` (``from != to``)."""
+    a = user_categories.select("user_id", F.col("leaf_category").alias("from_category"))
+    b = user_categories.select("user_id", "leaf_category")
+    n_from = a.groupBy("from_category").agg(F.count("*").alias("_n"))
+    return (
+        a.join(b, "user_id")
+        .filter(F.col("from_category") != F.col("leaf_category"))
+        .groupBy("from_category", "leaf_category")
+        .agg(F.count("*").alias("_both"))
+        .join(n_from, "from_category")
+        .select("from_category", "leaf_category", (F.col("_both") / F.col("_n")).alias("p"))
+    )
+
+
+def transition_scores(user_categories: DataFrame, transitions: DataFrame) -> DataFrame:
+    """``(user_id, leaf_category, category_transition)``: the mean over the buyer's
+    categories of P(category | that category), for categories the buyer is not in."""
+    n_cats = user_categories.groupBy("user_id").agg(F.count("*").alias("_k"))
+    return (
+        user_categories.select("user_id", F.col("leaf_category").alias("from_category"))
+        .join(transitions, "from_category")
+        .groupBy("user_id", "leaf_category")
+        .agg(F.sum("p").alias("_s"))
+        .join(n_cats, "user_id")
+        .select("user_id", "leaf_category", (F.col("_s") / F.col("_k")).alias("category_transition"))
+        .join(user_categories, ["user_id", "leaf_category"], "left_anti")
+    )
+
+
+def bestseller_channel(
+    users: DataFrame,
+    chosen: DataFrame,
+    transitions: DataFrame,
+    bestsellers: DataFrame,
+    cold_users: DataFrame,
+    cc: CandidatesConf,
+) -> DataFrame:
+    """Best-sellers of the categories chosen for each buyer (see the module docstring).
+
+    ``chosen``: (user_id, leaf_category) from the buyer's exploration and trend queries;
+    ``transitions``: :func:`transition_scores`; ``bestsellers``: (item_id, leaf_category,
+    buyers, category_rank); ``cold_users``: buyers without history.
+    """
+    by_transition = Window.partitionBy("user_id").orderBy(F.desc("category_transition"), "leaf_category")
+    likely = (
+        transitions.withColumn("_r", F.row_number().over(by_transition))
+        .filter(F.col("_r") <= cc.bestseller_categories)
+        .select("user_id", "leaf_category", F.col("category_transition").alias("_p"))
+    )
+    cats = (
+        chosen.select("user_id", "leaf_category", F.lit(1.0).alias("_p"))
+        .unionByName(likely)
+        .join(users, "user_id", "left_semi")
+        .groupBy("user_id", "leaf_category")
+        .agg(F.max("_p").alias("_p"))
+    )
+    top = bestsellers.filter(F.col("category_rank") <= cc.bestseller_per_category)
+    scored = cats.join(top, "leaf_category").select(
+        "user_id", "item_id", "leaf_category", (F.col("_p") / F.col("category_rank")).alias("channel_score")
+    )
+    overall = Window.orderBy(F.desc("buyers"), "item_id")
+    top_overall = (
+        bestsellers.withColumn("_r", F.row_number().over(overall))
+        .filter(F.col("_r") <= cc.bestseller_per_category * max(cc.bestseller_categories, 1))
+        .select("item_id", "leaf_category", (1.0 / F.col("_r")).alias("channel_score"))
+    )
+    cold = cold_users.crossJoin(F.broadcast(top_overall))
+    reason = F.concat(F.lit("Best-seller in "), F.col("leaf_category"))
+    return _ranked(scored.unionByName(cold), "bestseller", cc.bestseller_per_user, reason)
+
+
+def category_bestsellers(events: DataFrame, categories: DataFrame, since: dt.date) -> DataFrame:
+    """``(item_id, leaf_category, buyers, category_rank)``: items by recent distinct buyers."""
+    in_cat = Window.partitionBy("leaf_category").orderBy(F.desc("buyers"), "item_id")
+    return (
+        item_buyers(events, since)
+        .join(categories, "item_id")
+        .withColumn("category_rank", F.row_number().over(in_cat))
+        .select("item_id", "leaf_category", "buyers", "category_rank")
+    )
+
+
+# --- features ---------------------------------------------------------------------------------
+
+
+def _channel_columns(cands: DataFrame) -> DataFrame:
+    """One row per (user, item): each channel's score and rank, the channels, a reason."""
+    aggs = []
+    for c in CHANNELS:
+        aggs.append(F.max(F.when(F.col("channel") == c, F.col("channel_score"))).alias(f"{c}_score"))
+        aggs.append(F.min(F.when(F.col("channel") == c, F.col("channel_rank"))).alias(f"{c}_rank"))
+    # The channel that brought the item (its reason shown): repeat for an own item, else
+    # the channel where it ranks highest, ties in CHANNELS order.
+    order = F.create_map(*[x for i, c in enumerate(CHANNELS) for x in (F.lit(c), F.lit(i))])
+    key = F.struct(
+        (F.col("channel") != "repeat").cast("int").alias("a"),
+        F.col("channel_rank").alias("b"),
+        order[F.col("channel")].alias("c"),
+        F.col("channel").alias("channel"),
+        F.col("reason").alias("reason"),
+    )
+    return (
+        cands.groupBy("user_id", "item_id")
+        .agg(
+            *aggs,
+            F.count("*").cast("double").alias("n_channels"),
+            F.min(key).alias("_first"),
+        )
+        .select("*", F.col("_first.channel").alias("channel"), F.col("_first.reason").alias("reason"))
+        .drop("_first")
+    )
+
+
+def features(
+    spark: SparkSession, conf: Config, cands: DataFrame, events: DataFrame, as_of: dt.date
+) -> DataFrame:
+    """Every feature of :data:`FEATURE_COLUMNS` per (user, item) candidate, as of ``as_of``."""
+    from jobs.q2i import user_preferences
+
+    cc = conf.candidates
+    profiles = tables.read(spark, conf, "silver.item_profiles")
+    cats = tables.read(spark, conf, "silver.item_categories").select("item_id", "leaf_category")
+    items = (
+        cats.join(profiles.select("item_id", "price_band", F.coalesce("short_title", "title").alias("title")), "item_id", "left")
+    )  # fmt: skip
+    base = _channel_columns(cands).join(items, "item_id", "left").fillna("unknown", ["leaf_category"])
+
+    q2i = (
+        tables.read(spark, conf, "gold.q2i_candidates")
+        if tables.exists(spark, conf, "gold.q2i_candidates")
+        else None
+    )
+    if q2i is not None:
+        q = q2i.groupBy("user_id", "item_id").agg(
+            F.max("relevance").cast("double").alias("relevance"),
+            F.max((F.col("kind") == "personal").cast("double")).alias("is_personal_query"),
+            F.max((F.col("kind") == "exploration").cast("double")).alias("is_exploration_query"),
+            F.max_by(F.col("kind"), F.col("score")).alias("query_kind"),
+            F.max_by(F.col("query"), F.col("score")).alias("query"),
+        )
+        base = base.join(q, ["user_id", "item_id"], "left")
+    else:
+        base = base.select("*", *[F.lit(None).cast(t).alias(c) for c, t in (
+            ("relevance", "double"), ("is_personal_query", "double"), ("is_exploration_query", "double"),
+            ("query_kind", "string"), ("query", "string"))])  # fmt: skip
+
+    # Preferences: CFV factor match and price band, as in q2i, for every candidate.
+    prefs, bands = user_preferences(spark, conf)
+    factors = profiles.select("item_id", F.explode("decision_factors.value").alias("factor")).select(
+        "item_id", F.lower(F.trim("factor")).alias("factor")
+    )
+    match = (
+        base.select("user_id", "item_id", "leaf_category")
+        .join(factors, "item_id")
+        .join(prefs, ["user_id", "leaf_category", "factor"])
+        .groupBy("user_id", "item_id")
+        .agg(F.max("weight").alias("cfv_match"))
+    )
+    base = base.join(match, ["user_id", "item_id"], "left").join(
+        bands.withColumn("price_match", F.lit(1.0)), ["user_id", "leaf_category", "price_band"], "left"
+    )
+
+    # The buyer's own history.
+    item_ev = events.filter(F.col("item_id").isNotNull())
+    own = item_ev.groupBy("user_id", "item_id").agg(
+        F.sum((F.col("event_type") == "purchase").cast("double")).alias("own_purchases"),
+        F.count("*").cast("double").alias("own_events"),
+        F.max(F.when(F.col("event_type") == "purchase", F.col("dt"))).alias("_last_purchase"),
+        F.max("dt").alias("_last_event"),
+    )
+    user_cats = (
+        item_ev.join(cats, "item_id").groupBy("user_id", "leaf_category").agg(F.count("*").alias("_n"))
+    )
+    shares = user_cats.withColumn(
+        "category_share", F.col("_n") / F.sum("_n").over(Window.partitionBy("user_id"))
+    ).drop("_n")
+    transitions = transition_scores(
+        user_cats.select("user_id", "leaf_category"), category_transitions(user_cats.select("user_id", "leaf_category"))
+    )  # fmt: skip
+
+    # Popularity as of the run date.
+    recent_since = as_of - dt.timedelta(days=cc.recent_days - 1)
+    popular = (
+        item_buyers(events)
+        .withColumnRenamed("buyers", "_all")
+        .join(item_buyers(events, recent_since).withColumnRenamed("buyers", "_recent"), "item_id", "left")
+        .join(category_bestsellers(events, cats, as_of - dt.timedelta(days=cc.popularity_days - 1)), "item_id", "left")
+        .drop("leaf_category")
+    )  # fmt: skip
+    cat_total = popular.join(cats, "item_id").groupBy("leaf_category").agg(F.sum("_all").alias("_cat_all"))
+    days = conf.aggregate.horizon_days
+    out = (
+        base.join(own, ["user_id", "item_id"], "left")
+        .join(shares, ["user_id", "leaf_category"], "left")
+        .join(transitions, ["user_id", "leaf_category"], "left")
+        .join(popular, "item_id", "left")
+        .join(cat_total, "leaf_category", "left")
+        .select(
+            "*",
+            F.coalesce(F.datediff(F.lit(as_of), "_last_purchase"), F.lit(days))
+            .cast("double")
+            .alias("days_since_purchase"),
+            F.coalesce(F.datediff(F.lit(as_of), "_last_event"), F.lit(days))
+            .cast("double")
+            .alias("days_since_event"),
+            F.col("own_events").isNull().cast("double").alias("is_new_item"),
+            F.col("category_share").isNull().cast("double").alias("is_new_category"),
+            F.log1p(F.coalesce("_all", F.lit(0))).alias("log_buyers"),
+            F.log1p(F.coalesce("_recent", F.lit(0))).alias("log_recent_buyers"),
+            # Recent buyers per day against the whole horizon's, > 1 when rising.
+            (
+                (F.coalesce("_recent", F.lit(0)) / cc.recent_days + 0.1)
+                / (F.coalesce("_all", F.lit(0)) / days + 0.1)
+            ).alias("buyer_trend"),
+            (F.coalesce("_all", F.lit(0)) / F.greatest(F.coalesce("_cat_all", F.lit(1)), F.lit(1))).alias(
+                "category_buyer_share"
+            ),
+        )  # fmt: skip
+        .fillna(
+            0.0,
+            [
+                "own_purchases",
+                "own_events",
+                "cfv_match",
+                "price_match",
+                "category_share",
+                "category_transition",
+                "is_personal_query",
+                "is_exploration_query",
+            ],
+        )  # fmt: skip
+        .withColumn("category_rank", F.col("category_rank").cast("double"))
+        .withColumn("norm_title", normalised_title(F.col("title")))
+        .withColumn("as_of", F.lit(as_of))
+    )
+    for c in CHANNELS:
+        out = out.withColumn(f"{c}_rank", F.col(f"{c}_rank").cast("double"))
+    keep = [
+        "user_id",
+        "item_id",
+        "title",
+        "norm_title",
+        "leaf_category",
+        "channel",
+        "reason",
+        "query_kind",
+        "query",
+    ]
+    return out.select(*keep, *[F.col(c).cast("double").alias(c) for c in FEATURE_COLUMNS], "as_of")
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+
+def target_users(spark: SparkSession, conf: Config, events: DataFrame, as_of: dt.date) -> DataFrame:
+    """Buyers to list: those with U2Q queries and those with an event in the horizon."""
+    since = as_of - dt.timedelta(days=conf.aggregate.horizon_days - 1)
+    active = events.filter(F.col("dt") >= F.lit(since)).select("user_id")
+    if tables.exists(spark, conf, "gold.user_queries"):
+        active = active.unionByName(tables.read(spark, conf, "gold.user_queries").select("user_id"))
+    return active.distinct()
+
+
+def generate(spark: SparkSession, conf: Config, as_of: dt.date) -> DataFrame:
+    """The candidates of every channel as of ``as_of`` from this warehouse (``CANDIDATES_SCHEMA``
+    + as_of)."""
+    cc = conf.candidates
+    events = tables.read(spark, conf, "bronze.events").filter(F.col("dt") <= F.lit(as_of))
+    users = target_users(spark, conf, events, as_of).localCheckpoint()
+    cats = tables.read(spark, conf, "silver.item_categories").select("item_id", "leaf_category")
+    titles = tables.read(spark, conf, "silver.item_profiles").select(
+        "item_id", F.coalesce("short_title", "title").alias("title")
+    )
+    history = weighted_events(events).select("user_id").distinct()
+    cold = users.join(history, "user_id", "left_anti")
+    user_cats = weighted_events(events).join(cats, "item_id").select("user_id", "leaf_category").distinct()
+    transitions = transition_scores(user_cats, category_transitions(user_cats))
+    if tables.exists(spark, conf, "gold.user_queries"):
+        chosen = (
+            tables.read(spark, conf, "gold.user_queries")
+            .filter(F.col("kind").isin("exploration", "trend") & F.col("leaf_category").isNotNull())
+            .select("user_id", "leaf_category")
+            .distinct()
+        )
+    else:
+        chosen = spark.createDataFrame([], "user_id string, leaf_category string")
+    bestsellers = category_bestsellers(events, cats, as_of - dt.timedelta(days=cc.popularity_days - 1))
+    parts = [
+        repeat_channel(events, users, as_of, cc),
+        collaborative_channel(events, users, titles, cc),
+        bestseller_channel(users, chosen, transitions, bestsellers, cold, cc),
+    ]
+    if tables.exists(spark, conf, "gold.q2i_candidates"):
+        parts.append(
+            query_channels(tables.read(spark, conf, "gold.q2i_candidates"), users, cc.query_per_user)
+        )
+    cands = parts[0]
+    for p in parts[1:]:
+        cands = cands.unionByName(p)
+    return cands.withColumn("as_of", F.lit(as_of))
+
+
+def run(spark: SparkSession, conf: Config) -> dict[str, int]:
+    """Write ``gold.candidates`` and this run date's ``gold.candidate_features``."""
+    from jobs.aggregate import resolve_run_date
+
+    as_of = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
+    for needed in ("silver.item_categories", "silver.item_profiles", "gold.cfv"):
+        if not tables.exists(spark, conf, needed):
+            raise RuntimeError(
+                f"candidates: {needed} is missing: run the aggregate, items and cfv stages first"
+            )
+    cands = generate(spark, conf, as_of)
+    tables.overwrite(cands, conf, CANDIDATES)
+    cands = tables.read(spark, conf, CANDIDATES)
+    events = tables.read(spark, conf, "bronze.events").filter(F.col("dt") <= F.lit(as_of))
+    feats = features(spark, conf, cands, events, as_of)
+    write_features(spark, conf, feats, as_of)
+    per_channel = {r["channel"]: int(r["count"]) for r in cands.groupBy("channel").count().collect()}
+    stored = tables.read(spark, conf, FEATURES).filter(F.col("as_of") == F.lit(as_of))
+    counts = {"candidates": stored.count(), "users": stored.select("user_id").distinct().count()}
+    log.info(
+        "candidates: %s %s (user, item) candidates for %s users as of %s; by channel %s",
+        FEATURES, f"{counts['candidates']:,}", f"{counts['users']:,}", as_of,
+        ", ".join(f"{c} {per_channel.get(c, 0):,}" for c in CHANNELS),
+    )  # fmt: skip
+    return counts
+
+
+def write_features(
+    spark: SparkSession, conf: Config, feats: DataFrame, as_of: dt.date, prune: bool = True
+) -> None:
+    """Replace the ``as_of`` partition of ``gold.candidate_features``; ``prune``: drop the run
+    dates more than ``candidates.keep_days`` before ``as_of``."""
+    keep_from = as_of - dt.timedelta(days=conf.candidates.keep_days)
+    if tables.exists(spark, conf, FEATURES):
+        tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'")
+        if prune:
+            tables.delete_where(spark, conf, FEATURES, f"as_of < '{keep_from}'")
+    else:
+        tables.overwrite(feats, conf, FEATURES, partition_by=["as_of"])

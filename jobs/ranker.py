@@ -1,0 +1,335 @@
+"""Train: the learned ranker, ``xgboost.spark.SparkXGBRanker`` on the candidates of an
+earlier day labelled with what their buyers bought next -> a model in
+``<ranker.model_dir>`` (and MLflow), listed in ``gold.ranker_models``.
+
+1. **Training day** ``T0``: the newest run date in ``gold.candidate_features`` at least
+   ``ranker.label_days`` before the run date. When the warehouse holds none (a first
+   run), the stages up to ``candidates`` run as of ``T0 = run date - label_days`` in a
+   warehouse of their own (``jobs/asof.py``) and their candidates join the history.
+2. **Labels**: a candidate is positive when its buyer purchased it in ``(T0, T0 +
+   label_days]``, all on or before the run date: nothing after the run date is read, so
+   in an as-of warehouse of the evaluation no test-period purchase reaches training.
+3. **Fit**: one query group per buyer with at least one positive (``rank:ndcg`` by
+   default); a seeded ``ranker.holdout_share`` of the buyers is held out for early
+   stopping and for step 4.
+4. **Quotas**: on the held-out buyers (all with a purchase in the label window, recall
+   counted over all their purchases, not only those among the candidates), every pair of
+   ``ranker.repeat_shares`` x ``ranker.discovery_shares`` fills lists of
+   ``ranker.choose_at_k`` with the model's scores (``udfs/ranking.py``); chosen: the most
+   new-category hits among the pairs whose recall is within ``recall_tolerance`` of the
+   best pair's. ``rank`` uses the chosen shares unless ``rank.repeat_share`` /
+   ``rank.discovery_share`` are set.
+
+The stage does nothing while the newest model is younger than ``ranker.max_age_days``
+(``databricks.yml`` runs it weekly; ``discovery pipeline`` runs it when no model exists).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
+
+from jobs import tables
+from jobs.candidates import FEATURE_COLUMNS, FEATURES, write_features
+from jobs.config import Config, derive
+from udfs.ranking import ListRules, fill, score
+
+log = logging.getLogger(__name__)
+
+MODELS = "gold.ranker_models"
+MODELS_SCHEMA = (
+    "model_id string, path string, trained_at timestamp, run_date date, train_as_of date, "
+    "label_end date, features array<string>, repeat_share double, discovery_share double, "
+    "holdout_recall double, holdout_new_category_hit double, holdout_users long, "
+    "best_iteration long, rows long, users long, positives long, mlflow_run_id string"
+)
+QUOTA_SCHEMA = (
+    "user_id string, repeat_share double, discovery_share double, recall double, new_category_hit double"
+)
+
+
+class RankerError(RuntimeError):
+    """No usable model: missing, unreadable, or trained on other features."""
+
+
+def model_dir(conf: Config) -> Path:
+    return Path(conf.ranker.model_dir or Path(conf.storage.root) / "models" / "ranker").resolve()
+
+
+def latest_model(spark: SparkSession, conf: Config, run_date: dt.date) -> dict | None:
+    """The newest model trained for a run date on or before ``run_date`` (a row of MODELS)."""
+    if not tables.exists(spark, conf, MODELS):
+        return None
+    rows = (
+        tables.read(spark, conf, MODELS)
+        .filter(F.col("run_date") <= F.lit(run_date))
+        .orderBy(F.desc("run_date"), F.desc("trained_at"))
+        .limit(1)
+        .collect()
+    )
+    return rows[0].asDict() if rows else None
+
+
+def load_model(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[bytes, dict]:
+    """(model bytes, its MODELS row) for ``rank``; RankerError naming what is wrong."""
+    row = latest_model(spark, conf, run_date)
+    if row is None:
+        raise RankerError(
+            f"rank: no ranker model for run date {run_date} in {MODELS}: train one with "
+            "`discovery train` (the weekly training task)"
+        )
+    path = Path(row["path"]) / "model.json"
+    if not path.exists():
+        raise RankerError(f"rank: the ranker model file {path} (model {row['model_id']}) is missing")
+    if list(row["features"]) != list(FEATURE_COLUMNS):
+        extra = sorted(set(row["features"]) - set(FEATURE_COLUMNS))
+        lacking = sorted(set(FEATURE_COLUMNS) - set(row["features"]))
+        raise RankerError(
+            f"rank: the ranker model {path} was trained on other features than the candidates "
+            f"have (unknown to this version: {extra or 'none'}; not in the model: {lacking or 'none'}): "
+            "train it again with `discovery train`"
+        )
+    return path.read_bytes(), row
+
+
+def training_day(spark: SparkSession, conf: Config, run_date: dt.date) -> dt.date | None:
+    """The newest run date of the candidate history at least ``label_days`` before ``run_date``."""
+    if not tables.exists(spark, conf, FEATURES):
+        return None
+    latest = run_date - dt.timedelta(days=conf.ranker.label_days)
+    return (
+        tables.read(spark, conf, FEATURES)
+        .filter(F.col("as_of") <= F.lit(latest))
+        .agg(F.max("as_of"))
+        .collect()[0][0]
+    )
+
+
+def bootstrap_history(spark: SparkSession, conf: Config, day: dt.date) -> None:
+    """Run the stages up to ``candidates`` as of ``day`` in a warehouse of their own and add
+    that day's candidate features to this warehouse's history."""
+    from jobs.asof import build_asof_warehouse, run_asof_pipeline
+
+    root = Path(conf.storage.root).resolve() / "training" / f"asof_{day:%Y%m%d}"
+    asof = derive(
+        conf,
+        [f"storage.root={root}", "storage.catalog=null", f"run.date={day}",
+         f"run.run_id=train-{day:%Y%m%d}", "tracking.enabled=false"],
+    )  # fmt: skip
+    log.info("train: no candidates %d+ days before the run date: building those of %s in %s",
+             conf.ranker.label_days, day, root)  # fmt: skip
+    build_asof_warehouse(spark, conf, asof, day + dt.timedelta(days=1), None, caches_from=conf)
+    run_asof_pipeline(spark, asof, last="candidates", label="training as of")
+    feats = tables.read(spark, asof, FEATURES).filter(F.col("as_of") == F.lit(day))
+    write_features(spark, conf, feats, day, prune=False)
+
+
+def labelled(
+    spark: SparkSession, conf: Config, day: dt.date, run_date: dt.date
+) -> tuple[DataFrame, DataFrame]:
+    """(the candidates of ``day`` with ``label``, the purchases of the label window per buyer:
+    user_id, bought = distinct items)."""
+    end = min(day + dt.timedelta(days=conf.ranker.label_days), run_date)
+    purchases = (
+        tables.read(spark, conf, "bronze.events")
+        .filter(
+            (F.col("event_type") == "purchase")
+            & F.col("item_id").isNotNull()
+            & (F.col("dt") > F.lit(day))
+            & (F.col("dt") <= F.lit(end))
+        )  # fmt: skip
+        .select("user_id", "item_id")
+        .distinct()
+    )
+    feats = tables.read(spark, conf, FEATURES).filter(F.col("as_of") == F.lit(day))
+    rows = feats.join(purchases.withColumn("label", F.lit(1)), ["user_id", "item_id"], "left").fillna(
+        0, ["label"]
+    )
+    bought = purchases.groupBy("user_id").agg(F.count("*").alias("bought"))
+    return rows, bought
+
+
+def _holdout(conf: Config):
+    share = int(round(conf.ranker.holdout_share * 1000))
+    return (F.abs(F.xxhash64("user_id", F.lit(conf.ranker.seed))) % 1000) < share
+
+
+def fit(spark: SparkSession, conf: Config, rows: DataFrame):
+    """A SparkXGBRanker fitted on the groups with a positive; returns the Booster."""
+    from xgboost.spark import SparkXGBRanker
+
+    rc = conf.ranker
+    workers = rc.num_workers or max(1, min(spark.sparkContext.defaultParallelism, 4))
+    with_pos = rows.groupBy("user_id").agg(F.max("label").alias("_any")).filter("_any > 0").select("user_id")
+    # xgboost wants integer group ids in non-decreasing order within each partition.
+    qids = with_pos.withColumn("qid", F.row_number().over(Window.orderBy("user_id")).cast("int"))
+    train = (
+        rows.join(qids, "user_id")
+        .withColumn("is_holdout", _holdout(conf))
+        .select("qid", "label", "is_holdout", *FEATURE_COLUMNS)
+        .repartition(workers, "qid")
+        .sortWithinPartitions("qid")
+    )
+    ranker = SparkXGBRanker(
+        features_col=list(FEATURE_COLUMNS),
+        label_col="label",
+        qid_col="qid",
+        validation_indicator_col="is_holdout",
+        objective=rc.objective,
+        n_estimators=rc.n_estimators,
+        max_depth=rc.max_depth,
+        learning_rate=rc.learning_rate,
+        early_stopping_rounds=rc.early_stopping_rounds,
+        eval_metric=f"ndcg@{rc.choose_at_k}",
+        num_workers=workers,
+        random_state=rc.seed,
+    )
+    return ranker.fit(train).get_booster()
+
+
+def choose_quotas(
+    conf: Config, rows: DataFrame, bought: DataFrame, model: bytes
+) -> tuple[pd.DataFrame, tuple[float, float]]:
+    """The held-out buyers' mean recall and new-category hit per quota pair, and the chosen pair."""
+    rc = conf.ranker
+    features = list(FEATURE_COLUMNS)
+    grid = [(r, d) for r in rc.repeat_shares for d in rc.discovery_shares]
+    k, cap = rc.choose_at_k, conf.rank.max_per_category
+    held = rows.filter(_holdout(conf)).join(bought, "user_id")
+
+    def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = pdf.reset_index(drop=True)
+        s = score(pdf, model, features)
+        n_bought = int(pdf["bought"].iloc[0])
+        out = []
+        for r, d in grid:
+            listed = fill(pdf, s, ListRules(k, r, d, cap))
+            hits = listed["label"] > 0
+            out.append(
+                (pdf["user_id"].iloc[0], r, d, float(hits.sum()) / n_bought,
+                 float((hits & (listed["is_new_category"] > 0)).any()))
+            )  # fmt: skip
+        return pd.DataFrame(
+            out, columns=["user_id", "repeat_share", "discovery_share", "recall", "new_category_hit"]
+        )
+
+    cols = ["user_id", "item_id", "label", "bought", "norm_title", "leaf_category", *features]
+    means = (
+        held.select(*cols)
+        .groupBy("user_id")
+        .applyInPandas(per_user, QUOTA_SCHEMA)
+        .groupBy("repeat_share", "discovery_share")
+        .agg(
+            F.mean("recall").alias("recall"),
+            F.mean("new_category_hit").alias("new_category_hit"),
+            F.count("*").alias("users"),
+        )  # fmt: skip
+        .toPandas()
+        .sort_values(["repeat_share", "discovery_share"])
+        .reset_index(drop=True)
+    )
+    if means.empty:
+        raise RankerError("train: no held-out buyer has a purchase in the label window: cannot choose quotas")
+    floor = means["recall"].max() * (1 - rc.recall_tolerance)
+    ok = means[means["recall"] >= floor].sort_values(
+        ["new_category_hit", "recall", "repeat_share", "discovery_share"],
+        ascending=[False, False, True, True],
+    )
+    best = ok.iloc[0]
+    means["chosen"] = (means["repeat_share"] == best["repeat_share"]) & (
+        means["discovery_share"] == best["discovery_share"]
+    )
+    return means, (float(best["repeat_share"]), float(best["discovery_share"]))
+
+
+def run(spark: SparkSession, conf: Config) -> dict[str, float]:
+    """Train a model unless a young enough one exists; returns its figures."""
+    from jobs.aggregate import resolve_run_date
+    from jobs.tracking import Tracker, tracked
+
+    rc = conf.ranker
+    run_date = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
+    current = latest_model(spark, conf, run_date)
+    if current is not None and (run_date - current["run_date"]).days < rc.max_age_days:
+        log.info("train: model %s (run date %s) is younger than %d days: kept",
+                 current["model_id"], current["run_date"], rc.max_age_days)  # fmt: skip
+        return {"trained": 0}
+    t0 = time.perf_counter()
+    day = training_day(spark, conf, run_date)
+    if day is None:
+        day = run_date - dt.timedelta(days=rc.label_days)
+        bootstrap_history(spark, conf, day)
+    rows, bought = labelled(spark, conf, day, run_date)
+    rows = rows.localCheckpoint()
+    stats = rows.agg(F.count("*"), F.countDistinct("user_id"), F.sum("label")).collect()[0]
+    n_rows, n_users, n_pos = int(stats[0]), int(stats[1]), int(stats[2] or 0)
+    if n_pos == 0:
+        raise RankerError(
+            f"train: none of the {n_rows:,} candidates of {day} was bought in the {rc.label_days} days after: "
+            "nothing to learn from (more history, or a shorter ranker.label_days)"
+        )
+    log.info("train: candidates of %s: %s rows, %s buyers, %s bought in the next %d days; fitting SparkXGBRanker",
+             day, f"{n_rows:,}", f"{n_users:,}", f"{n_pos:,}", rc.label_days)  # fmt: skip
+    booster = fit(spark, conf, rows)
+    model = bytes(booster.save_raw("json"))
+    grid, (repeat_share, discovery_share) = choose_quotas(conf, rows, bought, model)
+    chosen = grid[grid["chosen"]].iloc[0]
+    trained_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    model_id = f"{run_date:%Y%m%d}-{trained_at:%H%M%S%f}"
+    folder = model_dir(conf) / model_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.json").write_bytes(model)
+    best_iteration = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
+    meta = {
+        "model_id": model_id, "features": list(FEATURE_COLUMNS), "train_as_of": str(day),
+        "label_days": rc.label_days, "run_date": str(run_date), "objective": rc.objective,
+        "repeat_share": repeat_share, "discovery_share": discovery_share, "best_iteration": best_iteration,
+        "rows": n_rows, "users": n_users, "positives": n_pos,
+    }  # fmt: skip
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    grid.to_csv(folder / "quotas.csv", index=False)
+    tracker = Tracker(conf)
+    with tracked(tracker, conf, "ranker_model") as mrun:
+        tracker.params(mrun["run_id"], {f"ranker.{k}": str(v) for k, v in meta.items() if k != "features"})
+        mrun["metrics"] = {
+            "holdout_recall": float(chosen["recall"]),
+            "holdout_new_category_hit": float(chosen["new_category_hit"]),
+        }
+        tracker.artifacts(mrun["run_id"], folder, "model")
+    row = {
+        "model_id": model_id, "path": str(folder), "trained_at": trained_at, "run_date": run_date,
+        "train_as_of": day, "label_end": min(day + dt.timedelta(days=rc.label_days), run_date),
+        "features": list(FEATURE_COLUMNS), "repeat_share": repeat_share, "discovery_share": discovery_share,
+        "holdout_recall": float(chosen["recall"]), "holdout_new_category_hit": float(chosen["new_category_hit"]),
+        "holdout_users": int(chosen["users"]), "best_iteration": best_iteration, "rows": n_rows,
+        "users": n_users, "positives": n_pos, "mlflow_run_id": mrun["run_id"],
+    }  # fmt: skip
+    frame = spark.createDataFrame([row], MODELS_SCHEMA)
+    if tables.exists(spark, conf, MODELS):
+        tables.append(frame, conf, MODELS)
+    else:
+        tables.overwrite(frame, conf, MODELS)
+    log.info(
+        "train: model %s from the candidates of %s (%s buyers, %s positives), %d trees; quotas chosen on %d "
+        "held-out buyers: repeat share %.2f, discovery share %.2f (recall@%d %.3f, new-category hit %.3f); %.0fs",
+        model_id, day, f"{n_users:,}", f"{n_pos:,}", best_iteration + 1, int(chosen["users"]), repeat_share,
+        discovery_share, rc.choose_at_k, chosen["recall"], chosen["new_category_hit"], time.perf_counter() - t0,
+    )  # fmt: skip
+    return {"trained": 1, "rows": n_rows, "positives": n_pos, **meta_metrics(chosen)}
+
+
+def meta_metrics(chosen) -> dict[str, float]:
+    return {
+        "holdout_recall": float(chosen["recall"]),
+        "holdout_new_category_hit": float(chosen["new_category_hit"]),
+        "repeat_share": float(chosen["repeat_share"]),
+        "discovery_share": float(chosen["discovery_share"]),
+    }

@@ -1,0 +1,102 @@
+"""jobs/candidates.py: the channels' rules on tiny inline frames, with hand-worked values."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import candidates
+from jobs.config import CandidatesConf
+
+D = dt.date(2024, 3, 31)
+EVENTS = "user_id string, item_id string, event_type string, dt date"
+
+
+def _events(spark, rows):
+    return spark.createDataFrame(rows, EVENTS)
+
+
+def _users(spark, *ids):
+    return spark.createDataFrame([(u,) for u in ids], "user_id string")
+
+
+def test_repeat_channel_scores_decayed_weighted_events_and_says_how_often_and_when(spark):
+    ev = _events(
+        spark,
+        [
+            ("u", "a", "purchase", D), ("u", "a", "purchase", D - dt.timedelta(days=10)),
+            ("u", "b", "click", D), ("u", "c", "search", D), ("v", "a", "purchase", D),
+        ],
+    )  # fmt: skip
+    cc = CandidatesConf(repeat_half_life_days=10.0)
+    got = {r.item_id: r for r in candidates.repeat_channel(ev, _users(spark, "u"), D, cc).collect()}
+    assert set(got) == {"a", "b"}  # searches weigh nothing, v is not a target
+    assert got["a"].channel_score == pytest.approx(4.0 + 4.0 * 0.5)  # purchase 4, half-life 10 days
+    assert got["b"].channel_score == pytest.approx(1.0)
+    assert (got["a"].channel_rank, got["b"].channel_rank) == (1, 2)
+    assert got["a"].reason == "You ordered this 2 times, last on 31 Mar"
+    assert got["b"].reason == "You looked at this before"
+
+
+def test_collaborative_channel_leaves_own_items_out_and_names_the_strongest_source(spark):
+    # a and b share both of their buyers; c shares one of a's two; u has a only.
+    ev = _events(
+        spark,
+        [("x", "a", "purchase", D), ("x", "b", "purchase", D), ("y", "a", "purchase", D),
+         ("y", "b", "purchase", D), ("y", "c", "purchase", D), ("u", "a", "purchase", D)],
+    )  # fmt: skip
+    titles = spark.createDataFrame(
+        [("a", "Tea Set"), ("b", "Cups"), ("c", "Saucers")], "item_id string, title string"
+    )
+    cc = CandidatesConf(neighbours=5, shrink=0.0)
+    got = {
+        r.item_id: r for r in candidates.collaborative_channel(ev, _users(spark, "u"), titles, cc).collect()
+    }
+    assert set(got) == {"b", "c"}
+    # |U_a| = 3 (x, y, u), |U_b| = 2, |U_c| = 1: sim(a, b) = 2 / sqrt(6), sim(a, c) = 1 / sqrt(3).
+    assert got["b"].channel_score == pytest.approx(2 / 6**0.5)
+    assert got["c"].channel_score == pytest.approx(1 / 3**0.5)
+    assert got["b"].reason == "Shops that stock Tea Set also stock this"
+
+
+def test_category_transitions_and_the_buyers_scores_for_categories_new_to_them(spark):
+    uc = spark.createDataFrame(
+        [("x", "tea"), ("x", "cups"), ("y", "tea"), ("y", "toys"), ("u", "tea")],
+        "user_id string, leaf_category string",
+    )
+    t = {(r.from_category, r.leaf_category): r.p for r in candidates.category_transitions(uc).collect()}
+    assert t[("tea", "cups")] == pytest.approx(1 / 3) and t[("cups", "tea")] == pytest.approx(1.0)
+    got = {
+        (r.user_id, r.leaf_category): r.category_transition
+        for r in candidates.transition_scores(uc, candidates.category_transitions(uc)).collect()
+    }
+    assert got[("u", "cups")] == pytest.approx(1 / 3) and got[("u", "toys")] == pytest.approx(1 / 3)
+    # x: mean over tea and cups of P(toys | .) = (1/3 + 0) / 2; categories x is in are left out.
+    assert got[("x", "toys")] == pytest.approx(1 / 6) and ("x", "tea") not in got
+
+
+def test_bestseller_channel_fills_chosen_categories_and_gives_cold_buyers_the_overall_best(spark):
+    best = spark.createDataFrame(
+        [("t1", "toys", 9, 1), ("t2", "toys", 5, 2), ("c1", "cups", 20, 1), ("c2", "cups", 1, 2)],
+        "item_id string, leaf_category string, buyers long, category_rank int",
+    )
+    chosen = spark.createDataFrame([("u", "toys")], "user_id string, leaf_category string")
+    no_transitions = spark.createDataFrame(
+        [], "user_id string, leaf_category string, category_transition double"
+    )
+    cc = CandidatesConf(bestseller_per_category=1, bestseller_categories=1)
+    got = candidates.bestseller_channel(
+        _users(spark, "u", "new"), chosen, no_transitions, best, _users(spark, "new"), cc
+    ).collect()
+    rows = {(r.user_id, r.item_id): r for r in got}
+    assert set(rows) == {("u", "t1"), ("new", "c1")}
+    assert rows[("u", "t1")].reason == "Best-seller in toys"
+
+
+def test_the_spark_normalised_title_is_the_python_one(spark):
+    titles = ["Regular Garden 10 Oz", "SET OF 3 CAKE TINS", "Frozen Pizza, 4 pack", "12 oz", "Mug"]
+    df = spark.createDataFrame([(t,) for t in titles], "title string")
+    got = [r[0] for r in df.select(candidates.normalised_title(F.col("title"))).collect()]
+    assert got == [candidates.normalise_title(t) for t in titles]

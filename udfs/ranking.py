@@ -1,0 +1,108 @@
+"""One buyer's list from their scored candidates: the ranking both the batch ``rank`` stage
+(through ``applyInPandas``) and the nearline refresh call, so the two cannot drift.
+
+1. **Score**: the learned ranker (an xgboost ``Booster``) scores each candidate from the
+   model's own feature columns, in the order it was trained on.
+2. **Near-duplicates**: items with the same normalised title (the same product in another
+   size or pack) count once; the best-scoring one is kept.
+3. **Slot-aware fill**, position by position in score order (ties by item id), so that
+   every prefix of the list, not only the whole, keeps the quotas:
+   - at most ``floor(repeat_share x n + 0.5)`` of the first ``n`` items are the buyer's
+     own (``own_events > 0``),
+   - at least ``floor(discovery_share x n)`` of them are in a category new to the buyer
+     (``is_new_category``),
+   - at most ``max_per_category`` items of one category.
+   A quota that no remaining candidate can meet is relaxed for that slot rather than
+   leaving it empty (a full list beats an empty slot).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+_BOOSTERS: dict[int, object] = {}  # hash of the model bytes -> Booster, per Python worker
+
+
+@dataclass(frozen=True)
+class ListRules:
+    """The list's length and quotas (see the module docstring)."""
+
+    top_k: int
+    repeat_share: float = 1.0
+    discovery_share: float = 0.0
+    max_per_category: int = 5
+    dedup_titles: bool = True
+
+
+def booster(model: bytes):
+    """The xgboost Booster of the model's raw bytes (``Booster.save_raw``), loaded once per worker."""
+    key = hash(model)
+    if key not in _BOOSTERS:
+        import xgboost
+
+        b = xgboost.Booster()
+        b.load_model(bytearray(model))
+        _BOOSTERS[key] = b
+    return _BOOSTERS[key]
+
+
+def score(candidates: pd.DataFrame, model: bytes, features: list[str]) -> np.ndarray:
+    """The model's score of each candidate row (missing features as NaN)."""
+    if candidates.empty:
+        return np.zeros(0)
+    x = candidates[list(features)].astype("float64").to_numpy()
+    return np.asarray(booster(model).inplace_predict(x), dtype=np.float64)
+
+
+def fill(candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules) -> pd.DataFrame:
+    """One buyer's list from their candidates and scores; returns the chosen rows in list
+    order with ``score`` and ``position`` (1..n) added."""
+    if candidates.empty:
+        return candidates.assign(score=pd.Series(dtype="float64"), position=pd.Series(dtype="int32"))
+    c = candidates.assign(score=scores).sort_values(["score", "item_id"], ascending=[False, True])
+    if rules.dedup_titles and "norm_title" in c:
+        titled = c["norm_title"].notna()
+        c = pd.concat([c[titled].drop_duplicates("norm_title"), c[~titled]]).sort_values(
+            ["score", "item_id"], ascending=[False, True]
+        )
+    own = (c["own_events"].to_numpy() > 0).tolist()
+    new_cat = (c["is_new_category"].to_numpy() > 0).tolist()
+    cats = c["leaf_category"].tolist()
+    left = list(range(len(c)))
+    chosen: list[int] = []
+    per_cat: dict[str, int] = {}
+    n_own = n_new = 0
+    while len(chosen) < rules.top_k and left:
+        n = len(chosen) + 1
+        own_room = n_own < math.floor(rules.repeat_share * n + 0.5)
+        need_new = n_new < math.floor(rules.discovery_share * n + 1e-9)
+        left = [i for i in left if per_cat.get(cats[i], 0) < rules.max_per_category]
+        pick = next((i for i in left if (own_room or not own[i]) and (new_cat[i] or not need_new)), None)
+        if pick is None:  # a quota no candidate meets: relax the discovery one, then the repeat one
+            pick = next((i for i in left if own_room or not own[i]), None)
+        if pick is None:
+            pick = left[0] if left else None
+        if pick is None:
+            break
+        left.remove(pick)
+        chosen.append(pick)
+        per_cat[cats[pick]] = per_cat.get(cats[pick], 0) + 1
+        n_own += own[pick]
+        n_new += new_cat[pick]
+    out = c.iloc[chosen].copy()
+    out["position"] = np.arange(1, len(out) + 1, dtype=np.int32)
+    return out
+
+
+def rank_users(candidates: pd.DataFrame, model: bytes, features: list[str], rules: ListRules) -> pd.DataFrame:
+    """The lists of every buyer in ``candidates`` (grouped by ``user_id``)."""
+    if candidates.empty:
+        return fill(candidates, np.zeros(0), rules)
+    candidates = candidates.reset_index(drop=True)
+    scores = score(candidates, model, features)
+    parts = [fill(g, scores[g.index.to_numpy()], rules) for _, g in candidates.groupby("user_id", sort=True)]
+    return pd.concat(parts, ignore_index=True)
