@@ -398,6 +398,9 @@ class RankerConf(_Strict):
     max_depth: int = Field(6, ge=1)
     learning_rate: float = Field(0.1, gt=0)
     early_stopping_rounds: int = Field(30, ge=1)
+    # The explore head (a second model, on new-category candidates only, that fills the
+    # slots the discovery quota reserves) is trained with at least this many positives.
+    min_explore_positives: int = Field(50, ge=1)
     # Spark tasks that train (0 = the default parallelism).
     num_workers: int = Field(0, ge=0)
     seed: int = 7
@@ -405,10 +408,11 @@ class RankerConf(_Strict):
     # this list length.
     choose_at_k: int = Field(20, ge=1)
     repeat_shares: list[float] = [0.25, 0.5, 0.75, 1.0]
-    discovery_shares: list[float] = [0.0, 0.1, 0.2, 0.3]
-    # Chosen: most new-category hits among the quotas whose recall is within this share
-    # of the best recall on the held-out buyers.
-    recall_tolerance: float = Field(0.05, ge=0, lt=1)
+    discovery_shares: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    # Chosen: the pair with the most recall@K + discovery_weight x new-category hit@K on the
+    # held-out buyers (the two things the lists are for: what buyers go on to buy, and
+    # what is new to them).
+    discovery_weight: float = Field(1.0, ge=0)
     # Where models are stored (default <storage.root>/models/ranker).
     model_dir: str | None = None
 

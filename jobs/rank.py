@@ -20,10 +20,10 @@ from pyspark.sql import functions as F
 
 from jobs import tables
 from jobs.aggregate import resolve_run_date
-from jobs.candidates import FEATURE_COLUMNS, FEATURES
+from jobs.candidates import FEATURES
 from jobs.config import Config
 from jobs.ranker import load_model
-from udfs.ranking import ListRules, rank_users
+from udfs.ranking import ListRules, Ranker, rank_users
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,13 @@ def as_list_rows(listed: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def rank(candidates: DataFrame, model: bytes, rules: ListRules) -> DataFrame:
+def rank(candidates: DataFrame, ranker: Ranker, rules: ListRules) -> DataFrame:
     """One list per buyer (``LIST_SCHEMA``), in Spark: the candidates grouped by buyer."""
-    features = list(FEATURE_COLUMNS)
 
     def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
-        return as_list_rows(rank_users(pdf, model, features, rules))
+        return as_list_rows(rank_users(pdf, ranker, rules))
 
-    cols = list(dict.fromkeys([*PASSED, *features]))
+    cols = list(dict.fromkeys([*PASSED, *ranker.features]))
     return candidates.select(*cols).groupBy("user_id").applyInPandas(per_user, LIST_SCHEMA)
 
 
@@ -101,13 +100,13 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     if not tables.exists(spark, conf, FEATURES):
         raise RuntimeError(f"rank: {FEATURES} is missing: run the candidates stage first")
     candidates = tables.read(spark, conf, FEATURES).filter(F.col("as_of") == F.lit(run_date))
-    model, row = load_model(spark, conf, run_date)
+    ranker, row = load_model(spark, conf, run_date)
     rules = list_rules(conf, row)
     log.info("rank: model %s (trained on the candidates of %s); list of %d, repeat share <= %.2f, "
              "discovery share >= %.2f, <= %d per category", row["model_id"], row["train_as_of"], rules.top_k,
              rules.repeat_share, rules.discovery_share, rules.max_per_category)  # fmt: skip
     out = (
-        rank(candidates, model, rules)
+        rank(candidates, ranker, rules)
         .withColumn("model_id", F.lit(row["model_id"]))
         .withColumn("as_of", F.lit(run_date))
     )

@@ -15,9 +15,9 @@ earlier day labelled with what their buyers bought next -> a model in
 4. **Quotas**: on the held-out buyers (all with a purchase in the label window, recall
    counted over all their purchases, not only those among the candidates), every pair of
    ``ranker.repeat_shares`` x ``ranker.discovery_shares`` fills lists of
-   ``ranker.choose_at_k`` with the model's scores (``udfs/ranking.py``); chosen: the most
-   new-category hits among the pairs whose recall is within ``recall_tolerance`` of the
-   best pair's. ``rank`` uses the chosen shares unless ``rank.repeat_share`` /
+   ``ranker.choose_at_k`` with the model's scores (``udfs/ranking.py``); chosen: the pair
+   with the highest ``recall + discovery_weight x new-category hit`` (ties: more recall,
+   then the smaller shares). ``rank`` uses the chosen shares unless ``rank.repeat_share`` /
    ``rank.discovery_share`` are set.
 
 The stage does nothing while the newest model is younger than ``ranker.max_age_days``
@@ -40,7 +40,7 @@ from pyspark.sql.window import Window
 from jobs import tables
 from jobs.candidates import FEATURE_COLUMNS, FEATURES, write_features
 from jobs.config import Config, derive
-from udfs.ranking import ListRules, fill, score
+from udfs.ranking import ListRules, Ranker, fill, score
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ def latest_model(spark: SparkSession, conf: Config, run_date: dt.date) -> dict |
     return rows[0].asDict() if rows else None
 
 
-def load_model(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[bytes, dict]:
-    """(model bytes, its MODELS row) for ``rank``; RankerError naming what is wrong."""
+def load_model(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[Ranker, dict]:
+    """(the ranker, its MODELS row) for ``rank``; RankerError naming what is wrong."""
     row = latest_model(spark, conf, run_date)
     if row is None:
         raise RankerError(
@@ -97,7 +97,9 @@ def load_model(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[by
             f"have (unknown to this version: {extra or 'none'}; not in the model: {lacking or 'none'}): "
             "train it again with `discovery train`"
         )
-    return path.read_bytes(), row
+    explore = Path(row["path"]) / "explore.json"
+    ranker = Ranker(path.read_bytes(), explore.read_bytes() if explore.exists() else None, tuple(FEATURE_COLUMNS))
+    return ranker, row
 
 
 def training_day(spark: SparkSession, conf: Config, run_date: dt.date) -> dt.date | None:
@@ -162,8 +164,8 @@ def _holdout(conf: Config):
     return (F.abs(F.xxhash64("user_id", F.lit(conf.ranker.seed))) % 1000) < share
 
 
-def fit(spark: SparkSession, conf: Config, rows: DataFrame):
-    """A SparkXGBRanker fitted on the groups with a positive; returns the Booster."""
+def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
+    """A SparkXGBRanker fitted on the buyers' groups with a positive; the Booster's bytes."""
     from xgboost.spark import SparkXGBRanker
 
     rc = conf.ranker
@@ -192,11 +194,11 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame):
         num_workers=workers,
         random_state=rc.seed,
     )
-    return ranker.fit(train).get_booster()
+    return bytes(ranker.fit(train).get_booster().save_raw("json"))
 
 
 def choose_quotas(
-    conf: Config, rows: DataFrame, bought: DataFrame, model: bytes
+    conf: Config, rows: DataFrame, bought: DataFrame, ranker: Ranker
 ) -> tuple[pd.DataFrame, tuple[float, float]]:
     """The held-out buyers' mean recall and new-category hit per quota pair, and the chosen pair."""
     rc = conf.ranker
@@ -207,11 +209,12 @@ def choose_quotas(
 
     def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
         pdf = pdf.reset_index(drop=True)
-        s = score(pdf, model, features)
+        s = score(pdf, ranker.model, features)
+        e = None if ranker.explore is None else score(pdf, ranker.explore, features)
         n_bought = int(pdf["bought"].iloc[0])
         out = []
         for r, d in grid:
-            listed = fill(pdf, s, ListRules(k, r, d, cap))
+            listed = fill(pdf, s, ListRules(k, r, d, cap), e)
             hits = listed["label"] > 0
             out.append(
                 (pdf["user_id"].iloc[0], r, d, float(hits.sum()) / n_bought,
@@ -238,12 +241,10 @@ def choose_quotas(
     )
     if means.empty:
         raise RankerError("train: no held-out buyer has a purchase in the label window: cannot choose quotas")
-    floor = means["recall"].max() * (1 - rc.recall_tolerance)
-    ok = means[means["recall"] >= floor].sort_values(
-        ["new_category_hit", "recall", "repeat_share", "discovery_share"],
-        ascending=[False, False, True, True],
-    )
-    best = ok.iloc[0]
+    means["objective"] = means["recall"] + rc.discovery_weight * means["new_category_hit"]
+    best = means.sort_values(
+        ["objective", "recall", "repeat_share", "discovery_share"], ascending=[False, False, True, True]
+    ).iloc[0]
     means["chosen"] = (means["repeat_share"] == best["repeat_share"]) & (
         means["discovery_share"] == best["discovery_share"]
     )
@@ -278,20 +279,29 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
         )
     log.info("train: candidates of %s: %s rows, %s buyers, %s bought in the next %d days; fitting SparkXGBRanker",
              day, f"{n_rows:,}", f"{n_users:,}", f"{n_pos:,}", rc.label_days)  # fmt: skip
-    booster = fit(spark, conf, rows)
-    model = bytes(booster.save_raw("json"))
-    grid, (repeat_share, discovery_share) = choose_quotas(conf, rows, bought, model)
+    model = fit(spark, conf, rows)
+    # The explore head: the same features, trained on new-category candidates only.
+    explore_rows = rows.filter(F.col("is_new_category") > 0)
+    n_explore = explore_rows.filter(F.col("label") > 0).count()
+    explore = fit(spark, conf, explore_rows) if n_explore >= rc.min_explore_positives else None
+    log.info("train: explore head %s (%s new-category purchases among the candidates)",
+             "trained" if explore else "skipped", f"{n_explore:,}")  # fmt: skip
+    ranker = Ranker(model, explore, tuple(FEATURE_COLUMNS))
+    grid, (repeat_share, discovery_share) = choose_quotas(conf, rows, bought, ranker)
     chosen = grid[grid["chosen"]].iloc[0]
     trained_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     model_id = f"{run_date:%Y%m%d}-{trained_at:%H%M%S%f}"
     folder = model_dir(conf) / model_id
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.json").write_bytes(model)
-    best_iteration = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
+    if explore is not None:
+        (folder / "explore.json").write_bytes(explore)
+    best_iteration = _best_iteration(model)
     meta = {
         "model_id": model_id, "features": list(FEATURE_COLUMNS), "train_as_of": str(day),
         "label_days": rc.label_days, "run_date": str(run_date), "objective": rc.objective,
         "repeat_share": repeat_share, "discovery_share": discovery_share, "best_iteration": best_iteration,
+        "explore_head": explore is not None, "explore_positives": n_explore,
         "rows": n_rows, "users": n_users, "positives": n_pos,
     }  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -324,6 +334,14 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
         discovery_share, rc.choose_at_k, chosen["recall"], chosen["new_category_hit"], time.perf_counter() - t0,
     )  # fmt: skip
     return {"trained": 1, "rows": n_rows, "positives": n_pos, **meta_metrics(chosen)}
+
+
+def _best_iteration(model: bytes) -> int:
+    import xgboost
+
+    b = xgboost.Booster()
+    b.load_model(bytearray(model))
+    return int(b.attr("best_iteration") or b.num_boosted_rounds() - 1)
 
 
 def meta_metrics(chosen) -> dict[str, float]:

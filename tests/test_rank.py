@@ -13,7 +13,7 @@ from jobs import rank, ranker, tables
 from jobs.candidates import FEATURE_COLUMNS
 from jobs.config import load_config
 from jobs.nearline import scoring
-from udfs.ranking import ListRules, rank_users
+from udfs.ranking import ListRules, Ranker, rank_users
 
 RUN = dt.date(2024, 5, 1)
 
@@ -43,10 +43,10 @@ def _candidates(n_users=3, per_user=12, seed=2):
 
 def test_the_spark_rank_lists_what_the_shared_per_buyer_function_lists(spark):
     pdf = _candidates()
-    model = _model(list(FEATURE_COLUMNS))
+    ranker = Ranker(_model(list(FEATURE_COLUMNS)), _model(list(reversed(FEATURE_COLUMNS))), FEATURE_COLUMNS)
     rules = ListRules(top_k=6, repeat_share=0.5, discovery_share=0.2, max_per_category=2)
-    got = rank.rank(spark.createDataFrame(pdf), model, rules).toPandas()
-    expected = rank.as_list_rows(rank_users(pdf, model, list(FEATURE_COLUMNS), rules))
+    got = rank.rank(spark.createDataFrame(pdf), ranker, rules).toPandas()
+    expected = rank.as_list_rows(rank_users(pdf, ranker, rules))
     key = ["user_id", "position"]
     got, expected = (
         got.sort_values(key).reset_index(drop=True),
@@ -89,8 +89,8 @@ def test_a_missing_model_file_or_other_features_stop_rank_with_the_models_path(s
         ranker.load_model(spark, store, RUN)
     folder.mkdir(parents=True)
     (folder / "model.json").write_bytes(_model(list(FEATURE_COLUMNS)))
-    model, row = ranker.load_model(spark, store, RUN)
-    assert row["model_id"] == "m1" and model.startswith(b"{")
+    loaded, row = ranker.load_model(spark, store, RUN)
+    assert row["model_id"] == "m1" and loaded.model.startswith(b"{") and loaded.explore is None
     # A model trained for a later run date is not used for an earlier one.
     with pytest.raises(ranker.RankerError, match="no ranker model"):
         ranker.load_model(spark, store, RUN - dt.timedelta(days=1))

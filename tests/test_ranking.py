@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from jobs.candidates import normalise_title
-from udfs.ranking import ListRules, fill, rank_users, score
+from udfs.ranking import ListRules, Ranker, fill, rank_users, score
 
 
 def _cands(rows):
@@ -64,6 +64,17 @@ def test_discovery_share_reserves_new_category_slots_on_every_prefix():
     # n=1: floor(0.4)=0 -> k1; n=2: floor(0.8)=0 -> k2; n=3: floor(1.2)=1 -> new1;
     # n=4: floor(1.6)=1 -> k3; n=5: floor(2.0)=2 -> new2.
     assert _items(listed) == ["k1", "k2", "new1", "k3", "new2"]
+
+
+def test_reserved_discovery_slots_follow_the_explore_heads_order():
+    c, s = _cands(
+        [("k1", 0.9, 0, 0, "a"), ("k2", 0.8, 0, 0, "b"), ("new1", 0.5, 0, 1, "e"), ("new2", 0.1, 0, 1, "f")]
+    )
+    explore = np.array([0.0, 0.0, 0.2, 0.7])  # the explore head prefers new2
+    listed = fill(c, s, ListRules(top_k=3, discovery_share=0.5), explore)
+    # n=1: no slot reserved -> k1 (general order); n=2: floor(1.0)=1 -> new2 (explore order);
+    # n=3: none reserved -> k2 beats new1 in the general order.
+    assert _items(listed) == ["k1", "new2", "k2"]
 
 
 def test_a_quota_no_candidate_meets_is_relaxed_rather_than_leaving_a_slot_empty():
@@ -128,5 +139,5 @@ def test_the_model_scores_rows_from_its_own_feature_columns_and_ranks_each_user_
     )
     s = score(c, model, ["good", "noise"])
     assert s[1] > s[0] and s[2] > s[3]
-    listed = rank_users(c, model, ["good", "noise"], ListRules(top_k=1))
+    listed = rank_users(c, Ranker(model, None, ("good", "noise")), ListRules(top_k=1))
     assert list(zip(listed["user_id"], listed["item_id"], strict=True)) == [("u1", "b"), ("u2", "c")]

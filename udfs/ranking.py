@@ -6,7 +6,9 @@
 2. **Near-duplicates**: items with the same normalised title (the same product in another
    size or pack) count once; the best-scoring one is kept.
 3. **Slot-aware fill**, position by position in score order (ties by item id), so that
-   every prefix of the list, not only the whole, keeps the quotas:
+   every prefix of the list, not only the whole, keeps the quotas (a slot the discovery
+   quota reserves is filled in the order of the *explore head*, a second model trained on
+   new-category candidates only, when there is one):
    - at most ``floor(repeat_share x n + 0.5)`` of the first ``n`` items are the buyer's
      own (``own_events > 0``),
    - at least ``floor(discovery_share x n)`` of them are in a category new to the buyer
@@ -58,12 +60,19 @@ def score(candidates: pd.DataFrame, model: bytes, features: list[str]) -> np.nda
     return np.asarray(booster(model).inplace_predict(x), dtype=np.float64)
 
 
-def fill(candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules) -> pd.DataFrame:
+def fill(
+    candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules, explore: np.ndarray | None = None
+) -> pd.DataFrame:
     """One buyer's list from their candidates and scores; returns the chosen rows in list
-    order with ``score`` and ``position`` (1..n) added."""
+    order with ``score`` and ``position`` (1..n) added.
+
+    ``explore``: the explore head's scores; a slot the discovery quota reserves takes the
+    new-category item it scores highest (without it, the one ``scores`` ranks highest).
+    """
     if candidates.empty:
         return candidates.assign(score=pd.Series(dtype="float64"), position=pd.Series(dtype="int32"))
-    c = candidates.assign(score=scores).sort_values(["score", "item_id"], ascending=[False, True])
+    c = candidates.assign(score=scores, _explore=scores if explore is None else explore)
+    c = c.sort_values(["score", "item_id"], ascending=[False, True])
     if rules.dedup_titles and "norm_title" in c:
         titled = c["norm_title"].notna()
         c = pd.concat([c[titled].drop_duplicates("norm_title"), c[~titled]]).sort_values(
@@ -72,7 +81,9 @@ def fill(candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules) -> pd.D
     own = (c["own_events"].to_numpy() > 0).tolist()
     new_cat = (c["is_new_category"].to_numpy() > 0).tolist()
     cats = c["leaf_category"].tolist()
+    # Positions in the general order, and the new-category ones in the explore head's order.
     left = list(range(len(c)))
+    by_explore = sorted((i for i in left if new_cat[i]), key=lambda i: -c["_explore"].iat[i])
     chosen: list[int] = []
     per_cat: dict[str, int] = {}
     n_own = n_new = 0
@@ -81,10 +92,13 @@ def fill(candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules) -> pd.D
         own_room = n_own < math.floor(rules.repeat_share * n + 0.5)
         need_new = n_new < math.floor(rules.discovery_share * n + 1e-9)
         left = [i for i in left if per_cat.get(cats[i], 0) < rules.max_per_category]
-        pick = next((i for i in left if (own_room or not own[i]) and (new_cat[i] or not need_new)), None)
-        if pick is None:  # a quota no candidate meets: relax the discovery one, then the repeat one
+        pick = None
+        if need_new:
+            room = set(left)
+            pick = next((i for i in by_explore if i in room), None)
+        if pick is None:  # no reserved slot, or no new-category item left: the general order
             pick = next((i for i in left if own_room or not own[i]), None)
-        if pick is None:
+        if pick is None:  # only own items left and no room for them: relax the repeat quota
             pick = left[0] if left else None
         if pick is None:
             break
@@ -93,16 +107,30 @@ def fill(candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules) -> pd.D
         per_cat[cats[pick]] = per_cat.get(cats[pick], 0) + 1
         n_own += own[pick]
         n_new += new_cat[pick]
-    out = c.iloc[chosen].copy()
+    out = c.iloc[chosen].drop(columns="_explore")
     out["position"] = np.arange(1, len(out) + 1, dtype=np.int32)
     return out
 
 
-def rank_users(candidates: pd.DataFrame, model: bytes, features: list[str], rules: ListRules) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Ranker:
+    """A trained ranker: the general head, the explore head (None: the general one fills
+    the discovery slots too) and the feature columns both read, in order."""
+
+    model: bytes
+    explore: bytes | None
+    features: tuple[str, ...]
+
+
+def rank_users(candidates: pd.DataFrame, ranker: Ranker, rules: ListRules) -> pd.DataFrame:
     """The lists of every buyer in ``candidates`` (grouped by ``user_id``)."""
     if candidates.empty:
         return fill(candidates, np.zeros(0), rules)
     candidates = candidates.reset_index(drop=True)
-    scores = score(candidates, model, features)
-    parts = [fill(g, scores[g.index.to_numpy()], rules) for _, g in candidates.groupby("user_id", sort=True)]
+    general = score(candidates, ranker.model, list(ranker.features))
+    explore = None if ranker.explore is None else score(candidates, ranker.explore, list(ranker.features))
+    parts = []
+    for _, g in candidates.groupby("user_id", sort=True):
+        idx = g.index.to_numpy()
+        parts.append(fill(g, general[idx], rules, None if explore is None else explore[idx]))
     return pd.concat(parts, ignore_index=True)
