@@ -16,8 +16,9 @@ with its own score, its rank within the buyer's list of that channel and its rea
 - ``bestseller``: the best-sellers (distinct buyers in the last ``popularity_days``) of
   the categories chosen for the buyer: the target categories of their exploration and
   trend queries and the ``bestseller_categories`` categories new to them that buyers of
-  their categories most often also buy (category transition). A buyer without history
-  gets the overall best-sellers: the cold-start path.
+  their categories most often also buy (category transition), and the
+  ``overall_bestsellers`` best-sellers of the whole catalog (for a buyer without history
+  all there is: the cold-start path).
 
 Features (:func:`features`) are computed as of the run date from the events up to it
 and are what the learned ranker (``jobs/ranker.py``) trains on and ``jobs/rank.py``
@@ -37,12 +38,12 @@ from pyspark.sql.window import Window
 
 from jobs import tables
 from jobs.config import CandidatesConf, Config
+from udfs.ranking import CHANNELS
 
 log = logging.getLogger(__name__)
 
 CANDIDATES = "gold.candidates"
 FEATURES = "gold.candidate_features"
-CHANNELS = ("repeat", "collaborative", "query", "trend", "bestseller")
 # Weight of one event in the repeat and collaborative channels (and the ALS baseline's
 # confidence); other event types (search, cancel) count nothing.
 EVENT_WEIGHTS = {"purchase": 4.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 1.0}
@@ -295,14 +296,13 @@ def bestseller_channel(
     chosen: DataFrame,
     transitions: DataFrame,
     bestsellers: DataFrame,
-    cold_users: DataFrame,
     cc: CandidatesConf,
 ) -> DataFrame:
     """Best-sellers of the categories chosen for each buyer (see the module docstring).
 
     ``chosen``: (user_id, leaf_category) from the buyer's exploration and trend queries;
     ``transitions``: :func:`transition_scores`; ``bestsellers``: (item_id, leaf_category,
-    buyers, category_rank); ``cold_users``: buyers without history.
+    buyers, category_rank).
     """
     by_transition = Window.partitionBy("user_id").orderBy(F.desc("category_transition"), "leaf_category")
     likely = (
@@ -321,15 +321,22 @@ def bestseller_channel(
     scored = cats.join(top, "leaf_category").select(
         "user_id", "item_id", "leaf_category", (F.col("_p") / F.col("category_rank")).alias("channel_score")
     )
+    # The overall best-sellers: for every buyer (below their chosen categories' own), and
+    # all a buyer without history gets.
     overall = Window.orderBy(F.desc("buyers"), "item_id")
     top_overall = (
         bestsellers.withColumn("_r", F.row_number().over(overall))
-        .filter(F.col("_r") <= cc.bestseller_per_category * max(cc.bestseller_categories, 1))
-        .select("item_id", "leaf_category", (1.0 / F.col("_r")).alias("channel_score"))
-    )
-    cold = cold_users.crossJoin(F.broadcast(top_overall))
+        .filter(F.col("_r") <= cc.overall_bestsellers)
+        .select("item_id", "leaf_category", (1.0 / (F.col("_r") + cc.bestseller_per_category)).alias("channel_score"))
+    )  # fmt: skip
+    everyone = users.crossJoin(F.broadcast(top_overall))
     reason = F.concat(F.lit("Best-seller in "), F.col("leaf_category"))
-    return _ranked(scored.unionByName(cold), "bestseller", cc.bestseller_per_user, reason)
+    both = (
+        scored.unionByName(everyone)
+        .groupBy("user_id", "item_id", "leaf_category")
+        .agg(F.max("channel_score").alias("channel_score"))
+    )
+    return _ranked(both, "bestseller", cc.bestseller_per_user, reason)
 
 
 def category_bestsellers(events: DataFrame, categories: DataFrame, since: dt.date) -> DataFrame:
@@ -347,30 +354,51 @@ def category_bestsellers(events: DataFrame, categories: DataFrame, since: dt.dat
 
 
 def _channel_columns(cands: DataFrame) -> DataFrame:
-    """One row per (user, item): each channel's score and rank, the channels, a reason."""
+    """One row per (user, item): each channel's score and rank, the number of channels and
+    each channel's reason (``reasons``: channel -> reason; ``udfs.ranking.shown_channel``
+    picks the one a list shows)."""
     aggs = []
     for c in CHANNELS:
         aggs.append(F.max(F.when(F.col("channel") == c, F.col("channel_score"))).alias(f"{c}_score"))
         aggs.append(F.min(F.when(F.col("channel") == c, F.col("channel_rank"))).alias(f"{c}_rank"))
-    # The channel that brought the item (its reason shown): repeat for an own item, else
-    # the channel where it ranks highest, ties in CHANNELS order.
-    order = F.create_map(*[x for i, c in enumerate(CHANNELS) for x in (F.lit(c), F.lit(i))])
-    key = F.struct(
-        (F.col("channel") != "repeat").cast("int").alias("a"),
-        F.col("channel_rank").alias("b"),
-        order[F.col("channel")].alias("c"),
-        F.col("channel").alias("channel"),
-        F.col("reason").alias("reason"),
+    return cands.groupBy("user_id", "item_id").agg(
+        *aggs,
+        F.count("*").cast("double").alias("n_channels"),
+        F.map_from_entries(F.collect_list(F.struct("channel", "reason"))).alias("reasons"),
     )
-    return (
-        cands.groupBy("user_id", "item_id")
-        .agg(
-            *aggs,
-            F.count("*").cast("double").alias("n_channels"),
-            F.min(key).alias("_first"),
-        )
-        .select("*", F.col("_first.channel").alias("channel"), F.col("_first.reason").alias("reason"))
-        .drop("_first")
+
+
+ITEM_FEATURES = ("log_buyers", "log_recent_buyers", "buyer_trend", "category_rank", "category_buyer_share")
+
+
+def item_features(
+    events: DataFrame, categories: DataFrame, as_of: dt.date, cc: CandidatesConf, horizon_days: int
+) -> DataFrame:
+    """``(item_id, *ITEM_FEATURES)`` for every item of ``categories``, as of ``as_of``: log
+    buyers overall and in the last ``recent_days``, their ratio per day (> 1: rising), the
+    best-seller rank in the category over ``popularity_days`` (null: not bought there) and
+    the item's share of its category's buyers."""
+    recent_since = as_of - dt.timedelta(days=cc.recent_days - 1)
+    ranks = category_bestsellers(events, categories, as_of - dt.timedelta(days=cc.popularity_days - 1))
+    counts = (
+        categories.select("item_id", "leaf_category")
+        .join(item_buyers(events).withColumnRenamed("buyers", "_all"), "item_id", "left")
+        .join(item_buyers(events, recent_since).withColumnRenamed("buyers", "_recent"), "item_id", "left")
+        .join(ranks.select("item_id", "category_rank"), "item_id", "left")
+        .fillna(0, ["_all", "_recent"])
+    )
+    per_category = Window.partitionBy("leaf_category")
+    return counts.select(
+        "item_id",
+        F.log1p("_all").cast("double").alias("log_buyers"),
+        F.log1p("_recent").cast("double").alias("log_recent_buyers"),
+        ((F.col("_recent") / cc.recent_days + 0.1) / (F.col("_all") / horizon_days + 0.1)).alias(
+            "buyer_trend"
+        ),
+        F.col("category_rank").cast("double").alias("category_rank"),
+        (F.col("_all") / F.greatest(F.sum("_all").over(per_category), F.lit(1)))
+        .cast("double")
+        .alias("category_buyer_share"),
     )
 
 
@@ -441,23 +469,12 @@ def features(
         user_cats.select("user_id", "leaf_category"), category_transitions(user_cats.select("user_id", "leaf_category"))
     )  # fmt: skip
 
-    # Popularity as of the run date.
-    recent_since = as_of - dt.timedelta(days=cc.recent_days - 1)
-    popular = (
-        item_buyers(events)
-        .withColumnRenamed("buyers", "_all")
-        .join(item_buyers(events, recent_since).withColumnRenamed("buyers", "_recent"), "item_id", "left")
-        .join(category_bestsellers(events, cats, as_of - dt.timedelta(days=cc.popularity_days - 1)), "item_id", "left")
-        .drop("leaf_category")
-    )  # fmt: skip
-    cat_total = popular.join(cats, "item_id").groupBy("leaf_category").agg(F.sum("_all").alias("_cat_all"))
     days = conf.aggregate.horizon_days
     out = (
         base.join(own, ["user_id", "item_id"], "left")
         .join(shares, ["user_id", "leaf_category"], "left")
         .join(transitions, ["user_id", "leaf_category"], "left")
-        .join(popular, "item_id", "left")
-        .join(cat_total, "leaf_category", "left")
+        .join(item_features(events, cats, as_of, cc, days), "item_id", "left")
         .select(
             "*",
             F.coalesce(F.datediff(F.lit(as_of), "_last_purchase"), F.lit(days))
@@ -468,16 +485,6 @@ def features(
             .alias("days_since_event"),
             F.col("own_events").isNull().cast("double").alias("is_new_item"),
             F.col("category_share").isNull().cast("double").alias("is_new_category"),
-            F.log1p(F.coalesce("_all", F.lit(0))).alias("log_buyers"),
-            F.log1p(F.coalesce("_recent", F.lit(0))).alias("log_recent_buyers"),
-            # Recent buyers per day against the whole horizon's, > 1 when rising.
-            (
-                (F.coalesce("_recent", F.lit(0)) / cc.recent_days + 0.1)
-                / (F.coalesce("_all", F.lit(0)) / days + 0.1)
-            ).alias("buyer_trend"),
-            (F.coalesce("_all", F.lit(0)) / F.greatest(F.coalesce("_cat_all", F.lit(1)), F.lit(1))).alias(
-                "category_buyer_share"
-            ),
         )  # fmt: skip
         .fillna(
             0.0,
@@ -492,7 +499,6 @@ def features(
                 "is_exploration_query",
             ],
         )  # fmt: skip
-        .withColumn("category_rank", F.col("category_rank").cast("double"))
         .withColumn("norm_title", normalised_title(F.col("title")))
         .withColumn("as_of", F.lit(as_of))
     )
@@ -504,8 +510,7 @@ def features(
         "title",
         "norm_title",
         "leaf_category",
-        "channel",
-        "reason",
+        "reasons",
         "query_kind",
         "query",
     ]
@@ -534,8 +539,6 @@ def generate(spark: SparkSession, conf: Config, as_of: dt.date) -> DataFrame:
     titles = tables.read(spark, conf, "silver.item_profiles").select(
         "item_id", F.coalesce("short_title", "title").alias("title")
     )
-    history = weighted_events(events).select("user_id").distinct()
-    cold = users.join(history, "user_id", "left_anti")
     user_cats = weighted_events(events).join(cats, "item_id").select("user_id", "leaf_category").distinct()
     transitions = transition_scores(user_cats, category_transitions(user_cats))
     if tables.exists(spark, conf, "gold.user_queries"):
@@ -551,7 +554,7 @@ def generate(spark: SparkSession, conf: Config, as_of: dt.date) -> DataFrame:
     parts = [
         repeat_channel(events, users, as_of, cc),
         collaborative_channel(events, users, titles, cc),
-        bestseller_channel(users, chosen, transitions, bestsellers, cold, cc),
+        bestseller_channel(users, chosen, transitions, bestsellers, cc),
     ]
     if tables.exists(spark, conf, "gold.q2i_candidates"):
         parts.append(
@@ -596,7 +599,19 @@ def write_features(
     """Replace the ``as_of`` partition of ``gold.candidate_features``; ``prune``: drop the run
     dates more than ``candidates.keep_days`` before ``as_of``."""
     keep_from = as_of - dt.timedelta(days=conf.candidates.keep_days)
-    if tables.exists(spark, conf, FEATURES):
+    # Files by user range: a lookup of a few buyers (the nearline's) skips the others.
+    feats = feats.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
+
+    def columns(schema) -> list[tuple[str, str]]:
+        return [(f.name, f.dataType.simpleString()) for f in schema]
+
+    if tables.exists(spark, conf, FEATURES) and columns(tables.read(spark, conf, FEATURES).schema) != columns(
+        feats.schema
+    ):
+        log.warning("candidates: %s was written by another version (other columns): its history is dropped",
+                    FEATURES)  # fmt: skip
+        tables.overwrite(feats, conf, FEATURES, partition_by=["as_of"])
+    elif tables.exists(spark, conf, FEATURES):
         tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'")
         if prune:
             tables.delete_where(spark, conf, FEATURES, f"as_of < '{keep_from}'")

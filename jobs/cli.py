@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--stop-after-idle", type=float, default=None, metavar="SECONDS",
                    help="stop when no new events arrived for this long (default: run until stopped)")  # fmt: skip
     n.add_argument("--max-seconds", type=float, default=None, help="stop after this long")
+    x = sub.add_parser(
+        "explain",
+        help="one buyer: digest, portrait, CFV, demand queries and the list with channels and drivers",
+    )
+    _add_common(x)
+    x.add_argument("--user", required=True, help="the buyer's user_id")
     g = sub.add_parser("generate", help="write synthetic events and items (generic format, Parquet)")
     g.add_argument("--users", type=int, required=True)
     g.add_argument("--days", type=int, required=True)
@@ -192,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from jobs.ingest import IngestError
+    from jobs.ranker import RankerError
     from jobs.session import get_spark
 
     spark = get_spark(conf)
@@ -203,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             events.write.mode("overwrite").parquet(f"{args.out}/events")
             items.write.mode("overwrite").parquet(f"{args.out}/items")
             print(f"generate: wrote {args.out}/events and {args.out}/items", flush=True)
+        elif args.command == "explain":
+            from jobs.explain import explain
+
+            print(explain(spark, conf, args.user), flush=True)
         elif args.command == "nearline":
             from jobs import nearline
 
@@ -229,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         else:
             run_stages(spark, conf, [args.command])
-    except (IngestError, ConfigError, FileNotFoundError, ValueError) as e:
+    except (IngestError, ConfigError, RankerError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

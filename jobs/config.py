@@ -347,17 +347,6 @@ class Q2IConf(_Strict):
     per_query: int = Field(20, ge=1)
 
 
-class RankWeights(_Strict):
-    """Weight of each named score component of the nearline's interim scoring
-    (jobs/nearline/scoring.py); set one with ``--set nearline.weights.popularity=0.5``."""
-
-    relevance: float = 1.0
-    personalisation: float = 0.5
-    discovery: float = 0.3
-    trend: float = 0.2
-    popularity: float = 1.0
-
-
 class CandidatesConf(_Strict):
     """jobs/candidates: the channels' items per buyer, and their features."""
 
@@ -376,7 +365,9 @@ class CandidatesConf(_Strict):
     # this many categories new to them that their categories' buyers also buy.
     bestseller_categories: int = Field(3, ge=0)
     bestseller_per_category: int = Field(10, ge=1)
-    bestseller_per_user: int = Field(60, ge=1)
+    bestseller_per_user: int = Field(80, ge=1)
+    # ... and this many best-sellers of the whole catalog, for every buyer.
+    overall_bestsellers: int = Field(30, ge=0)
     # Best-sellers count buyers of the last popularity_days; "recent" buyers the last recent_days.
     popularity_days: int = Field(90, ge=1)
     recent_days: int = Field(28, ge=1)
@@ -427,12 +418,8 @@ class RankConf(_Strict):
     discovery_share: float | None = Field(None, ge=0, le=1)
     # Items with the same normalised title (another size or pack) count once per list.
     dedup_titles: bool = True
-    weights: RankWeights = RankWeights()
     # At most this many items of one category in a user's list.
     max_per_category: int = Field(5, ge=1)
-    # Items the user bought before: exclude, demote (score x bought_factor) or keep.
-    bought: Literal["exclude", "demote", "keep"] = "demote"
-    bought_factor: float = Field(0.5, ge=0, le=1)
 
 
 class NearlineConf(_Strict):
@@ -465,11 +452,6 @@ class NearlineConf(_Strict):
     # Spark stops a Python worker after a minute without work, and the embedding model
     # and shards go with it; a small job every this many idle seconds keeps them (0 = off).
     keep_warm_s: float = Field(30.0, ge=0, lt=60)
-    # The nearline's own scoring of its query candidates (jobs/nearline/scoring.py) until it
-    # calls the batch ranking: component weights, and items the buyer bought before.
-    weights: RankWeights = RankWeights()
-    bought: Literal["exclude", "demote", "keep"] = "demote"
-    bought_factor: float = Field(0.5, ge=0, le=1)
     # Every this many seconds the stream looks for a newer batch run (a new version of
     # gold.recommendations) and loads its features in the background (0 = never: restart
     # the stream after a batch run).
@@ -545,6 +527,10 @@ class EvaluateConf(_Strict):
     report_dir: str = "reports"
     # Also run the evaluation at the end of `discovery pipeline` (the daily run does not
     # need it; `discovery pipeline --with-evaluation` asks for it once).
+    # The repeat / explore trade-off curve (jobs/evaluate/tradeoff.py): repeat slots R in
+    # tradeoff_steps + 1 steps from 0 to k.
+    tradeoff: bool = True
+    tradeoff_steps: int = Field(4, ge=1)
     in_pipeline: bool = False
 
     @field_validator("ks")

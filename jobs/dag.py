@@ -97,6 +97,7 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "gold.evaluation_lists",
             "gold.evaluation_cuts",
             "gold.evaluation_tuning",
+            "gold.evaluation_tradeoff",
         ),
     ),
 }

@@ -35,8 +35,7 @@ PASSED = (
     "title",
     "norm_title",
     "leaf_category",
-    "channel",
-    "reason",
+    "reasons",
     "query_kind",
     "query",
 )

@@ -98,15 +98,31 @@ def load_model(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[Ra
             "train it again with `discovery train`"
         )
     explore = Path(row["path"]) / "explore.json"
-    ranker = Ranker(path.read_bytes(), explore.read_bytes() if explore.exists() else None, tuple(FEATURE_COLUMNS))
+    ranker = Ranker(
+        path.read_bytes(), explore.read_bytes() if explore.exists() else None, tuple(FEATURE_COLUMNS)
+    )
     return ranker, row
 
 
-def training_day(spark: SparkSession, conf: Config, run_date: dt.date) -> dt.date | None:
-    """The newest run date of the candidate history at least ``label_days`` before ``run_date``."""
+def label_days(spark: SparkSession, conf: Config, run_date: dt.date) -> int:
+    """``ranker.label_days``, or half the history when the events cover less than twice that
+    (a young warehouse still gets a model, from a shorter label window)."""
+    first = tables.read(spark, conf, "bronze.events").agg(F.min("dt")).collect()[0][0]
+    history = (run_date - first).days if first is not None else 0
+    days = conf.ranker.label_days
+    if history < 2 * days:
+        short = max(1, history // 2)
+        log.warning("train: the events cover %d days, less than twice ranker.label_days (%d): labels from "
+                    "the next %d days", history, days, short)  # fmt: skip
+        return short
+    return days
+
+
+def training_day(spark: SparkSession, conf: Config, run_date: dt.date, days: int) -> dt.date | None:
+    """The newest run date of the candidate history at least ``days`` before ``run_date``."""
     if not tables.exists(spark, conf, FEATURES):
         return None
-    latest = run_date - dt.timedelta(days=conf.ranker.label_days)
+    latest = run_date - dt.timedelta(days=days)
     return (
         tables.read(spark, conf, FEATURES)
         .filter(F.col("as_of") <= F.lit(latest))
@@ -135,11 +151,11 @@ def bootstrap_history(spark: SparkSession, conf: Config, day: dt.date) -> None:
 
 
 def labelled(
-    spark: SparkSession, conf: Config, day: dt.date, run_date: dt.date
+    spark: SparkSession, conf: Config, day: dt.date, run_date: dt.date, days: int
 ) -> tuple[DataFrame, DataFrame]:
-    """(the candidates of ``day`` with ``label``, the purchases of the label window per buyer:
-    user_id, bought = distinct items)."""
-    end = min(day + dt.timedelta(days=conf.ranker.label_days), run_date)
+    """(the candidates of ``day`` with ``label``: bought in the ``days`` after it, on or before
+    ``run_date``; the purchases of that window per buyer: user_id, bought = distinct items)."""
+    end = min(day + dt.timedelta(days=days), run_date)
     purchases = (
         tables.read(spark, conf, "bronze.events")
         .filter(
@@ -173,12 +189,13 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
     with_pos = rows.groupBy("user_id").agg(F.max("label").alias("_any")).filter("_any > 0").select("user_id")
     # xgboost wants integer group ids in non-decreasing order within each partition.
     qids = with_pos.withColumn("qid", F.row_number().over(Window.orderBy("user_id")).cast("int"))
+    # Rows in a fixed order (qid, item): the same data gives the same model on any cluster.
     train = (
         rows.join(qids, "user_id")
         .withColumn("is_holdout", _holdout(conf))
-        .select("qid", "label", "is_holdout", *FEATURE_COLUMNS)
         .repartition(workers, "qid")
-        .sortWithinPartitions("qid")
+        .sortWithinPartitions("qid", "item_id")
+        .select("qid", "label", "is_holdout", *FEATURE_COLUMNS)
     )
     ranker = SparkXGBRanker(
         features_col=list(FEATURE_COLUMNS),
@@ -264,21 +281,22 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
                  current["model_id"], current["run_date"], rc.max_age_days)  # fmt: skip
         return {"trained": 0}
     t0 = time.perf_counter()
-    day = training_day(spark, conf, run_date)
+    days = label_days(spark, conf, run_date)
+    day = training_day(spark, conf, run_date, days)
     if day is None:
-        day = run_date - dt.timedelta(days=rc.label_days)
+        day = run_date - dt.timedelta(days=days)
         bootstrap_history(spark, conf, day)
-    rows, bought = labelled(spark, conf, day, run_date)
+    rows, bought = labelled(spark, conf, day, run_date, days)
     rows = rows.localCheckpoint()
     stats = rows.agg(F.count("*"), F.countDistinct("user_id"), F.sum("label")).collect()[0]
     n_rows, n_users, n_pos = int(stats[0]), int(stats[1]), int(stats[2] or 0)
     if n_pos == 0:
         raise RankerError(
-            f"train: none of the {n_rows:,} candidates of {day} was bought in the {rc.label_days} days after: "
+            f"train: none of the {n_rows:,} candidates of {day} was bought in the {days} days after: "
             "nothing to learn from (more history, or a shorter ranker.label_days)"
         )
     log.info("train: candidates of %s: %s rows, %s buyers, %s bought in the next %d days; fitting SparkXGBRanker",
-             day, f"{n_rows:,}", f"{n_users:,}", f"{n_pos:,}", rc.label_days)  # fmt: skip
+             day, f"{n_rows:,}", f"{n_users:,}", f"{n_pos:,}", days)  # fmt: skip
     model = fit(spark, conf, rows)
     # The explore head: the same features, trained on new-category candidates only.
     explore_rows = rows.filter(F.col("is_new_category") > 0)
@@ -299,7 +317,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     best_iteration = _best_iteration(model)
     meta = {
         "model_id": model_id, "features": list(FEATURE_COLUMNS), "train_as_of": str(day),
-        "label_days": rc.label_days, "run_date": str(run_date), "objective": rc.objective,
+        "label_days": days, "run_date": str(run_date), "objective": rc.objective,
         "repeat_share": repeat_share, "discovery_share": discovery_share, "best_iteration": best_iteration,
         "explore_head": explore is not None, "explore_positives": n_explore,
         "rows": n_rows, "users": n_users, "positives": n_pos,
@@ -316,7 +334,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
         tracker.artifacts(mrun["run_id"], folder, "model")
     row = {
         "model_id": model_id, "path": str(folder), "trained_at": trained_at, "run_date": run_date,
-        "train_as_of": day, "label_end": min(day + dt.timedelta(days=rc.label_days), run_date),
+        "train_as_of": day, "label_end": min(day + dt.timedelta(days=days), run_date),
         "features": list(FEATURE_COLUMNS), "repeat_share": repeat_share, "discovery_share": discovery_share,
         "holdout_recall": float(chosen["recall"]), "holdout_new_category_hit": float(chosen["new_category_hit"]),
         "holdout_users": int(chosen["users"]), "best_iteration": best_iteration, "rows": n_rows,

@@ -52,3 +52,31 @@ def conf_factory(tmp_path):
 def _repo_cwd(monkeypatch):
     # Relative paths in conf (data/online_retail/...) resolve from the repo root.
     monkeypatch.chdir(REPO)
+
+
+@pytest.fixture(scope="session")
+def pipeline_warehouse(spark, tmp_path_factory):
+    """The whole daily pipeline (heuristic agents) on a small synthetic warehouse: 24 buyers,
+    60 days; built once per test run. Tests that change it add only their own tables or
+    events of their own users."""
+    import json
+
+    from jobs.cli import daily_stages, run_stages
+    from jobs.config import load_config
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    source = {"name": "syn", "format": "synthetic", "users": 24, "days": 60, "seed": 5}
+    conf = load_config(
+        overrides=[
+            f"storage.root={tmp / 'warehouse'}",
+            "spark.shuffle_partitions=2",
+            f"ingest.sources=[{json.dumps(source)}]",
+            "trends.sources=[]",
+            "tracking.enabled=false",
+            "rank.top_k=5",
+            "q2i.k=10",
+            "nearline.tasks=1",
+        ]
+    )
+    run_stages(spark, conf, daily_stages())
+    return conf

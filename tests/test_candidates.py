@@ -77,7 +77,7 @@ def test_category_transitions_and_the_buyers_scores_for_categories_new_to_them(s
     assert got[("x", "toys")] == pytest.approx(1 / 6) and ("x", "tea") not in got
 
 
-def test_bestseller_channel_fills_chosen_categories_and_gives_cold_buyers_the_overall_best(spark):
+def test_bestseller_channel_fills_chosen_categories_and_the_overall_best_for_everyone(spark):
     best = spark.createDataFrame(
         [("t1", "toys", 9, 1), ("t2", "toys", 5, 2), ("c1", "cups", 20, 1), ("c2", "cups", 1, 2)],
         "item_id string, leaf_category string, buyers long, category_rank int",
@@ -86,12 +86,14 @@ def test_bestseller_channel_fills_chosen_categories_and_gives_cold_buyers_the_ov
     no_transitions = spark.createDataFrame(
         [], "user_id string, leaf_category string, category_transition double"
     )
-    cc = CandidatesConf(bestseller_per_category=1, bestseller_categories=1)
-    got = candidates.bestseller_channel(
-        _users(spark, "u", "new"), chosen, no_transitions, best, _users(spark, "new"), cc
-    ).collect()
+    cc = CandidatesConf(bestseller_per_category=1, bestseller_categories=1, overall_bestsellers=1)
+    got = candidates.bestseller_channel(_users(spark, "u", "new"), chosen, no_transitions, best, cc).collect()
     rows = {(r.user_id, r.item_id): r for r in got}
-    assert set(rows) == {("u", "t1"), ("new", "c1")}
+    # u: toys' best-seller (score 1 / rank 1) above the catalog's (1 / (1 + per category));
+    # a buyer without history (no chosen category) gets the catalog's best-seller only.
+    assert set(rows) == {("u", "t1"), ("u", "c1"), ("new", "c1")}
+    assert (rows[("u", "t1")].channel_rank, rows[("u", "c1")].channel_rank) == (1, 2)
+    assert rows[("u", "c1")].channel_score == pytest.approx(0.5)
     assert rows[("u", "t1")].reason == "Best-seller in toys"
 
 

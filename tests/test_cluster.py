@@ -369,8 +369,9 @@ def test_pipeline_on_standalone_cluster_matches_local(standalone_cluster, bronze
     cluster_root = _with_bronze(bronze_root, tmp_path / "cluster")
     app_name = f"{APP_NAME}-pipeline"
     out = _local_and_cluster(
-        standalone_cluster, ["pipeline", "--restart", "--only", *PIPELINE_STAGES], local_root, cluster_root,
-        app_name, tmp_path, timeout=600,
+        standalone_cluster,
+        ["pipeline", "--restart", "--only", *PIPELINE_STAGES, "--set", "ranker.num_workers=2"],
+        local_root, cluster_root, app_name, tmp_path, timeout=900,
     )  # fmt: skip
     n = len(PIPELINE_STAGES)
     for i, stage in enumerate(PIPELINE_STAGES, 1):
@@ -407,3 +408,35 @@ def test_pipeline_on_standalone_cluster_matches_local(standalone_cluster, bronze
     )
     users = len({k[0] for k in local})
     print(f"same {len(local):,} recommendations for {users:,} users and {queries:,} user queries both ways")
+
+    # The ranker trained with two xgboost workers on the cluster's two workers scores as the
+    # local one, and the copy MLflow keeps of it scores as the file rank read.
+    import mlflow.artifacts
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from jobs.candidates import FEATURE_COLUMNS
+    from jobs.config import load_config
+    from jobs.tracking import tracking_uri
+    from udfs.ranking import score
+
+    local_model, cluster_model = (
+        t.orderBy(F.desc("trained_at")).first() for t in _tables(spark, local_root, cluster_root, "gold.ranker_models")
+    )  # fmt: skip
+    sample = (
+        _tables(spark, local_root, cluster_root, "gold.candidate_features")[0]
+        .orderBy("user_id", "item_id").limit(500).toPandas()
+    )  # fmt: skip
+    features = list(FEATURE_COLUMNS)
+    local_bytes = (Path(local_model["path"]) / "model.json").read_bytes()
+    cluster_bytes = (Path(cluster_model["path"]) / "model.json").read_bytes()
+    assert np.allclose(
+        score(sample, local_bytes, features), score(sample, cluster_bytes, features), atol=1e-5
+    )
+    copy = mlflow.artifacts.download_artifacts(
+        run_id=cluster_model["mlflow_run_id"], artifact_path="model/model.json", dst_path=str(tmp_path / "mlflow"),
+        tracking_uri=tracking_uri(load_config(overrides=[f"storage.root={cluster_root}"])),
+    )  # fmt: skip
+    assert np.array_equal(
+        score(sample, Path(copy).read_bytes(), features), score(sample, cluster_bytes, features)
+    )

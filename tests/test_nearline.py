@@ -11,8 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs import nearline, tables
-from jobs.cli import STAGES, run_stages
-from jobs.config import load_config
+from jobs.cli import run_stages
 
 
 class Crash(RuntimeError):
@@ -20,23 +19,8 @@ class Crash(RuntimeError):
 
 
 @pytest.fixture(scope="module")
-def warehouse(spark, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("nearline")
-    source = {"name": "syn", "format": "synthetic", "users": 24, "days": 60, "seed": 5}
-    conf = load_config(
-        overrides=[
-            f"storage.root={tmp / 'warehouse'}",
-            "spark.shuffle_partitions=2",
-            f"ingest.sources=[{json.dumps(source)}]",
-            "trends.sources=[]",
-            "tracking.enabled=false",
-            "rank.top_k=5",
-            "q2i.k=10",
-            "nearline.tasks=1",
-        ]
-    )
-    run_stages(spark, conf, [s for s, _ in STAGES if s != "evaluate"])
-    return conf
+def warehouse(pipeline_warehouse):
+    return pipeline_warehouse
 
 
 def _append(spark, conf, rows):
@@ -104,9 +88,8 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
     assert rows[a]["trigger_event_id"] == "n1" and rows[a]["trigger_type"] == "purchase"
     listed = rows[a]["items"]
     assert 0 < len(listed) <= 5 and [i["position"] for i in listed] == list(range(1, len(listed) + 1))
-    assert all(i["reason"] for i in listed)
-    scores = [i["score"] for i in listed]
-    assert scores == sorted(scores, reverse=True)
+    assert all(i["reason"] and i["channel"] for i in listed)
+    assert len({i["item_id"] for i in listed}) == len(listed)
 
     # 2. Crash before the MERGE: nothing is written, and the restart replays the batch.
     real_merge = nearline.BatchHandler._merge
@@ -181,6 +164,33 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
     log = tables.read(spark, conf, nearline.BATCHES)
     assert log.count() == log.select("batch_id").distinct().count()
     assert log.agg(F.sum("events")).collect()[0][0] == 4
+
+
+def test_a_buyer_without_fresh_events_gets_the_batch_list_from_the_nearline_refresh(spark, warehouse):
+    """Batch and nearline rank through one function: the same buyer with the same inputs
+    (no event after the batch run) gets the same list, channels and reasons from both."""
+    import pandas as pd
+
+    from jobs.nearline.refresh import INPUT_COLUMNS, refresh_users
+    from jobs.nearline.state import load
+
+    conf = warehouse
+    state, items = load(spark, conf)
+    batch = tables.read(spark, conf, "gold.recommendations").toPandas()
+    quiet = sorted(set(batch["user_id"]) - set(state.fresh_items) - set(state.fresh_searches))[-3:]
+    assert quiet, "no buyer without fresh events"
+    settings = nearline.settings_from_conf(spark, conf)
+    stored = nearline.stored_candidates(spark, conf, state.run_date, quiet)
+    rows = pd.DataFrame([{**state.inputs(u, state.run_date), "candidates_json": stored[u]} for u in quiet])[
+        list(INPUT_COLUMNS)
+    ]
+    out = refresh_users(rows, settings, items)
+    assert out["u2q_error"].isna().all(), out["u2q_error"].tolist()
+    for r in out.to_dict("records"):
+        got = [(i["position"], i["item_id"], i["channel"], i["reason"]) for i in json.loads(r["items_json"])]
+        mine = batch[batch["user_id"] == r["user_id"]].sort_values("position")
+        expected = list(zip(mine["position"], mine["item_id"], mine["channel"], mine["reason"], strict=True))
+        assert got == expected, r["user_id"]
 
 
 def test_sigkill_of_the_whole_stream_mid_batch_loses_and_duplicates_nothing(spark, warehouse, tmp_path):
@@ -285,10 +295,12 @@ def test_a_new_batch_run_is_picked_up_without_a_restart(spark, warehouse, tmp_pa
     query, handler = nearline.start(spark, conf)
     try:
         first_run = handler.state.run_date
-        # A batch run for the next day: rank rewrites gold.recommendations.
+        # A batch run for the next day: candidates and rank rewrite gold.recommendations.
         next_day = first_run + dt.timedelta(days=1)
         run_stages(
-            spark, conf.model_copy(update={"run": conf.run.model_copy(update={"date": next_day})}), ["rank"]
+            spark,
+            conf.model_copy(update={"run": conf.run.model_copy(update={"date": next_day})}),
+            ["candidates", "rank"],
         )
         assert _wait(query, lambda: handler.reloads == 1, timeout=180), query.exception()
         assert handler.state.run_date == next_day

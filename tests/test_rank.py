@@ -12,7 +12,6 @@ import pytest
 from jobs import rank, ranker, tables
 from jobs.candidates import FEATURE_COLUMNS
 from jobs.config import load_config
-from jobs.nearline import scoring
 from udfs.ranking import ListRules, Ranker, rank_users
 
 RUN = dt.date(2024, 5, 1)
@@ -36,7 +35,8 @@ def _candidates(n_users=3, per_user=12, seed=2):
             row.update(own_events=float(i % 3 == 0), own_purchases=float(i % 6 == 0),
                        is_new_category=float(i % 4 == 1), is_new_item=float(i % 3 != 0))  # fmt: skip
             row.update(user_id=f"u{u}", item_id=f"i{i:02d}", title=f"Item {i}", norm_title=f"item {i % 9}",
-                       leaf_category=f"c{i % 5}", channel="query", reason="why", query_kind="personal", query="q")  # fmt: skip
+                       leaf_category=f"c{i % 5}", query_kind="personal", query="q",
+                       reasons={"query": f"q{i}", "collaborative": f"c{i}", "repeat": f"r{i}"})  # fmt: skip
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -52,7 +52,8 @@ def test_the_spark_rank_lists_what_the_shared_per_buyer_function_lists(spark):
         got.sort_values(key).reset_index(drop=True),
         expected.sort_values(key).reset_index(drop=True),
     )
-    assert got[["user_id", "position", "item_id"]].equals(expected[["user_id", "position", "item_id"]])
+    cols = ["user_id", "position", "item_id", "channel", "reason"]
+    assert got[cols].equals(expected[cols])
     assert np.allclose(got["score"], expected["score"])
     assert (got.groupby("user_id").size() == 6).all()
     # Near-duplicates (the same normalised title) appear once per list.
@@ -104,12 +105,3 @@ def test_list_rules_take_the_trained_quotas_unless_the_profile_sets_them(store):
     assert rank.list_rules(store, row) == ListRules(20, 0.5, 0.2, 5, True)
     conf = store.model_copy(update={"rank": store.rank.model_copy(update={"discovery_share": 0.4})})
     assert rank.list_rules(conf, row).discovery_share == 0.4
-
-
-def test_nearline_popularity_is_log_buyers_over_the_most_bought(spark):
-    bought = spark.createDataFrame(
-        [("u1", "A"), ("u2", "A"), ("u3", "A"), ("u1", "B")], "user_id string, item_id string"
-    )
-    pop = {r.item_id: r.popularity for r in scoring.item_popularity(bought).collect()}
-    # A: 3 buyers -> log(4)/log(4) = 1; B: 1 buyer -> log(2)/log(4) = 0.5
-    assert pop == {"A": pytest.approx(1.0), "B": pytest.approx(0.5)}

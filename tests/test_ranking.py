@@ -141,3 +141,17 @@ def test_the_model_scores_rows_from_its_own_feature_columns_and_ranks_each_user_
     assert s[1] > s[0] and s[2] > s[3]
     listed = rank_users(c, Ranker(model, None, ("good", "noise")), ListRules(top_k=1))
     assert list(zip(listed["user_id"], listed["item_id"], strict=True)) == [("u1", "b"), ("u2", "c")]
+
+
+def test_the_shown_channel_is_repeat_for_an_own_item_else_the_one_ranking_it_highest():
+    from udfs.ranking import shown_channel, with_reason
+
+    nan = float("nan")
+    assert shown_channel({"repeat_rank": 40.0, "query_rank": 1.0}) == "repeat"
+    assert shown_channel({"repeat_rank": nan, "query_rank": 3.0, "bestseller_rank": 2.0}) == "bestseller"
+    # A tie goes to the earlier channel of CHANNELS (collaborative before query).
+    assert (
+        shown_channel({"collaborative_rank": 2.0, "query_rank": 2.0, "trend_rank": None}) == "collaborative"
+    )
+    listed = pd.DataFrame([{"query_rank": 1.0, "reasons": {"query": "You buy bags", "trend": "Rising"}}])
+    assert with_reason(listed)[["channel", "reason"]].values.tolist() == [["query", "You buy bags"]]

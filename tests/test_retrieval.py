@@ -1,4 +1,5 @@
-"""embed -> index -> q2i -> rank on a tiny warehouse with the real model and real FAISS shards."""
+"""embed -> index -> q2i -> the query channels on a tiny warehouse with the real model and
+real FAISS shards."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from jobs import embed, index, q2i, rank, tables
+from jobs import candidates, embed, index, q2i, tables
 from jobs.config import load_config
 from udfs.embedding import encode
 
@@ -83,7 +84,6 @@ def warehouse(spark, tmp_path_factory):
     embed.run(spark, conf)
     counts = index.run(spark, conf)
     q2i.run(spark, conf)
-    rank.run(spark, conf)
     return make, counts
 
 
@@ -127,20 +127,25 @@ def test_personalised_weighting_and_paths(spark, warehouse):
     assert all(r.cfv_match == 0.0 for (q, _), r in got.items() if q == "q3")
 
 
-def test_recommendations_for_every_user_with_queries(spark, warehouse):
+def test_query_channels_hold_every_user_with_queries_an_item_once_per_channel(spark, warehouse):
     make, _ = warehouse
     conf = make()
-    recs = tables.read(spark, conf, rank.RECOMMENDATIONS).collect()
-    by_user: dict[str, list] = {}
-    for r in recs:
-        by_user.setdefault(r.user_id, []).append(r)
-    assert set(by_user) == {"u1", "u2"}
-    for user, rows in by_user.items():
-        assert len(rows) == 4 and len({r.item_id for r in rows}) == 4, user
-        assert sorted(r.position for r in rows) == [1, 2, 3, 4]
-        assert all(r.reason and r.query for r in rows)
-    # u2 has no history: every category is new to it
-    assert {r.discovery for r in by_user["u2"]} == {1.0}
-    # u1 bought I0: demoted (x 0.5) but kept, flagged
-    bought = [r for r in by_user["u1"] if r.item_id == "I0"]
-    assert not bought or bought[0].bought is True
+    q2i_rows = tables.read(spark, conf, q2i.CANDIDATES)
+    users = q2i_rows.select("user_id").distinct()
+    got = candidates.query_channels(q2i_rows, users, limit=3).collect()
+    by = {}
+    for r in got:
+        by.setdefault((r.user_id, r.channel), []).append(r)
+    # u1's personal and exploration queries feed the query channel, u2's trend query the trend one.
+    assert set(by) == {("u1", "query"), ("u2", "trend")}
+    for key, rows in by.items():
+        assert sorted(r.channel_rank for r in rows) == [1, 2, 3], key  # the 3 best only
+        assert len({r.item_id for r in rows}) == 3 and all(r.reason for r in rows), key
+        scores = [r.channel_score for r in sorted(rows, key=lambda r: r.channel_rank)]
+        assert scores == sorted(scores, reverse=True), key
+    # An item found by both of u1's queries appears once, with its best query's score.
+    best = {}
+    for r in q2i_rows.filter("user_id = 'u1'").collect():
+        best[r.item_id] = max(best.get(r.item_id, -9.0), r.score)
+    for r in by[("u1", "query")]:
+        assert r.channel_score == pytest.approx(best[r.item_id], abs=1e-4)

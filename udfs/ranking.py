@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+# The candidate channels (jobs/candidates.py), in the order that breaks ties of the shown one.
+CHANNELS = ("repeat", "collaborative", "query", "trend", "bestseller")
+
 _BOOSTERS: dict[int, object] = {}  # hash of the model bytes -> Booster, per Python worker
 
 
@@ -122,10 +125,37 @@ class Ranker:
     features: tuple[str, ...]
 
 
+def shown_channel(row) -> str:
+    """The channel a listed item is shown as coming from: ``repeat`` when the repeat channel
+    proposed it (the buyer's own item), else the channel that ranks it highest, ties in
+    ``CHANNELS`` order. ``row``: a mapping with each channel's ``<channel>_rank`` (NaN or
+    None when the channel did not propose it)."""
+    best, best_rank = None, math.inf
+    for c in CHANNELS:
+        r = row.get(f"{c}_rank")
+        if r is None or (isinstance(r, float) and math.isnan(r)):
+            continue
+        if c == "repeat":
+            return c
+        if r < best_rank:
+            best, best_rank = c, r
+    return best or "bestseller"
+
+
+def with_reason(listed: pd.DataFrame) -> pd.DataFrame:
+    """+ ``channel`` (:func:`shown_channel`) and its ``reason`` from the row's ``reasons``
+    (channel -> reason)."""
+    records = listed.to_dict("records")
+    channels = [shown_channel(r) for r in records]
+    reasons = [dict(r.get("reasons") or {}).get(c) for r, c in zip(records, channels, strict=True)]
+    return listed.assign(channel=channels, reason=reasons)
+
+
 def rank_users(candidates: pd.DataFrame, ranker: Ranker, rules: ListRules) -> pd.DataFrame:
-    """The lists of every buyer in ``candidates`` (grouped by ``user_id``)."""
+    """The lists of every buyer in ``candidates`` (grouped by ``user_id``), each row with the
+    channel it is shown as coming from and that channel's reason."""
     if candidates.empty:
-        return fill(candidates, np.zeros(0), rules)
+        return with_reason(fill(candidates, np.zeros(0), rules))
     candidates = candidates.reset_index(drop=True)
     general = score(candidates, ranker.model, list(ranker.features))
     explore = None if ranker.explore is None else score(candidates, ranker.explore, list(ranker.features))
@@ -133,4 +163,4 @@ def rank_users(candidates: pd.DataFrame, ranker: Ranker, rules: ListRules) -> pd
     for _, g in candidates.groupby("user_id", sort=True):
         idx = g.index.to_numpy()
         parts.append(fill(g, general[idx], rules, None if explore is None else explore[idx]))
-    return pd.concat(parts, ignore_index=True)
+    return with_reason(pd.concat(parts, ignore_index=True))

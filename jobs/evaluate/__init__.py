@@ -54,7 +54,7 @@ from pyspark.sql import functions as F
 from jobs import tables
 from jobs.asof import asof_items, asof_stages, build_asof_warehouse, run_asof_pipeline
 from jobs.config import Config, EvaluateConf, derive
-from jobs.evaluate import baselines, bootstrap, metrics
+from jobs.evaluate import baselines, bootstrap, metrics, tradeoff
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ USERS = "gold.evaluation_users"
 LISTS = "gold.evaluation_lists"
 CUTS = "gold.evaluation_cuts"
 TUNING = "gold.evaluation_tuning"
+# cut x method (pipeline, own+cooccurrence) x repeat slots: recall and new-category hit at K.
+TRADEOFF = "gold.evaluation_tradeoff"
 PIPELINE = "pipeline"
 TUNING_SCHEMA = "baseline string, params string, score double, chosen boolean"
 # Outputs of the as-of run compared by the leakage test and shown in the report.
@@ -342,6 +344,7 @@ class CutResult:
     lists: DataFrame | None = None
     coverage: pd.DataFrame | None = None
     ops: dict | None = None
+    tradeoff: pd.DataFrame | None = None
 
 
 def evaluate_cut(
@@ -417,6 +420,16 @@ def evaluate_cut(
     per_user = metrics.per_user(recs, test, history, categories, vectors, purchases, ks).localCheckpoint()
     catalog = max(categories.select("item_id").distinct().count(), 1)
     summary = metrics.summarize(per_user, recs, catalog, ks).toPandas()
+    if ec.tradeoff:
+        slots = tradeoff.repeat_slots(ec.k, ec.tradeoff_steps)
+        curve_lists = tradeoff.pipeline_lists(spark, base_asof, users, ec.k, slots).unionByName(
+            tradeoff.mix_lists(
+                train_asof, users, ec.k, window.cut - dt.timedelta(days=1), slots, params.get("repeat")
+            )
+        )
+        curve_users = metrics.per_user(curve_lists, test, history, categories, vectors, purchases, [ec.k])
+        result.tradeoff = tradeoff.curve(curve_users, window.cut)
+        log.info("evaluate: %s: trade-off\n%s", window, result.tradeoff.to_string(index=False))
     result.per_user = per_user.withColumn("cut_date", F.lit(window.cut))
     result.lists = recs.withColumn("cut_date", F.lit(window.cut))
     result.coverage = summary[["method", "k", "coverage"]].assign(cut=str(window.cut))
@@ -568,6 +581,12 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
         if out_dir.exists():
             shutil.rmtree(out_dir)
         plots = report.write_plots(summary, out_dir, k=ec.k)
+        curves = [r.tradeoff for r in done if r.tradeoff is not None]
+        if curves:
+            curve_table = pd.concat(curves, ignore_index=True)
+            tables.overwrite(spark.createDataFrame(curve_table), conf, TRADEOFF)
+            curve_table.to_csv(out_dir / "tradeoff.csv", index=False)
+            plots["tradeoff"] = tradeoff.plot(curve_table, ec.k, out_dir / "tradeoff.png")
         summary.to_csv(out_dir / "evaluation.csv", index=False)
         if not tuning.empty:
             tuning.to_csv(out_dir / "tuning.csv", index=False)

@@ -602,6 +602,11 @@ def plot_caption(name: str, k: int = 20) -> str:
             f"Recall of repeat, new-item and new-category purchases at K={k}, mean over cuts; "
             "bars: 95 % interval."
         )
+    if name == "tradeoff":
+        return (
+            f"Recall@{k} against new-category hit@{k} as the repeat slots R go 0..{k}: the pipeline "
+            "against the buyer's own items + co-occurrence in the same slots, mean over cuts."
+        )
     return name
 
 

@@ -76,14 +76,12 @@ ITEM_TYPE = T.StructType(
         T.StructField("title", T.StringType()),
         T.StructField("leaf_category", T.StringType()),
         T.StructField("score", T.DoubleType()),
-        *[
-            T.StructField(c, T.DoubleType())
-            for c in ("relevance", "personalisation", "discovery", "trend", "popularity")
-        ],
-        T.StructField("bought", T.BooleanType()),
+        T.StructField("channel", T.StringType()),
+        T.StructField("reason", T.StringType()),
         T.StructField("query_kind", T.StringType()),
         T.StructField("query", T.StringType()),
-        T.StructField("reason", T.StringType()),
+        T.StructField("bought", T.BooleanType()),
+        T.StructField("is_new_category", T.BooleanType()),
     ]
 )
 RECOMMENDATIONS_SCHEMA = T.StructType(
@@ -119,6 +117,36 @@ BATCHES_SCHEMA = T.StructType(
         T.StructField("merge_s", T.DoubleType()),
     ]
 )
+
+
+def stored_candidates(
+    spark: SparkSession, conf: Config, run_date: dt.date, users: list[str]
+) -> dict[str, str]:
+    """user_id -> the batch run's candidates of the buyer (``gold.candidate_features`` rows of
+    ``run_date``) as JSON records; read per micro-batch for the triggered buyers only (the
+    table is range-partitioned by user, so the read skips the other files)."""
+    from jobs.candidates import FEATURE_COLUMNS, FEATURES
+
+    cols = [
+        "user_id",
+        "item_id",
+        "title",
+        "leaf_category",
+        "reasons",
+        "query_kind",
+        "query",
+        *FEATURE_COLUMNS,
+    ]
+    rows = (
+        tables.read(spark, conf, FEATURES)
+        .filter((F.col("as_of") == F.lit(run_date)) & F.col("user_id").isin(sorted(set(users))))
+        .select(*cols)
+        .toPandas()
+    )
+    rows["reasons"] = [dict(m) if m is not None else {} for m in rows["reasons"]]
+    return {
+        uid: json.dumps(g.drop(columns="user_id").to_dict("records")) for uid, g in rows.groupby("user_id")
+    }
 
 
 def checkpoint_location(conf: Config) -> str:
@@ -183,9 +211,18 @@ class BatchHandler:
         t1 = time.perf_counter()
         written, failed, fallbacks, version, committed_at = 0, 0, 0, None, None
         if triggers:
-            rows = pd.DataFrame([self.state.inputs(t.user_id, t.ts.date()) for t in triggers])[
-                list(INPUT_COLUMNS)
-            ]
+            stored = stored_candidates(
+                self.spark, self.conf, self.state.run_date, [t.user_id for t in triggers]
+            )
+            rows = pd.DataFrame(
+                [
+                    {
+                        **self.state.inputs(t.user_id, t.ts.date()),
+                        "candidates_json": stored.get(t.user_id, "[]"),
+                    }
+                    for t in triggers
+                ]  # fmt: skip
+            )[list(INPUT_COLUMNS)]
             out = self._refresh(rows)
             refresh_s = time.perf_counter() - t1
             by_user = {t.user_id: t for t in triggers}
@@ -398,6 +435,8 @@ def log_batch(
 def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
     """The executors' settings: agent backend, prompt, endpoint, embedding, shards."""
     from jobs.q2i import _shard  # noqa: F401  (fails early if faiss is missing)
+    from jobs.rank import list_rules
+    from jobs.ranker import load_model
     from prompts import load_prompt
     from udfs.agents import u2q
     from udfs.embedding import spec_from_conf
@@ -415,6 +454,7 @@ def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
         )
     manifest = tables.read(spark, conf, "gold.index_manifest").filter(F.col("count") > 0)
     shards = manifest.select("path", "embedding_model").collect()
+    ranker, model_row = load_model(spark, conf, dt.date.max)  # the newest, as the batch rank used
     spec = spec_from_conf(conf)
     models = {r["embedding_model"] for r in shards}
     if shards and models != {spec.model_id}:
@@ -432,8 +472,10 @@ def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
         embedding=spec,
         shard_paths=[r["path"] for r in shards],
         q2i=conf.q2i,
-        rank=conf.rank,
-        nearline=conf.nearline,
+        candidates=conf.candidates,
+        horizon_days=conf.aggregate.horizon_days,
+        ranker=ranker,
+        rules=list_rules(conf, model_row),
     )
 
 

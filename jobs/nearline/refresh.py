@@ -16,9 +16,12 @@ Per user:
    ``q2i.k`` and the shards' answers merged (``udfs.vector_index.merge_topk``); each
    candidate is scored as in ``jobs.q2i`` (relevance x kind weight + CFV and price-band
    match) and the top ``q2i.per_query`` per query kept, plus the high-relevance ones.
-3. **Rank**: the components and weights of ``jobs.nearline.scoring`` (relevance,
-   personalisation, discovery, trend, popularity; bought items as configured), one row per item with its
-   best query, at most ``rank.max_per_category`` per category, the top ``rank.top_k``.
+3. **Candidates**: the buyer's candidates of the batch run (all channels, with their
+   features, read from ``gold.candidate_features`` for the triggered buyers only), the
+   query channels replaced by the fresh queries' and the buyer's fresh events applied
+   (:func:`user_candidates`).
+4. **Rank**: the learned ranker and the list rules of the batch ``rank`` stage, through
+   the same function (``udfs.ranking.rank_users``).
 """
 
 from __future__ import annotations
@@ -34,25 +37,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.config import NearlineConf, Q2IConf, RankConf
-from jobs.nearline.scoring import (
-    COMPONENTS,
-    DISCOVERY_NEW_CATEGORY,
-    DISCOVERY_NEW_ITEM,
-    personalisation,
-    weighted_total,
-)
+from jobs.candidates import FEATURE_COLUMNS, ITEM_FEATURES, normalise_title
+from jobs.config import CandidatesConf, Q2IConf
 from jobs.q2i import _shard, dynamic_score
 from prompts import Prompt
 from udfs.agents import u2q
 from udfs.embedding import EmbeddingSpec, encode
 from udfs.llm.client import CallSettings
+from udfs.ranking import CHANNELS, ListRules, Ranker, rank_users
 from udfs.vector_index import merge_topk
 
 # Columns of the rows going in (one per triggered user) and coming out.
 INPUT_COLUMNS = (
     "user_id", "buyer_type", "summary", "personal_json", "trend_json", "exploration_json", "searches_json",
-    "history_json",
+    "history_json", "candidates_json",
 )  # fmt: skip
 OUTPUT_SCHEMA = (
     "user_id string, items_json string, queries_json string, u2q_status string, u2q_model string, "
@@ -71,8 +69,10 @@ class RefreshSettings:
     embedding: EmbeddingSpec
     shard_paths: list[str]
     q2i: Q2IConf
-    rank: RankConf
-    nearline: NearlineConf
+    candidates: CandidatesConf
+    horizon_days: int
+    ranker: Ranker
+    rules: ListRules
 
 
 def query_id(user_id: str, kind: str, query: str) -> str:
@@ -166,31 +166,34 @@ def search_shards(vectors: np.ndarray, s: RefreshSettings) -> tuple[np.ndarray, 
     return merge_topk(parts, qc.k)
 
 
-def rank_user(
-    user_id: str, queries: list[dict], scores: np.ndarray, ids: np.ndarray, items: pd.DataFrame,
-    history: dict, s: RefreshSettings,
-) -> list[dict]:  # fmt: skip
-    """One user's list: candidates of every query -> scored, capped, top ``rank.top_k``.
+QUERY_CHANNELS = ("query", "trend")
 
-    ``items`` is indexed by vector_id (item_id, leaf_category, price_band, title,
-    popularity, factors); ``history``: known_categories, touched, bought (item ids),
-    prefs ({category: {factor: weight 0..1}}), bands (["category|band"]).
-    """
-    qc, rc = s.q2i, s.rank
+
+def fresh_query_candidates(
+    queries: list[dict], scores: np.ndarray, ids: np.ndarray, items: pd.DataFrame, history: dict,
+    s: RefreshSettings,
+) -> pd.DataFrame:  # fmt: skip
+    """The fresh queries' hits scored as ``jobs.q2i`` does (relevance x kind weight + CFV
+    and price-band match), per query the top ``q2i.per_query`` plus the high-relevance ones;
+    one row per (item, channel): ``query`` (personal, exploration, search) or ``trend``,
+    with the item's best query. ``items`` is indexed by vector_id."""
+    qc = s.q2i
     rows = []
     for qi in range(len(queries)):
-        for rank_in_query, (vid, rel) in enumerate(zip(ids[qi], scores[qi], strict=True), start=1):
+        for vid, rel in zip(ids[qi], scores[qi], strict=True):
             if vid >= 0:
-                rows.append((qi, int(vid), float(rel), rank_in_query))
+                rows.append((qi, int(vid), float(rel)))
+    columns = ["item_id", "leaf_category", "channel", "channel_score", "relevance", "kind", "query", "reason"]
     if not rows:
-        return []
-    c = pd.DataFrame(rows, columns=["qi", "vector_id", "relevance", "rank_in_query"])
+        return pd.DataFrame(columns=columns)
+    c = pd.DataFrame(rows, columns=["qi", "vector_id", "relevance"])
     c = c[c["vector_id"].isin(items.index)]
     if c.empty:
-        return []
-    c = c.join(items, on="vector_id")
+        return pd.DataFrame(columns=columns)
+    c = c.join(items[["item_id", "leaf_category", "price_band", "factors"]], on="vector_id")
     c["kind"] = [queries[i]["kind"] for i in c["qi"]]
-    c["query_id"] = [queries[i]["query_id"] for i in c["qi"]]
+    c["query"] = [queries[i]["query"] for i in c["qi"]]
+    c["reason"] = [queries[i]["reason"] for i in c["qi"]]
     prefs, bands = history.get("prefs", {}), set(history.get("bands", []))
     c["cfv_match"] = [
         max([prefs.get(cat, {}).get(f, 0.0) for f in factors] or [0.0])
@@ -201,52 +204,154 @@ def rank_user(
         for cat, band in zip(c["leaf_category"], c["price_band"], strict=True)
     ]
     kind_weight = c["kind"].map(lambda k: float(qc.kind_weights.get(k, 1.0)))
-    c["q2i_score"] = dynamic_score(c["relevance"], kind_weight, c["cfv_match"], c["price_match"], qc)
-    # q2i: per query the top `per_query` by score, plus every high-relevance candidate.
-    c = c.sort_values(["qi", "q2i_score", "vector_id"], ascending=[True, False, True])
+    c["channel_score"] = dynamic_score(c["relevance"], kind_weight, c["cfv_match"], c["price_match"], qc)
+    c = c.sort_values(["qi", "channel_score", "vector_id"], ascending=[True, False, True])
     c["rank_by_score"] = c.groupby("qi").cumcount() + 1
     c = c[(c["rank_by_score"] <= qc.per_query) | (c["relevance"] >= qc.high_relevance)].copy()
+    c["channel"] = np.where(c["kind"] == "trend", "trend", "query")
+    return c[columns].reset_index(drop=True)
 
-    known = set(history.get("known_categories", []))
-    touched, bought = set(history.get("touched", [])), set(history.get("bought", []))
-    c["personalisation"] = personalisation(c["cfv_match"], c["price_match"])
-    c["discovery"] = [
-        DISCOVERY_NEW_CATEGORY if cat not in known else DISCOVERY_NEW_ITEM if item not in touched else 0.0
-        for cat, item in zip(c["leaf_category"], c["item_id"], strict=True)
-    ]
-    c["trend"] = (c["kind"] == "trend").astype(float)
-    c["popularity"] = c["popularity"].fillna(0.0)
-    c["bought"] = c["item_id"].isin(bought)
-    c["score"] = weighted_total({k: c[k] for k in COMPONENTS}, s.nearline.weights)
-    if s.nearline.bought == "exclude":
-        c = c[~c["bought"]].copy()
-    elif s.nearline.bought == "demote":
-        c.loc[c["bought"], "score"] = c.loc[c["bought"], "score"] * s.nearline.bought_factor
-    # One row per item (its best query), a cap per category, the top K.
-    c = c.sort_values(["item_id", "score", "query_id"], ascending=[True, False, True]).drop_duplicates(
-        "item_id"
+
+def _ranked(values: pd.Series, items: pd.Series, limit: int) -> pd.Series:
+    """Rank 1.. by value (descending, ties by item id) of the non-null values; NaN beyond ``limit``."""
+    order = (
+        pd.DataFrame({"v": values, "i": items})
+        .dropna(subset=["v"])
+        .sort_values(["v", "i"], ascending=[False, True])
     )
-    c = c.sort_values(["leaf_category", "score", "item_id"], ascending=[True, False, True])
-    c = c[c.groupby("leaf_category").cumcount() < rc.max_per_category]
-    c = c.sort_values(["score", "item_id"], ascending=[False, True]).head(rc.top_k)
-    out = []
-    for position, r in enumerate(c.itertuples(index=False), start=1):
-        q = queries[r.qi]
-        out.append(
-            {
-                "position": position,
-                "item_id": r.item_id,
-                "title": r.title,
-                "leaf_category": r.leaf_category,
-                "score": round(float(r.score), 5),
-                **{k: round(float(getattr(r, k)), 5) for k in COMPONENTS},
-                "bought": bool(r.bought),
-                "query_kind": q["kind"],
-                "query": q["query"],
-                "reason": q["reason"],
-            }  # fmt: skip
+    ranks = pd.Series(np.nan, index=values.index)
+    ranks.loc[order.index] = np.arange(1, len(order) + 1, dtype=float)
+    return ranks.where(ranks <= limit)
+
+
+def user_candidates(
+    stored: list[dict], fresh: pd.DataFrame, items_by_id: pd.DataFrame, history: dict, s: RefreshSettings
+) -> pd.DataFrame:
+    """One triggered buyer's candidates with their features: the batch run's candidates of
+    the buyer (``stored``, rows of ``gold.candidate_features``) with the query channels
+    replaced by the fresh queries' (``fresh``) and the buyer's fresh events applied.
+
+    Without fresh events and with the batch run's queries this is exactly the batch's
+    frame, so the list is the batch's (``tests/test_nearline.py``). Items only the fresh
+    queries found take their item features from ``items_by_id`` and their buyer-category
+    features from the buyer's other candidates of that category.
+    """
+    frame = pd.DataFrame(stored)
+    limit = s.candidates.query_per_user
+    if frame.empty:
+        frame = pd.DataFrame(
+            columns=["user_id", "item_id", "leaf_category", "title", "reasons", *FEATURE_COLUMNS]
         )
-    return out
+    uid = history.get("user_id")
+    for ch in QUERY_CHANNELS:  # the stored query channels give way to the fresh ones
+        frame[f"{ch}_score"] = np.nan
+        frame[f"{ch}_rank"] = np.nan
+    frame["reasons"] = [
+        {c: r for c, r in dict(m or {}).items() if c not in QUERY_CHANNELS} for m in frame["reasons"]
+    ]
+    for col in ("relevance", "query_kind", "query"):
+        frame[col] = np.nan if col == "relevance" else None
+    frame["is_personal_query"] = 0.0
+    frame["is_exploration_query"] = 0.0
+
+    if not fresh.empty:
+        new_items = sorted(set(fresh["item_id"]) - set(frame["item_id"]))
+        if new_items:
+            known = set(history.get("known_categories", []))
+            touched, bought = set(history.get("touched", [])), set(history.get("bought", []))
+            by_cat = frame.drop_duplicates("leaf_category").set_index("leaf_category")
+            info = items_by_id.loc[new_items]
+            added = pd.DataFrame({"item_id": new_items, "user_id": uid})
+            added["leaf_category"] = info["leaf_category"].to_numpy()
+            added["title"] = info["title"].to_numpy()
+            for f in ITEM_FEATURES:
+                added[f] = info[f].to_numpy(dtype=float)
+            added["own_events"] = [float(i in touched) for i in new_items]
+            added["own_purchases"] = [float(i in bought) for i in new_items]
+            added["days_since_event"] = added["days_since_purchase"] = float(s.horizon_days)
+            added["is_new_item"] = 1.0 - added["own_events"]
+            added["is_new_category"] = [float(c not in known) for c in added["leaf_category"]]
+            for f in ("category_share", "category_transition"):
+                added[f] = [
+                    float(by_cat[f].get(c, 0.0)) if f in by_cat else 0.0 for c in added["leaf_category"]
+                ]
+            for ch in CHANNELS:
+                added[f"{ch}_score"] = added[f"{ch}_rank"] = np.nan
+            added["reasons"] = [{} for _ in new_items]
+            added["cfv_match"] = added["price_match"] = 0.0
+            frame = pd.concat([frame, added], ignore_index=True)
+        per_item = fresh.sort_values(["channel_score", "item_id"], ascending=[False, True])
+        index = {item: i for i, item in enumerate(frame["item_id"])}
+        for ch in QUERY_CHANNELS:
+            best = per_item[per_item["channel"] == ch].drop_duplicates("item_id")
+            at = [index[i] for i in best["item_id"]]
+            frame.loc[at, f"{ch}_score"] = best["channel_score"].to_numpy()
+            frame[f"{ch}_rank"] = _ranked(frame[f"{ch}_score"], frame["item_id"], limit)
+            frame.loc[frame[f"{ch}_rank"].isna(), f"{ch}_score"] = np.nan
+            for item, reason in zip(best["item_id"], best["reason"], strict=True):
+                if not np.isnan(frame.at[index[item], f"{ch}_rank"]):
+                    frame.at[index[item], "reasons"] = {**frame.at[index[item], "reasons"], ch: reason}
+        agg = fresh.groupby("item_id").agg(relevance=("relevance", "max"))
+        agg["is_personal_query"] = fresh.assign(p=fresh["kind"] == "personal").groupby("item_id")["p"].max()
+        agg["is_exploration_query"] = (
+            fresh.assign(p=fresh["kind"] == "exploration").groupby("item_id")["p"].max()
+        )
+        top = per_item.drop_duplicates("item_id").set_index("item_id")
+        at = [index[i] for i in agg.index]
+        frame.loc[at, "relevance"] = agg["relevance"].to_numpy()
+        frame.loc[at, "is_personal_query"] = agg["is_personal_query"].astype(float).to_numpy()
+        frame.loc[at, "is_exploration_query"] = agg["is_exploration_query"].astype(float).to_numpy()
+        frame.loc[at, "query_kind"] = top.loc[agg.index, "kind"].to_numpy()
+        frame.loc[at, "query"] = top.loc[agg.index, "query"].to_numpy()
+        prefs, bands = history.get("prefs", {}), set(history.get("bands", []))
+        fresh_rows = frame["item_id"].isin(new_items)
+        frame.loc[fresh_rows, "cfv_match"] = [
+            max([prefs.get(c, {}).get(f, 0.0) for f in (items_by_id.at[i, "factors"] or [])] or [0.0])
+            for i, c in zip(frame.loc[fresh_rows, "item_id"], frame.loc[fresh_rows, "leaf_category"], strict=True)
+        ]  # fmt: skip
+        frame.loc[fresh_rows, "price_match"] = [
+            1.0 if f"{c}|{items_by_id.at[i, 'price_band']}" in bands else 0.0
+            for i, c in zip(frame.loc[fresh_rows, "item_id"], frame.loc[fresh_rows, "leaf_category"], strict=True)
+        ]  # fmt: skip
+
+    # Items that only the stored queries had found are no candidates any more.
+    scores = frame[[f"{c}_score" for c in CHANNELS]]
+    frame = frame[scores.notna().any(axis=1)].reset_index(drop=True)
+    frame["n_channels"] = frame[[f"{c}_score" for c in CHANNELS]].notna().sum(axis=1).astype(float)
+    # The buyer's fresh events (after the batch run date).
+    known = set(history.get("known_categories", []))
+    frame["is_new_category"] = [float(c not in known) for c in frame["leaf_category"]]
+    for item, (n_events, n_purchases) in (history.get("fresh_items") or {}).items():
+        at = frame["item_id"] == item
+        frame.loc[at, "own_events"] += n_events
+        frame.loc[at, "own_purchases"] += n_purchases
+        frame.loc[at, "days_since_event"] = 0.0
+        frame.loc[at, "is_new_item"] = 0.0
+        if n_purchases:
+            frame.loc[at, "days_since_purchase"] = 0.0
+    frame["user_id"] = uid
+    frame["norm_title"] = [normalise_title(t) for t in frame["title"]]
+    return frame
+
+
+def list_records(listed: pd.DataFrame) -> list[dict]:
+    """The chosen rows as the items of ``gold.nearline_recommendations``."""
+    return [
+        {
+            "position": int(r["position"]),
+            "item_id": r["item_id"],
+            "title": r["title"],
+            "leaf_category": r["leaf_category"],
+            "score": round(float(r["score"]), 5),
+            "channel": r["channel"],
+            "reason": r["reason"],
+            "query_kind": r["query_kind"] if isinstance(r["query_kind"], str) else None,
+            "query": r["query"] if isinstance(r["query"], str) else None,
+            "bought": bool(r["own_purchases"] > 0),
+            "is_new_category": bool(r["is_new_category"] > 0),
+        }  # fmt: skip
+        for r in listed.to_dict("records")
+    ]
 
 
 def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) -> pd.DataFrame:
@@ -262,6 +367,7 @@ def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) ->
             q["query_id"] = query_id(uid, q["kind"], q["query"])
             texts.append(q["query"])
     vectors = encode(texts, s.embedding) if texts else np.zeros((0, 0), np.float32)
+    items_by_id = items.reset_index().drop_duplicates("item_id").set_index("item_id")
     scores, ids = search_shards(vectors, s) if texts else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
     out, offset = [], 0
     for row in rows:
@@ -271,8 +377,11 @@ def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) ->
         history = json.loads(row.get("history_json") or "{}")
         error = a["error"]
         try:
-            listed = rank_user(uid, a["queries"], scores[offset : offset + n], ids[offset : offset + n], items,
-                               history, s)  # fmt: skip
+            fresh = fresh_query_candidates(a["queries"], scores[offset : offset + n], ids[offset : offset + n],
+                                           items, history, s)  # fmt: skip
+            stored = json.loads(row.get("candidates_json") or "[]")
+            frame = user_candidates(stored, fresh, items_by_id, {**history, "user_id": uid}, s)
+            listed = list_records(rank_users(frame, s.ranker, s.rules))
         except Exception as e:  # noqa: BLE001 - one bad user must not stop the stream
             listed, error = None, f"refresh_error: {type(e).__name__}: {e}"[:300]
         offset += n

@@ -58,6 +58,8 @@ class UserState:
     folded: set[str] = field(default_factory=set)
     fresh_categories: dict[str, list[str]] = field(default_factory=dict)  # user -> latest first
     fresh_searches: dict[str, list[dict]] = field(default_factory=dict)
+    # user -> item -> [events, purchases] after the batch run date (all folded events are).
+    fresh_items: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     long_term_by_user: dict[str, list[tuple[str, list[dict]]]] = field(init=False)  # user -> [(cat, factors)]
 
     def __post_init__(self) -> None:
@@ -95,6 +97,9 @@ class UserState:
             if not item:
                 continue
             self.touched.setdefault(uid, set()).add(item)
+            counts = self.fresh_items.setdefault(uid, {}).setdefault(item, [0, 0])
+            counts[0] += 1
+            counts[1] += e.event_type == "purchase"
             if e.event_type == "purchase":
                 self.bought.setdefault(uid, set()).add(item)
                 band = self.item_band.get(item)
@@ -163,6 +168,7 @@ class UserState:
             "bought": sorted(self.bought.get(user_id, set())),
             "prefs": prefs,
             "bands": sorted(self.bands.get(user_id, set())),
+            "fresh_items": self.fresh_items.get(user_id, {}),
         }
         searches = self.fresh_searches.get(user_id, [])[: self.conf.nearline.search_queries]
         return {
@@ -187,10 +193,25 @@ def _pairs(df: DataFrame, key: str, value: str) -> dict[str, set[str]]:
     return out
 
 
+def history(spark: SparkSession, conf: Config, run_date) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(known categories, touched items, bought items) per user, up to the run date."""
+    known = (
+        tables.read(spark, conf, "silver.user_windows")
+        .filter((F.col("window") == "long_term") & (F.col("n_events") > 0))
+        .select("user_id", "leaf_category")
+        .distinct()
+    )
+    events = tables.read(spark, conf, "bronze.events").filter(
+        (F.col("dt") <= F.lit(run_date)) & F.col("item_id").isNotNull()
+    )
+    touched = events.select("user_id", "item_id").distinct()
+    bought = events.filter(F.col("event_type") == "purchase").select("user_id", "item_id").distinct()
+    return known, touched, bought
+
+
 def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
     """(user state, item table indexed by vector_id) from the batch tables; prints progress."""
-    from jobs import cfv, q2i, u2q
-    from jobs.nearline import scoring
+    from jobs import candidates, cfv, q2i, u2q
 
     events = tables.read(spark, conf, "bronze.events")
     # The batch run's date, not the last event's: fresh events are appended to the same table.
@@ -214,7 +235,7 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
         for r in tables.read(spark, conf, "gold.portraits").select("user_id", "main_categories").collect()
         for m in (r["main_categories"] or [])
     }
-    known, touched_df, bought_df = scoring.history(spark, conf, run_date)
+    known, touched_df, bought_df = history(spark, conf, run_date)
     _, bands_df = q2i.user_preferences(spark, conf)
 
     item_cats = tables.read(spark, conf, "silver.item_categories")
@@ -279,17 +300,22 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
     fresh = events.filter(F.col("dt") > F.lit(run_date)).select(*EVENT_FIELDS).toPandas()
     state.fold(fresh)
 
-    popularity = scoring.item_popularity(bought_df)
     all_factors = profiles.select(
         "item_id",
         F.transform("decision_factors", lambda f: F.lower(F.trim(f["value"]))).alias("factors"),
         F.coalesce("short_title", "title").alias("title"),
     )
+    # Item features as the batch candidates stage computes them for its run date.
+    known_events = events.filter(F.col("dt") <= F.lit(run_date))
+    popular = candidates.item_features(
+        known_events, item_cats.select("item_id", "leaf_category"), run_date, conf.candidates,
+        conf.aggregate.horizon_days,
+    )  # fmt: skip
     items = (
         tables.read(spark, conf, "silver.item_vectors")
         .select("vector_id", "item_id", "leaf_category", "price_band")
         .join(all_factors, "item_id", "left")
-        .join(popularity, "item_id", "left")
+        .join(popular, "item_id", "left")
         .toPandas()
         .set_index("vector_id")
     )
