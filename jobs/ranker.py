@@ -189,27 +189,41 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
     with_pos = rows.groupBy("user_id").agg(F.max("label").alias("_any")).filter("_any > 0").select("user_id")
     # xgboost wants integer group ids in non-decreasing order within each partition.
     qids = with_pos.withColumn("qid", F.row_number().over(Window.orderBy("user_id")).cast("int"))
+    labelled_groups = rows.join(qids, "user_id").withColumn("is_holdout", _holdout(conf))
+    # xgboost.spark needs training and held-out rows in every task's partition (it fails on
+    # a partition with one kind only, which small data can give): fewer tasks then, and no
+    # early stopping at all when no held-out buyer has a purchase.
+    mix = (
+        labelled_groups.groupBy(F.pmod(F.hash("qid"), F.lit(workers)).alias("_p"))
+        .agg(F.max(F.col("is_holdout").cast("int")).alias("_h"), F.min(F.col("is_holdout").cast("int")).alias("_t"))
+        .collect()
+    )  # fmt: skip
+    has_holdout = any(r["_h"] for r in mix)
+    if has_holdout and (len(mix) < workers or not all(r["_h"] == 1 and r["_t"] == 0 for r in mix)):
+        workers = 1
     # Rows in a fixed order (qid, item): the same data gives the same model on any cluster.
     train = (
-        rows.join(qids, "user_id")
-        .withColumn("is_holdout", _holdout(conf))
-        .repartition(workers, "qid")
+        labelled_groups.repartition(workers, "qid")
         .sortWithinPartitions("qid", "item_id")
         .select("qid", "label", "is_holdout", *FEATURE_COLUMNS)
+    )
+    validation = (
+        {"validation_indicator_col": "is_holdout", "early_stopping_rounds": rc.early_stopping_rounds}
+        if has_holdout
+        else {}
     )
     ranker = SparkXGBRanker(
         features_col=list(FEATURE_COLUMNS),
         label_col="label",
         qid_col="qid",
-        validation_indicator_col="is_holdout",
         objective=rc.objective,
         n_estimators=rc.n_estimators,
         max_depth=rc.max_depth,
         learning_rate=rc.learning_rate,
-        early_stopping_rounds=rc.early_stopping_rounds,
         eval_metric=f"ndcg@{rc.choose_at_k}",
         num_workers=workers,
         random_state=rc.seed,
+        **validation,
     )
     return bytes(ranker.fit(train).get_booster().save_raw("json"))
 
