@@ -270,8 +270,23 @@ def choose_quotas(
         .sort_values(["repeat_share", "discovery_share"])
         .reset_index(drop=True)
     )
-    if means.empty:
-        raise RankerError("train: no held-out buyer has a purchase in the label window: cannot choose quotas")
+    if means.empty:  # a small warehouse: no list constraint rather than a guess
+        log.warning("train: no held-out buyer has a purchase in the label window: no quotas (repeat share "
+                    "%.2f, discovery share %.2f)", max(rc.repeat_shares), min(rc.discovery_shares))  # fmt: skip
+        empty = pd.DataFrame(
+            [
+                {
+                    "repeat_share": max(rc.repeat_shares),
+                    "discovery_share": min(rc.discovery_shares),
+                    "recall": float("nan"),
+                    "new_category_hit": float("nan"),
+                    "users": 0,
+                    "objective": float("nan"),
+                    "chosen": True,
+                }
+            ]  # fmt: skip
+        )
+        return empty, (max(rc.repeat_shares), min(rc.discovery_shares))
     means["objective"] = means["recall"] + rc.discovery_weight * means["new_category_hit"]
     best = means.sort_values(
         ["objective", "recall", "repeat_share", "discovery_share"], ascending=[False, False, True, True]
