@@ -35,7 +35,7 @@ def test_keep_warm_keeps_the_model_past_sparks_idle_timeout(spark, conf_factory)
     spec = spec_from_conf(conf)
     settings = RefreshSettings(
         u2q_counts={}, backend="heuristic", prompt=None, call=None, embedding=spec, shard_paths=[],
-        q2i=conf.q2i, rank=conf.rank,
+        q2i=conf.q2i, candidates=conf.candidates, horizon_days=conf.aggregate.horizon_days, ranker=None, rules=None,
     )  # fmt: skip
     handler = nearline.BatchHandler(
         spark=spark, conf=conf, state=None, settings=settings, items_broadcast=None, window=None, app_id="t"

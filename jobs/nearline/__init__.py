@@ -606,7 +606,9 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     t0 = time.perf_counter()
     sample = sorted(state.inputs_by_user)[:tasks]
     if sample:
-        handler._refresh(pd.DataFrame([state.inputs(u, state.run_date) for u in sample])[list(INPUT_COLUMNS)])
+        stored = stored_candidates(spark, conf, state.run_date, sample)
+        rows = [{**state.inputs(u, state.run_date), "candidates_json": stored.get(u, "[]")} for u in sample]
+        handler._refresh(pd.DataFrame(rows)[list(INPUT_COLUMNS)])
     handler.warm_up_merge()
     print(
         f"nearline: warm-up refresh and MERGE {time.perf_counter() - t0:.1f}s; commits by {handler.engine}",
