@@ -142,8 +142,7 @@ def bootstrap_history(spark: SparkSession, conf: Config, day: dt.date) -> None:
         [f"storage.root={root}", "storage.catalog=null", f"run.date={day}",
          f"run.run_id=train-{day:%Y%m%d}", "tracking.enabled=false"],
     )  # fmt: skip
-    log.info("train: no candidates %d+ days before the run date: building those of %s in %s",
-             conf.ranker.label_days, day, root)  # fmt: skip
+    log.info("train: no stored candidates old enough to learn from: building those of %s in %s", day, root)
     build_asof_warehouse(spark, conf, asof, day + dt.timedelta(days=1), None, caches_from=conf)
     run_asof_pipeline(spark, asof, last="candidates", label="training as of")
     feats = tables.read(spark, asof, FEATURES).filter(F.col("as_of") == F.lit(day))
@@ -355,7 +354,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     grid.to_csv(folder / "quotas.csv", index=False)
     tracker = Tracker(conf)
     with tracked(tracker, conf, "ranker_model") as mrun:
-        tracker.params(mrun["run_id"], {f"ranker.{k}": str(v) for k, v in meta.items() if k != "features"})
+        tracker.params(mrun["run_id"], {f"model.{k}": str(v) for k, v in meta.items() if k != "features"})
         mrun["metrics"] = {
             "holdout_recall": float(chosen["recall"]),
             "holdout_new_category_hit": float(chosen["new_category_hit"]),

@@ -371,7 +371,7 @@ def test_pipeline_on_standalone_cluster_matches_local(standalone_cluster, bronze
     out = _local_and_cluster(
         standalone_cluster,
         ["pipeline", "--restart", "--only", *PIPELINE_STAGES, "--set", "ranker.num_workers=2"],
-        local_root, cluster_root, app_name, tmp_path, timeout=900,
+        local_root, cluster_root, app_name, tmp_path, timeout=1800,
     )  # fmt: skip
     n = len(PIPELINE_STAGES)
     for i, stage in enumerate(PIPELINE_STAGES, 1):
