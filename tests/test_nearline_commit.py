@@ -15,9 +15,8 @@ T0 = dt.datetime(2026, 11, 26, 9, 0, 0)
 def _item(item_id: str, score: float) -> dict:
     return {
         "position": 1, "item_id": item_id, "title": f"title {item_id}", "leaf_category": "bags",
-        "score": score, "relevance": 0.9, "personalisation": 0.1, "discovery": 1.0, "trend": 0.0,
-        "popularity": 0.2, "bought": False, "query_kind": "personal", "query": "jute bags",
-        "reason": "You buy bags",
+        "score": score, "channel": "query", "reason": "You buy bags", "query_kind": "personal",
+        "query": "jute bags", "bought": False, "is_new_category": True,
     }  # fmt: skip
 
 
