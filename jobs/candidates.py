@@ -72,6 +72,17 @@ FEATURE_COLUMNS = (
     "category_rank",
     "category_buyer_share",
 )
+# The non-feature columns of gold.candidate_features that a list passes through.
+DESCRIPTIVE_COLUMNS = (
+    "user_id",
+    "item_id",
+    "title",
+    "norm_title",
+    "leaf_category",
+    "reasons",
+    "query_kind",
+    "query",
+)
 CANDIDATES_SCHEMA = (
     "user_id string, item_id string, channel string, channel_score double, channel_rank int, reason string"
 )
@@ -504,17 +515,9 @@ def features(
     )
     for c in CHANNELS:
         out = out.withColumn(f"{c}_rank", F.col(f"{c}_rank").cast("double"))
-    keep = [
-        "user_id",
-        "item_id",
-        "title",
-        "norm_title",
-        "leaf_category",
-        "reasons",
-        "query_kind",
-        "query",
-    ]
-    return out.select(*keep, *[F.col(c).cast("double").alias(c) for c in FEATURE_COLUMNS], "as_of")
+    return out.select(
+        *DESCRIPTIVE_COLUMNS, *[F.col(c).cast("double").alias(c) for c in FEATURE_COLUMNS], "as_of"
+    )
 
 
 # --- the stage ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from jobs import tables
 from jobs.aggregate import resolve_run_date
-from jobs.candidates import FEATURES
+from jobs.candidates import DESCRIPTIVE_COLUMNS, FEATURES
 from jobs.config import Config
 from jobs.ranker import load_model
 from udfs.ranking import ListRules, Ranker, rank_users
@@ -29,16 +29,7 @@ log = logging.getLogger(__name__)
 
 RECOMMENDATIONS = "gold.recommendations"
 # Passed through from the candidates to the list.
-PASSED = (
-    "user_id",
-    "item_id",
-    "title",
-    "norm_title",
-    "leaf_category",
-    "reasons",
-    "query_kind",
-    "query",
-)
+PASSED = DESCRIPTIVE_COLUMNS
 LIST_SCHEMA = (
     "user_id string, position int, item_id string, title string, leaf_category string, score double, "
     "channel string, reason string, query_kind string, query string, bought boolean, "
