@@ -384,6 +384,10 @@ class RankerConf(_Strict):
     max_age_days: int = Field(7, ge=0)
     # Buyers held out of the fit: early stopping and the choice of the list quotas.
     holdout_share: float = Field(0.25, gt=0, lt=1)
+    # Early stopping and the quota choice need at least this many held-out buyers with a
+    # purchase; with fewer, their figures are noise (a recall's standard error is about
+    # 0.3 / sqrt(buyers)): all trees are kept and the lists get no quotas.
+    min_holdout_buyers: int = Field(100, ge=1)
     objective: Literal["rank:ndcg", "rank:pairwise"] = "rank:ndcg"
     n_estimators: int = Field(300, ge=1)
     max_depth: int = Field(6, ge=1)

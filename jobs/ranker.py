@@ -191,13 +191,18 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
     labelled_groups = rows.join(qids, "user_id").withColumn("is_holdout", _holdout(conf))
     # xgboost.spark needs training and held-out rows in every task's partition (it fails on
     # a partition with one kind only, which small data can give): fewer tasks then, and no
-    # early stopping at all when no held-out buyer has a purchase.
+    # early stopping at all with fewer than ranker.min_holdout_buyers held-out buyers.
     mix = (
         labelled_groups.groupBy(F.pmod(F.hash("qid"), F.lit(workers)).alias("_p"))
         .agg(F.max(F.col("is_holdout").cast("int")).alias("_h"), F.min(F.col("is_holdout").cast("int")).alias("_t"))
         .collect()
     )  # fmt: skip
-    has_holdout = any(r["_h"] for r in mix)
+    held_buyers = held_out_buyers(conf, rows)
+    has_holdout = held_buyers >= rc.min_holdout_buyers
+    if not has_holdout:
+        log.warning("train: %d held-out buyers with a purchase (ranker.min_holdout_buyers %d): no early "
+                    "stopping, all %d trees kept", held_buyers, rc.min_holdout_buyers, rc.n_estimators)  # fmt: skip
+        labelled_groups = labelled_groups.withColumn("is_holdout", F.lit(False))
     if has_holdout and (len(mix) < workers or not all(r["_h"] == 1 and r["_t"] == 0 for r in mix)):
         workers = 1
     # Rows in a fixed order (qid, item): the same data gives the same model on any cluster.
@@ -227,10 +232,16 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
     return bytes(ranker.fit(train).get_booster().save_raw("json"))
 
 
+def held_out_buyers(conf: Config, rows: DataFrame) -> int:
+    """Held-out buyers with a purchase among their candidates (the ones a fit can stop on)."""
+    return rows.filter(_holdout(conf) & (F.col("label") > 0)).select("user_id").distinct().count()
+
+
 def choose_quotas(
-    conf: Config, rows: DataFrame, bought: DataFrame, ranker: Ranker
+    conf: Config, rows: DataFrame, bought: DataFrame, ranker: Ranker, held_buyers: int
 ) -> tuple[pd.DataFrame, tuple[float, float]]:
-    """The held-out buyers' mean recall and new-category hit per quota pair, and the chosen pair."""
+    """The held-out buyers' mean recall and new-category hit per quota pair, and the chosen
+    pair; no quotas (with a warning) below ``ranker.min_holdout_buyers`` held-out buyers."""
     rc = conf.ranker
     features = list(FEATURE_COLUMNS)
     grid = [(r, d) for r in rc.repeat_shares for d in rc.discovery_shares]
@@ -269,9 +280,10 @@ def choose_quotas(
         .sort_values(["repeat_share", "discovery_share"])
         .reset_index(drop=True)
     )
-    if means.empty:  # a small warehouse: no list constraint rather than a guess
-        log.warning("train: no held-out buyer has a purchase in the label window: no quotas (repeat share "
-                    "%.2f, discovery share %.2f)", max(rc.repeat_shares), min(rc.discovery_shares))  # fmt: skip
+    if held_buyers < rc.min_holdout_buyers or means.empty:  # no list constraint rather than a guess
+        log.warning("train: %d held-out buyers with a purchase among their candidates (ranker.min_holdout_buyers "
+                    "%d): no quotas (repeat share %.2f, discovery share %.2f)", held_buyers, rc.min_holdout_buyers,
+                    max(rc.repeat_shares), min(rc.discovery_shares))  # fmt: skip
         empty = pd.DataFrame(
             [
                 {
@@ -333,7 +345,9 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     log.info("train: explore head %s (%s new-category purchases among the candidates)",
              "trained" if explore else "skipped", f"{n_explore:,}")  # fmt: skip
     ranker = Ranker(model, explore, tuple(FEATURE_COLUMNS))
-    grid, (repeat_share, discovery_share) = choose_quotas(conf, rows, bought, ranker)
+    grid, (repeat_share, discovery_share) = choose_quotas(
+        conf, rows, bought, ranker, held_out_buyers(conf, rows)
+    )
     chosen = grid[grid["chosen"]].iloc[0]
     trained_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     model_id = f"{run_date:%Y%m%d}-{trained_at:%H%M%S%f}"
@@ -374,7 +388,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     else:
         tables.overwrite(frame, conf, MODELS)
     log.info(
-        "train: model %s from the candidates of %s (%s buyers, %s positives), %d trees; quotas chosen on %d "
+        "train: model %s from the candidates of %s (%s buyers, %s positives), %d trees; quotas from %d "
         "held-out buyers: repeat share %.2f, discovery share %.2f (recall@%d %.3f, new-category hit %.3f); %.0fs",
         model_id, day, f"{n_users:,}", f"{n_pos:,}", best_iteration + 1, int(chosen["users"]), repeat_share,
         discovery_share, rc.choose_at_k, chosen["recall"], chosen["new_category_hit"], time.perf_counter() - t0,

@@ -11,7 +11,7 @@ import pytest
 
 from jobs import rank, ranker, tables
 from jobs.candidates import FEATURE_COLUMNS
-from jobs.config import load_config
+from jobs.config import derive, load_config
 from udfs.ranking import ListRules, Ranker, rank_users
 
 RUN = dt.date(2024, 5, 1)
@@ -105,3 +105,52 @@ def test_list_rules_take_the_trained_quotas_unless_the_profile_sets_them(store):
     assert rank.list_rules(store, row) == ListRules(20, 0.5, 0.2, 5, True)
     conf = store.model_copy(update={"rank": store.rank.model_copy(update={"discovery_share": 0.4})})
     assert rank.list_rules(conf, row).discovery_share == 0.4
+
+
+def _quota_case(n_users=400):
+    """Lists of 4 from 10 candidates per buyer: 4 own items the model puts first (none
+    bought again), then new-category items of which the first (by item id) is bought."""
+    rows = []
+    for u in range(n_users):
+        for i in range(10):
+            row = dict.fromkeys(FEATURE_COLUMNS, 0.0)
+            own, new_category = i < 4, 4 <= i < 8
+            row.update(own_purchases=float(own), is_new_category=float(new_category))
+            row.update(user_id=f"u{u:03d}", item_id=f"i{i}", label=int(i == 4), norm_title=f"item {i}",
+                       leaf_category="own" if own else f"c{i}")  # fmt: skip
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _own_items_first(features):
+    import xgboost
+
+    x = np.zeros((20, len(features)))
+    x[:10, features.index("own_purchases")] = 1.0
+    y = x[:, features.index("own_purchases")]
+    return bytes(xgboost.train({"max_depth": 1}, xgboost.DMatrix(x, y), 5).save_raw("json"))
+
+
+def test_quotas_are_chosen_only_on_enough_held_out_buyers(spark, store):
+    pdf = _quota_case()
+    rows = spark.createDataFrame(pdf)
+    bought = spark.createDataFrame(pd.DataFrame({"user_id": pdf["user_id"].unique(), "bought": 1}))
+    features = list(FEATURE_COLUMNS)
+    model = Ranker(_own_items_first(features), None, FEATURE_COLUMNS)
+    conf = derive(store, ["ranker.choose_at_k=4", "ranker.min_holdout_buyers=10"])
+    held = ranker.held_out_buyers(conf, rows)
+    assert 60 <= held <= 140, held  # about a quarter of 400
+
+    grid, chosen = ranker.choose_quotas(conf, rows, bought, model, held)
+    assert (grid["users"] == held).all()
+    no_quota = grid[(grid["repeat_share"] == 1.0) & (grid["discovery_share"] == 0.0)].iloc[0]
+    # Without quotas the 4 slots hold the 4 own items, none of them bought.
+    assert no_quota["recall"] == 0.0 and no_quota["new_category_hit"] == 0.0
+    best = grid[grid["chosen"]].iloc[0]
+    assert (best["repeat_share"], best["discovery_share"]) == chosen != (1.0, 0.0)
+    assert best["recall"] == 1.0 and best["new_category_hit"] == 1.0
+
+    # Fewer held-out buyers than ranker.min_holdout_buyers: no quotas rather than noise.
+    few = derive(conf, [f"ranker.min_holdout_buyers={held + 1}"])
+    grid, chosen = ranker.choose_quotas(few, rows, bought, model, held)
+    assert chosen == (1.0, 0.0) and len(grid) == 1 and grid["users"].iloc[0] == 0
