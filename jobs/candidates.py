@@ -32,6 +32,7 @@ import datetime as dt
 import logging
 import re
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
@@ -228,12 +229,15 @@ def collaborative_channel(
     contrib = mine.join(similar, "item_id").select(
         "user_id", F.col("other_id").alias("target"), F.col("item_id").alias("source"), "sim"
     )
-    strongest = Window.partitionBy("user_id", "target").orderBy(F.desc("sim"), "source")
+    # Per (buyer, item): the summed similarity, and the source with the highest (ties: the
+    # smallest id), in one aggregation (partial per task, no sort of every contribution).
     scored = (
-        contrib.withColumn("channel_score", F.sum("sim").over(Window.partitionBy("user_id", "target")))
-        .withColumn("_r", F.row_number().over(strongest))
-        .filter("_r = 1")
-        .select("user_id", F.col("target").alias("item_id"), "channel_score", "source")
+        contrib.groupBy("user_id", "target")
+        .agg(
+            F.sum("sim").alias("channel_score"),
+            F.min(F.struct((-F.col("sim")).alias("_neg"), F.col("source"))).alias("_best"),
+        )
+        .select("user_id", F.col("target").alias("item_id"), "channel_score", F.col("_best.source").alias("source"))
         .join(mine, ["user_id", "item_id"], "left_anti")
         .join(titles.select(F.col("item_id").alias("source"), F.col("title").alias("_source_title")), "source", "left")
     )  # fmt: skip
@@ -532,11 +536,12 @@ def target_users(spark: SparkSession, conf: Config, events: DataFrame, as_of: dt
     return active.distinct()
 
 
-def generate(spark: SparkSession, conf: Config, as_of: dt.date) -> DataFrame:
+def generate(spark: SparkSession, conf: Config, as_of: dt.date, events: DataFrame | None = None) -> DataFrame:
     """The candidates of every channel as of ``as_of`` from this warehouse (``CANDIDATES_SCHEMA``
-    + as_of)."""
+    + as_of); ``events``: bronze.events up to ``as_of`` when the caller holds them."""
     cc = conf.candidates
-    events = tables.read(spark, conf, "bronze.events").filter(F.col("dt") <= F.lit(as_of))
+    if events is None:
+        events = tables.read(spark, conf, "bronze.events").filter(F.col("dt") <= F.lit(as_of))
     users = target_users(spark, conf, events, as_of).localCheckpoint()
     cats = tables.read(spark, conf, "silver.item_categories").select("item_id", "leaf_category")
     titles = tables.read(spark, conf, "silver.item_profiles").select(
@@ -579,12 +584,19 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
             raise RuntimeError(
                 f"candidates: {needed} is missing: run the aggregate, items and cfv stages first"
             )
-    cands = generate(spark, conf, as_of)
+    # The events up to the run date, read once: every channel and feature scans them.
+    events = (
+        tables.read(spark, conf, "bronze.events")
+        .filter(F.col("dt") <= F.lit(as_of))
+        .select("user_id", "item_id", "event_type", "dt")
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    cands = generate(spark, conf, as_of, events)
     tables.overwrite(cands, conf, CANDIDATES)
     cands = tables.read(spark, conf, CANDIDATES)
-    events = tables.read(spark, conf, "bronze.events").filter(F.col("dt") <= F.lit(as_of))
     feats = features(spark, conf, cands, events, as_of)
     write_features(spark, conf, feats, as_of)
+    events.unpersist()
     per_channel = {r["channel"]: int(r["count"]) for r in cands.groupBy("channel").count().collect()}
     stored = tables.read(spark, conf, FEATURES).filter(F.col("as_of") == F.lit(as_of))
     counts = {"candidates": stored.count(), "users": stored.select("user_id").distinct().count()}
