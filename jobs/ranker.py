@@ -229,7 +229,16 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
         random_state=rc.seed,
         **validation,
     )
-    return bytes(ranker.fit(train).get_booster().save_raw("json"))
+    # xgboost.spark (3.x, feature columns as a list) fails on an Arrow batch without held-out
+    # rows or without training rows (KeyError 'values'): one batch per partition, and every
+    # partition holds both kinds (checked above).
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "0")  # no limit
+    try:
+        return bytes(ranker.fit(train).get_booster().save_raw("json"))
+    finally:
+        spark.conf.set(key, before)
 
 
 def held_out_buyers(conf: Config, rows: DataFrame) -> int:

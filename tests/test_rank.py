@@ -154,3 +154,23 @@ def test_quotas_are_chosen_only_on_enough_held_out_buyers(spark, store):
     few = derive(conf, [f"ranker.min_holdout_buyers={held + 1}"])
     grid, chosen = ranker.choose_quotas(few, rows, bought, model, held)
     assert chosen == (1.0, 0.0) and len(grid) == 1 and grid["users"].iloc[0] == 0
+
+
+def test_the_fit_with_held_out_buyers_survives_arrow_batches_of_one_kind(spark, store):
+    # Batches of 7 rows of 10-row buyers sorted by buyer: many hold no held-out row (or only
+    # held-out rows), which xgboost.spark's list-of-columns path cannot take.
+    rows = spark.createDataFrame(_quota_case(n_users=200))
+    conf = derive(store, ["ranker.min_holdout_buyers=10", "ranker.num_workers=1", "ranker.n_estimators=5"])
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "7")
+    try:
+        model = ranker.fit(spark, conf, rows)
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") == "10000"
+    scores = Ranker(model, None, FEATURE_COLUMNS)
+    pdf = _quota_case(n_users=1)
+    from udfs.ranking import score
+
+    s = score(pdf, scores.model, list(FEATURE_COLUMNS))
+    # It learned something: the bought new-category item (i4) outscores the own items.
+    assert s[4] > s[:4].max()
