@@ -39,7 +39,7 @@ from pyspark.sql.window import Window
 
 from jobs import tables
 from jobs.candidates import FEATURE_COLUMNS, FEATURES, write_features
-from jobs.config import Config, derive
+from jobs.config import Config, RankerConf, derive
 from udfs.ranking import ListRules, Ranker, fill, score
 
 log = logging.getLogger(__name__)
@@ -192,19 +192,20 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
     # xgboost.spark needs training and held-out rows in every task's partition (it fails on
     # a partition with one kind only, which small data can give): fewer tasks then, and no
     # early stopping at all with fewer than ranker.min_holdout_buyers held-out buyers.
-    mix = (
-        labelled_groups.groupBy(F.pmod(F.hash("qid"), F.lit(workers)).alias("_p"))
-        .agg(F.max(F.col("is_holdout").cast("int")).alias("_h"), F.min(F.col("is_holdout").cast("int")).alias("_t"))
-        .collect()
-    )  # fmt: skip
     held_buyers = held_out_buyers(conf, rows)
     has_holdout = held_buyers >= rc.min_holdout_buyers
     if not has_holdout:
         log.warning("train: %d held-out buyers with a purchase (ranker.min_holdout_buyers %d): no early "
                     "stopping, all %d trees kept", held_buyers, rc.min_holdout_buyers, rc.n_estimators)  # fmt: skip
         labelled_groups = labelled_groups.withColumn("is_holdout", F.lit(False))
-    if has_holdout and (len(mix) < workers or not all(r["_h"] == 1 and r["_t"] == 0 for r in mix)):
-        workers = 1
+    if has_holdout:
+        mix = (
+            labelled_groups.groupBy(F.pmod(F.hash("qid"), F.lit(workers)).alias("_p"))
+            .agg(F.max(F.col("is_holdout").cast("int")).alias("_h"), F.min(F.col("is_holdout").cast("int")).alias("_t"))
+            .collect()
+        )  # fmt: skip
+        if len(mix) < workers or not all(r["_h"] == 1 and r["_t"] == 0 for r in mix):
+            workers = 1
     # Rows in a fixed order (qid, item): the same data gives the same model on any cluster.
     train = (
         labelled_groups.repartition(workers, "qid")
@@ -252,6 +253,8 @@ def choose_quotas(
     """The held-out buyers' mean recall and new-category hit per quota pair, and the chosen
     pair; no quotas (with a warning) below ``ranker.min_holdout_buyers`` held-out buyers."""
     rc = conf.ranker
+    if held_buyers < rc.min_holdout_buyers:
+        return _no_quotas(rc, held_buyers)
     features = list(FEATURE_COLUMNS)
     grid = [(r, d) for r in rc.repeat_shares for d in rc.discovery_shares]
     k, cap = rc.choose_at_k, conf.rank.max_per_category
@@ -289,24 +292,8 @@ def choose_quotas(
         .sort_values(["repeat_share", "discovery_share"])
         .reset_index(drop=True)
     )
-    if held_buyers < rc.min_holdout_buyers or means.empty:  # no list constraint rather than a guess
-        log.warning("train: %d held-out buyers with a purchase among their candidates (ranker.min_holdout_buyers "
-                    "%d): no quotas (repeat share %.2f, discovery share %.2f)", held_buyers, rc.min_holdout_buyers,
-                    max(rc.repeat_shares), min(rc.discovery_shares))  # fmt: skip
-        empty = pd.DataFrame(
-            [
-                {
-                    "repeat_share": max(rc.repeat_shares),
-                    "discovery_share": min(rc.discovery_shares),
-                    "recall": float("nan"),
-                    "new_category_hit": float("nan"),
-                    "users": 0,
-                    "objective": float("nan"),
-                    "chosen": True,
-                }
-            ]  # fmt: skip
-        )
-        return empty, (max(rc.repeat_shares), min(rc.discovery_shares))
+    if means.empty:
+        return _no_quotas(rc, held_buyers)
     means["objective"] = means["recall"] + rc.discovery_weight * means["new_category_hit"]
     best = means.sort_values(
         ["objective", "recall", "repeat_share", "discovery_share"], ascending=[False, False, True, True]
@@ -315,6 +302,17 @@ def choose_quotas(
         means["discovery_share"] == best["discovery_share"]
     )
     return means, (float(best["repeat_share"]), float(best["discovery_share"]))
+
+
+def _no_quotas(rc: RankerConf, held_buyers: int) -> tuple[pd.DataFrame, tuple[float, float]]:
+    """No list constraint rather than a guess: the grid row of the widest quotas, chosen."""
+    pair = (max(rc.repeat_shares), min(rc.discovery_shares))
+    log.warning("train: %d held-out buyers with a purchase among their candidates (ranker.min_holdout_buyers "
+                "%d): no quotas (repeat share %.2f, discovery share %.2f)", held_buyers, rc.min_holdout_buyers,
+                *pair)  # fmt: skip
+    row = {"repeat_share": pair[0], "discovery_share": pair[1], "recall": float("nan"),
+           "new_category_hit": float("nan"), "users": 0, "objective": float("nan"), "chosen": True}  # fmt: skip
+    return pd.DataFrame([row]), pair
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, float]:
