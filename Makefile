@@ -20,11 +20,15 @@ $(STAMP): setup.py pyproject.toml
 demo: setup
 	$(BIN)/discovery pipeline $(ARGS)
 
-test: setup
-	$(BIN)/python -m pytest $(ARGS)
+# Two pytest processes, a test file each at a time: most of a Spark test's time is start-up,
+# scheduling and waiting on subprocesses, so two files share the 2 cores well.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+
+test: setup   ## everything but the standalone-cluster test (make test-cluster, ~15 minutes alone)
+	$(PYTEST) -m "not cluster" $(ARGS)
 
 test-fast: setup   ## without the real-data and cluster tests
-	$(BIN)/python -m pytest -m "not real_data and not cluster" $(ARGS)
+	$(PYTEST) -m "not real_data and not cluster" $(ARGS)
 
 test-cluster: setup   ## only the local standalone-cluster test
 	$(BIN)/python -m pytest -m cluster $(ARGS)

