@@ -424,6 +424,9 @@ class RankConf(_Strict):
     dedup_titles: bool = True
     # At most this many items of one category in a user's list.
     max_per_category: int = Field(5, ge=1)
+    # Buyers are ranked in this many groups (a hash of the buyer), one Python call each:
+    # about 100 buyers a group on Online Retail; raise it with the number of buyers.
+    buckets: int = Field(64, ge=1)
 
 
 class NearlineConf(_Strict):

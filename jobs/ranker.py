@@ -260,28 +260,34 @@ def choose_quotas(
     k, cap = rc.choose_at_k, conf.rank.max_per_category
     held = rows.filter(_holdout(conf)).join(bought, "user_id")
 
-    def per_user(pdf: pd.DataFrame) -> pd.DataFrame:
-        pdf = pdf.reset_index(drop=True)
+    def per_bucket(pdf: pd.DataFrame) -> pd.DataFrame:
+        """Every grid pair's recall and new-category hit for each buyer of one group."""
+        pdf = pdf.drop(columns="_bucket").reset_index(drop=True)
         s = score(pdf, ranker.model, features)
         e = None if ranker.explore is None else score(pdf, ranker.explore, features)
-        n_bought = int(pdf["bought"].iloc[0])
+        n_bought = pdf.groupby("user_id")["bought"].first().astype("float64")
         out = []
         for r, d in grid:
             listed = fill(pdf, s, ListRules(k, r, d, cap), e)
             hits = listed["label"] > 0
-            out.append(
-                (pdf["user_id"].iloc[0], r, d, float(hits.sum()) / n_bought,
-                 float((hits & (listed["is_new_category"] > 0)).any()))
+            per_buyer = (
+                pd.DataFrame({"user_id": listed["user_id"], "hits": hits,
+                              "new_hit": hits & (listed["is_new_category"] > 0)})
+                .groupby("user_id").agg(hits=("hits", "sum"), new_hit=("new_hit", "any"))
+                .reindex(n_bought.index, fill_value=0)  # a buyer whose list is empty: no hit
             )  # fmt: skip
-        return pd.DataFrame(
-            out, columns=["user_id", "repeat_share", "discovery_share", "recall", "new_category_hit"]
-        )
+            out.append(pd.DataFrame({
+                "user_id": n_bought.index, "repeat_share": r, "discovery_share": d,
+                "recall": per_buyer["hits"].to_numpy(dtype="float64") / n_bought.to_numpy(),
+                "new_category_hit": per_buyer["new_hit"].to_numpy(dtype="float64"),
+            }))  # fmt: skip
+        return pd.concat(out, ignore_index=True)
 
     cols = ["user_id", "item_id", "label", "bought", "norm_title", "leaf_category", *features]
     means = (
-        held.select(*cols)
-        .groupBy("user_id")
-        .applyInPandas(per_user, QUOTA_SCHEMA)
+        held.select(*cols, F.pmod(F.xxhash64("user_id"), F.lit(conf.rank.buckets)).alias("_bucket"))
+        .groupBy("_bucket")
+        .applyInPandas(per_bucket, QUOTA_SCHEMA)
         .groupBy("repeat_share", "discovery_share")
         .agg(
             F.mean("recall").alias("recall"),

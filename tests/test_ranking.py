@@ -155,3 +155,36 @@ def test_the_shown_channel_is_repeat_for_an_own_item_else_the_one_ranking_it_hig
     )
     listed = pd.DataFrame([{"query_rank": 1.0, "reasons": {"query": "You buy bags", "trend": "Rising"}}])
     assert with_reason(listed)[["channel", "reason"]].values.tolist() == [["query", "You buy bags"]]
+
+
+def test_buyers_ranked_together_get_the_lists_they_get_alone():
+    # rank_users sorts and de-duplicates every buyer at once: a title one buyer has twice
+    # counts once for them, but another buyer's copy of it is theirs to keep.
+    rng = np.random.default_rng(7)
+    rows = []
+    for u in ("u1", "u2", "u3"):
+        for j in range(12):
+            rows.append(
+                {"user_id": u, "item_id": f"{u}-{j:02d}", "own_events": float(j % 3 == 0),
+                 "is_new_category": float(j % 4 == 1), "leaf_category": f"c{j % 3}",
+                 "norm_title": "shared" if j < 2 else f"{u}-t{j}", "good": float(rng.integers(0, 4))}
+            )  # fmt: skip
+    c = pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)  # buyers interleaved
+    model = _one_feature_model()
+    rules = ListRules(top_k=6, repeat_share=0.5, discovery_share=0.34, max_per_category=3)
+    together = rank_users(c, Ranker(model, None, ("good",)), rules)
+    for u, g in c.groupby("user_id"):
+        alone = fill(g, score(g, model, ["good"]), rules)
+        assert together.loc[together["user_id"] == u, "item_id"].tolist() == alone["item_id"].tolist()
+        assert together.loc[together["user_id"] == u, "position"].tolist() == list(range(1, 7))
+    shared = together[together["norm_title"] == "shared"]
+    assert sorted(shared["user_id"]) == ["u1", "u2", "u3"]  # once per buyer, not once overall
+
+
+def _one_feature_model() -> bytes:
+    """A model whose score rises with the feature ``good`` (ties stay ties)."""
+    import xgboost
+
+    x = np.arange(8, dtype=float).reshape(-1, 1) % 4
+    booster = xgboost.train({"objective": "reg:squarederror", "max_depth": 2}, xgboost.DMatrix(x, x[:, 0]), 10)
+    return bytes(booster.save_raw("json"))

@@ -63,32 +63,31 @@ def score(candidates: pd.DataFrame, model: bytes, features: list[str]) -> np.nda
     return np.asarray(booster(model).inplace_predict(x), dtype=np.float64)
 
 
-def fill(
-    candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules, explore: np.ndarray | None = None
-) -> pd.DataFrame:
-    """One buyer's list from their candidates and scores; returns the chosen rows in list
-    order with ``score`` and ``position`` (1..n) added.
-
-    ``explore``: the explore head's scores; a slot the discovery quota reserves takes the
-    new-category item it scores highest (without it, the one ``scores`` ranks highest).
-    """
-    if candidates.empty:
-        return candidates.assign(score=pd.Series(dtype="float64"), position=pd.Series(dtype="int32"))
+def _ordered(candidates: pd.DataFrame, scores: np.ndarray, explore: np.ndarray | None, rules: ListRules):
+    """The candidates with ``score`` and ``_explore``, each buyer's rows together in score
+    order (ties by item id) and, with ``dedup_titles``, a normalised title once per buyer
+    (the best-scoring row of it kept)."""
     c = candidates.assign(score=scores, _explore=scores if explore is None else explore)
-    c = c.sort_values(["score", "item_id"], ascending=[False, True])
+    keys, ascending = ["score", "item_id"], [False, True]
+    if "user_id" in c:
+        keys, ascending = ["user_id", *keys], [True, *ascending]
+    c = c.sort_values(keys, ascending=ascending, kind="mergesort")
     if rules.dedup_titles and "norm_title" in c:
-        titled = c["norm_title"].notna()
-        c = pd.concat([c[titled].drop_duplicates("norm_title"), c[~titled]]).sort_values(
-            ["score", "item_id"], ascending=[False, True]
-        )
-    own = (c["own_events"].to_numpy() > 0).tolist()
-    new_cat = (c["is_new_category"].to_numpy() > 0).tolist()
-    cats = c["leaf_category"].tolist()
-    # Positions in the general order, and the new-category ones in the explore head's order.
-    left = list(range(len(c)))
-    by_explore = sorted((i for i in left if new_cat[i]), key=lambda i: -c["_explore"].iat[i])
+        by = ["user_id", "norm_title"] if "user_id" in c else ["norm_title"]
+        c = c[~(c["norm_title"].notna() & c.duplicated(by))]
+    return c
+
+
+def _choose(own: np.ndarray, new_cat: np.ndarray, cats: list, explore: np.ndarray, rules: ListRules) -> list[int]:
+    """Positions (into one buyer's rows in score order) of the list, slot by slot (see the
+    module docstring)."""
+    own_l, new_l = own.tolist(), new_cat.tolist()
+    left = list(range(len(own_l)))
+    # The new-category positions in the explore head's order (ties: the general order).
+    new_pos = np.flatnonzero(new_cat)
+    by_explore = new_pos[np.argsort(-explore[new_pos], kind="stable")].tolist()
     chosen: list[int] = []
-    per_cat: dict[str, int] = {}
+    per_cat: dict = {}
     n_own = n_new = 0
     while len(chosen) < rules.top_k and left:
         n = len(chosen) + 1
@@ -100,7 +99,7 @@ def fill(
             room = set(left)
             pick = next((i for i in by_explore if i in room), None)
         if pick is None:  # no reserved slot, or no new-category item left: the general order
-            pick = next((i for i in left if own_room or not own[i]), None)
+            pick = next((i for i in left if own_room or not own_l[i]), None)
         if pick is None:  # only own items left and no room for them: relax the repeat quota
             pick = left[0] if left else None
         if pick is None:
@@ -108,11 +107,47 @@ def fill(
         left.remove(pick)
         chosen.append(pick)
         per_cat[cats[pick]] = per_cat.get(cats[pick], 0) + 1
-        n_own += own[pick]
-        n_new += new_cat[pick]
-    out = c.iloc[chosen].drop(columns="_explore")
-    out["position"] = np.arange(1, len(out) + 1, dtype=np.int32)
+        n_own += own_l[pick]
+        n_new += new_l[pick]
+    return chosen
+
+
+def _lists(c: pd.DataFrame, rules: ListRules) -> pd.DataFrame:
+    """The list of every buyer of :func:`_ordered`'s frame, ``position`` added."""
+    own = c["own_events"].to_numpy() > 0
+    new_cat = c["is_new_category"].to_numpy() > 0
+    cats = c["leaf_category"].tolist()
+    explore = c["_explore"].to_numpy(dtype=np.float64)
+    if "user_id" in c:
+        users = c["user_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    else:
+        starts = np.array([0])
+    ends = np.r_[starts[1:], len(c)]
+    rows: list[int] = []
+    positions: list[int] = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        chosen = _choose(own[a:b], new_cat[a:b], cats[a:b], explore[a:b], rules)
+        rows.extend(a + i for i in chosen)
+        positions.extend(range(1, len(chosen) + 1))
+    out = c.iloc[rows].drop(columns="_explore")
+    out["position"] = np.asarray(positions, dtype=np.int32)
     return out
+
+
+def fill(
+    candidates: pd.DataFrame, scores: np.ndarray, rules: ListRules, explore: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Each buyer's list from their candidates and scores (one buyer, or several told apart
+    by ``user_id``); returns the chosen rows in list order, buyer by buyer, with ``score``
+    and ``position`` (1..n per buyer) added.
+
+    ``explore``: the explore head's scores; a slot the discovery quota reserves takes the
+    new-category item it scores highest (without it, the one ``scores`` ranks highest).
+    """
+    if candidates.empty:
+        return candidates.assign(score=pd.Series(dtype="float64"), position=pd.Series(dtype="int32"))
+    return _lists(_ordered(candidates, scores, explore, rules), rules)
 
 
 @dataclass(frozen=True)
@@ -156,11 +191,8 @@ def rank_users(candidates: pd.DataFrame, ranker: Ranker, rules: ListRules) -> pd
     channel it is shown as coming from and that channel's reason."""
     if candidates.empty:
         return with_reason(fill(candidates, np.zeros(0), rules))
-    candidates = candidates.reset_index(drop=True)
     general = score(candidates, ranker.model, list(ranker.features))
     explore = None if ranker.explore is None else score(candidates, ranker.explore, list(ranker.features))
-    parts = []
-    for _, g in candidates.groupby("user_id", sort=True):
-        idx = g.index.to_numpy()
-        parts.append(fill(g, general[idx], rules, None if explore is None else explore[idx]))
-    return with_reason(pd.concat(parts, ignore_index=True))
+    # All buyers sorted and de-duplicated at once, then each buyer's slots filled in turn.
+    listed = _lists(_ordered(candidates, general, explore, rules), rules)
+    return with_reason(listed.reset_index(drop=True))
