@@ -23,6 +23,7 @@ average is printed too: on a shared machine only ratios within one run compare.
 
     python bench/ranking_cost.py                 # conf/local.yaml, ./warehouse
     python bench/ranking_cost.py --repeats 3 --conf conf/taobao.yaml
+    python bench/ranking_cost.py --set storage.root=warehouse/evaluation/asof_20111112  # a cut's warehouse
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conf", default=None)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a configuration override, e.g. storage.root=warehouse/evaluation/asof_20111112")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -105,7 +108,7 @@ def main() -> None:
     from jobs.config import load_config
     from jobs.session import get_spark
 
-    conf = load_config(args.conf, ["tracking.enabled=false"])
+    conf = load_config(args.conf, ["tracking.enabled=false", *args.set])
     spark = get_spark(conf)
     for needed in ("gold.user_queries", "gold.index_manifest", "gold.ranker_models"):
         if not tables.exists(spark, conf, needed):

@@ -142,12 +142,17 @@ def item_neighbours(events: DataFrame, neighbours: int, shrink: float, max_items
         .select("user_id", "item_id")
     )
     n_users = has.groupBy("item_id").agg(F.count("*").alias("n_i"))
-    pairs = (
+    # Each unordered pair is counted once (a < b: half the rows of the self-join), then
+    # both directions are kept: common(i, j) = common(j, i).
+    once = (
         basket.alias("a")
         .join(basket.alias("b"), "user_id")
-        .filter(F.col("a.item_id") != F.col("b.item_id"))
+        .filter(F.col("a.item_id") < F.col("b.item_id"))
         .groupBy(F.col("a.item_id").alias("item_id"), F.col("b.item_id").alias("other_id"))
         .agg(F.count("*").alias("common"))
+    )
+    pairs = once.unionByName(
+        once.select(F.col("other_id").alias("item_id"), F.col("item_id").alias("other_id"), "common")
     )
     closest = Window.partitionBy("item_id").orderBy(F.desc("sim"), "other_id")
     return (
@@ -368,21 +373,6 @@ def category_bestsellers(events: DataFrame, categories: DataFrame, since: dt.dat
 # --- features ---------------------------------------------------------------------------------
 
 
-def _channel_columns(cands: DataFrame) -> DataFrame:
-    """One row per (user, item): each channel's score and rank, the number of channels and
-    each channel's reason (``reasons``: channel -> reason; ``udfs.ranking.shown_channel``
-    picks the one a list shows)."""
-    aggs = []
-    for c in CHANNELS:
-        aggs.append(F.max(F.when(F.col("channel") == c, F.col("channel_score"))).alias(f"{c}_score"))
-        aggs.append(F.min(F.when(F.col("channel") == c, F.col("channel_rank"))).alias(f"{c}_rank"))
-    return cands.groupBy("user_id", "item_id").agg(
-        *aggs,
-        F.count("*").cast("double").alias("n_channels"),
-        F.map_from_entries(F.collect_list(F.struct("channel", "reason"))).alias("reasons"),
-    )
-
-
 ITEM_FEATURES = ("log_buyers", "log_recent_buyers", "buyer_trend", "category_rank", "category_buyer_share")
 
 
@@ -417,81 +407,122 @@ def item_features(
     )
 
 
+def _pair_columns(cands: DataFrame, q2i: DataFrame | None, events: DataFrame) -> DataFrame:
+    """One row per (user, item) candidate with everything keyed by the pair, in one
+    aggregation over the candidates, the Q2I hits and the events (not a join each):
+
+    - each channel's score and rank, the number of channels and each channel's reason
+      (``reasons``: channel -> reason; ``udfs.ranking.shown_channel`` picks the one shown);
+    - the best query relevance, whether a personal / an exploration query found it, and the
+      kind and text of its best-scoring query;
+    - the buyer's own purchases and events of the item and their last dates.
+    """
+    cols = {
+        "channel": "string", "channel_score": "double", "channel_rank": "int", "reason": "string",
+        "relevance": "double", "kind": "string", "score": "double", "query": "string",
+        "event_type": "string", "dt": "date",
+    }  # fmt: skip
+
+    def part(df: DataFrame, present: tuple[str, ...]) -> DataFrame:
+        return df.select(
+            "user_id", "item_id",
+            *[(F.col(c) if c in present else F.lit(None)).cast(t).alias(c) for c, t in cols.items()],
+        )  # fmt: skip
+
+    rows = part(cands, ("channel", "channel_score", "channel_rank", "reason"))
+    if q2i is not None:
+        rows = rows.unionByName(part(q2i, ("relevance", "kind", "score", "query")))
+    rows = rows.unionByName(part(events.filter(F.col("item_id").isNotNull()), ("event_type", "dt")))
+
+    aggs = []
+    for c in CHANNELS:
+        aggs.append(F.max(F.when(F.col("channel") == c, F.col("channel_score"))).alias(f"{c}_score"))
+        aggs.append(F.min(F.when(F.col("channel") == c, F.col("channel_rank"))).alias(f"{c}_rank"))
+    is_event = F.col("event_type").isNotNull()
+    n_events = F.count("event_type")
+    return (
+        rows.groupBy("user_id", "item_id")
+        .agg(
+            *aggs,
+            F.count("channel").cast("double").alias("n_channels"),
+            F.map_from_entries(
+                F.collect_list(F.when(F.col("channel").isNotNull(), F.struct("channel", "reason")))
+            ).alias("reasons"),
+            F.max("relevance").alias("relevance"),
+            F.max((F.col("kind") == "personal").cast("double")).alias("is_personal_query"),
+            F.max((F.col("kind") == "exploration").cast("double")).alias("is_exploration_query"),
+            F.max_by(F.col("kind"), F.col("score")).alias("query_kind"),
+            F.max_by(F.col("query"), F.col("score")).alias("query"),
+            F.sum(F.when(is_event, (F.col("event_type") == "purchase").cast("double"))).alias("own_purchases"),
+            F.when(n_events > 0, n_events.cast("double")).alias("own_events"),  # null: never touched
+            F.max(F.when(F.col("event_type") == "purchase", F.col("dt"))).alias("_last_purchase"),
+            F.max("dt").alias("_last_event"),
+        )
+        .filter(F.col("n_channels") > 0)
+    )  # fmt: skip
+
+
+def _user_category_columns(user_cats: DataFrame, prefs: DataFrame, bands: DataFrame) -> DataFrame:
+    """One row per (user, category) with what is keyed by them: the category's share of the
+    buyer's item events, the transition score of a category new to them, their CFV factor
+    weights there (``_prefs``: factor -> weight) and the price bands they bought there."""
+    shares = user_cats.withColumn(
+        "category_share", F.col("_n") / F.sum("_n").over(Window.partitionBy("user_id"))
+    ).drop("_n")
+    uc = user_cats.select("user_id", "leaf_category")
+    transitions = transition_scores(uc, category_transitions(uc))
+    pref_maps = (
+        prefs.filter(F.col("factor").isNotNull())
+        .groupBy("user_id", "leaf_category")
+        .agg(F.map_from_entries(F.collect_list(F.struct("factor", "weight"))).alias("_prefs"))
+    )
+    band_sets = bands.groupBy("user_id", "leaf_category").agg(F.collect_set("price_band").alias("_bands"))
+    keys = ["user_id", "leaf_category"]
+    return shares.join(transitions, keys, "full").join(pref_maps, keys, "full").join(band_sets, keys, "full")
+
+
 def features(
     spark: SparkSession, conf: Config, cands: DataFrame, events: DataFrame, as_of: dt.date
 ) -> DataFrame:
-    """Every feature of :data:`FEATURE_COLUMNS` per (user, item) candidate, as of ``as_of``."""
+    """Every feature of :data:`FEATURE_COLUMNS` per (user, item) candidate, as of ``as_of``:
+    the pair's columns in one aggregation (:func:`_pair_columns`), then one join each with
+    the (user, category) and the item tables."""
     from jobs.q2i import user_preferences
 
     cc = conf.candidates
+    days = conf.aggregate.horizon_days
     profiles = tables.read(spark, conf, "silver.item_profiles")
     cats = tables.read(spark, conf, "silver.item_categories").select("item_id", "leaf_category")
     items = (
-        cats.join(profiles.select("item_id", "price_band", F.coalesce("short_title", "title").alias("title")), "item_id", "left")
+        cats.join(
+            profiles.select(
+                "item_id", "price_band", F.coalesce("short_title", "title").alias("title"),
+                F.transform("decision_factors.value", lambda f: F.lower(F.trim(f))).alias("_factors"),
+            ),
+            "item_id", "left",
+        )
+        .join(item_features(events, cats, as_of, cc, days), "item_id", "left")
     )  # fmt: skip
-    base = _channel_columns(cands).join(items, "item_id", "left").fillna("unknown", ["leaf_category"])
-
     q2i = (
         tables.read(spark, conf, "gold.q2i_candidates")
         if tables.exists(spark, conf, "gold.q2i_candidates")
         else None
     )
-    if q2i is not None:
-        q = q2i.groupBy("user_id", "item_id").agg(
-            F.max("relevance").cast("double").alias("relevance"),
-            F.max((F.col("kind") == "personal").cast("double")).alias("is_personal_query"),
-            F.max((F.col("kind") == "exploration").cast("double")).alias("is_exploration_query"),
-            F.max_by(F.col("kind"), F.col("score")).alias("query_kind"),
-            F.max_by(F.col("query"), F.col("score")).alias("query"),
-        )
-        base = base.join(q, ["user_id", "item_id"], "left")
-    else:
-        base = base.select("*", *[F.lit(None).cast(t).alias(c) for c, t in (
-            ("relevance", "double"), ("is_personal_query", "double"), ("is_exploration_query", "double"),
-            ("query_kind", "string"), ("query", "string"))])  # fmt: skip
-
-    # Preferences: CFV factor match and price band, as in q2i, for every candidate.
-    prefs, bands = user_preferences(spark, conf)
-    factors = profiles.select("item_id", F.explode("decision_factors.value").alias("factor")).select(
-        "item_id", F.lower(F.trim("factor")).alias("factor")
-    )
-    match = (
-        base.select("user_id", "item_id", "leaf_category")
-        .join(factors, "item_id")
-        .join(prefs, ["user_id", "leaf_category", "factor"])
-        .groupBy("user_id", "item_id")
-        .agg(F.max("weight").alias("cfv_match"))
-    )
-    base = base.join(match, ["user_id", "item_id"], "left").join(
-        bands.withColumn("price_match", F.lit(1.0)), ["user_id", "leaf_category", "price_band"], "left"
-    )
-
-    # The buyer's own history.
     item_ev = events.filter(F.col("item_id").isNotNull())
-    own = item_ev.groupBy("user_id", "item_id").agg(
-        F.sum((F.col("event_type") == "purchase").cast("double")).alias("own_purchases"),
-        F.count("*").cast("double").alias("own_events"),
-        F.max(F.when(F.col("event_type") == "purchase", F.col("dt"))).alias("_last_purchase"),
-        F.max("dt").alias("_last_event"),
-    )
     user_cats = (
         item_ev.join(cats, "item_id").groupBy("user_id", "leaf_category").agg(F.count("*").alias("_n"))
     )
-    shares = user_cats.withColumn(
-        "category_share", F.col("_n") / F.sum("_n").over(Window.partitionBy("user_id"))
-    ).drop("_n")
-    transitions = transition_scores(
-        user_cats.select("user_id", "leaf_category"), category_transitions(user_cats.select("user_id", "leaf_category"))
-    )  # fmt: skip
+    prefs, bands = user_preferences(spark, conf)  # CFV factor match and price band, as in q2i
 
-    days = conf.aggregate.horizon_days
     out = (
-        base.join(own, ["user_id", "item_id"], "left")
-        .join(shares, ["user_id", "leaf_category"], "left")
-        .join(transitions, ["user_id", "leaf_category"], "left")
-        .join(item_features(events, cats, as_of, cc, days), "item_id", "left")
+        _pair_columns(cands, q2i, events)
+        .join(items, "item_id", "left")
+        .fillna("unknown", ["leaf_category"])
+        .join(_user_category_columns(user_cats, prefs, bands), ["user_id", "leaf_category"], "left")
         .select(
             "*",
+            F.array_max(F.transform("_factors", lambda f: F.try_element_at("_prefs", f))).alias("cfv_match"),
+            F.array_contains("_bands", F.col("price_band")).cast("double").alias("price_match"),
             F.coalesce(F.datediff(F.lit(as_of), "_last_purchase"), F.lit(days))
             .cast("double")
             .alias("days_since_purchase"),
@@ -517,8 +548,6 @@ def features(
         .withColumn("norm_title", normalised_title(F.col("title")))
         .withColumn("as_of", F.lit(as_of))
     )
-    for c in CHANNELS:
-        out = out.withColumn(f"{c}_rank", F.col(f"{c}_rank").cast("double"))
     return out.select(
         *DESCRIPTIVE_COLUMNS, *[F.col(c).cast("double").alias(c) for c in FEATURE_COLUMNS], "as_of"
     )
@@ -614,8 +643,10 @@ def write_features(
     """Replace the ``as_of`` partition of ``gold.candidate_features``; ``prune``: drop the run
     dates more than ``candidates.keep_days`` before ``as_of``."""
     keep_from = as_of - dt.timedelta(days=conf.candidates.keep_days)
-    # Files by user range: a lookup of a few buyers (the nearline's) skips the others.
-    feats = feats.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
+    # Files by user range: a lookup of a few buyers (the nearline's) skips the others. The
+    # range partitioner samples its input first: kept, the features are computed once, not twice.
+    kept = feats.persist(StorageLevel.MEMORY_AND_DISK)
+    feats = kept.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
 
     def columns(schema) -> list[tuple[str, str]]:
         return [(f.name, f.dataType.simpleString()) for f in schema]
@@ -632,3 +663,4 @@ def write_features(
             tables.delete_where(spark, conf, FEATURES, f"as_of < '{keep_from}'")
     else:
         tables.overwrite(feats, conf, FEATURES, partition_by=["as_of"])
+    kept.unpersist()
