@@ -186,5 +186,7 @@ def _one_feature_model() -> bytes:
     import xgboost
 
     x = np.arange(8, dtype=float).reshape(-1, 1) % 4
-    booster = xgboost.train({"objective": "reg:squarederror", "max_depth": 2}, xgboost.DMatrix(x, x[:, 0]), 10)
+    booster = xgboost.train(
+        {"objective": "reg:squarederror", "max_depth": 2}, xgboost.DMatrix(x, x[:, 0]), 10
+    )
     return bytes(booster.save_raw("json"))

@@ -78,7 +78,9 @@ def _ordered(candidates: pd.DataFrame, scores: np.ndarray, explore: np.ndarray |
     return c
 
 
-def _choose(own: np.ndarray, new_cat: np.ndarray, cats: list, explore: np.ndarray, rules: ListRules) -> list[int]:
+def _choose(
+    own: np.ndarray, new_cat: np.ndarray, cats: list, explore: np.ndarray, rules: ListRules
+) -> list[int]:
     """Positions (into one buyer's rows in score order) of the list, slot by slot (see the
     module docstring)."""
     own_l, new_l = own.tolist(), new_cat.tolist()
