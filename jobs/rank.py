@@ -22,7 +22,7 @@ from jobs import tables
 from jobs.aggregate import resolve_run_date
 from jobs.candidates import DESCRIPTIVE_COLUMNS, FEATURES
 from jobs.config import Config
-from jobs.ranker import load_model
+from jobs.ranker import buyer_group, load_model
 from udfs.ranking import ListRules, Ranker, rank_users
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,11 @@ def rank(candidates: DataFrame, ranker: Ranker, rules: ListRules, buckets: int =
         return as_list_rows(rank_users(pdf.drop(columns="_bucket"), ranker, rules))
 
     cols = list(dict.fromkeys([*PASSED, *ranker.features]))
-    bucket = F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("_bucket")
-    return candidates.select(*cols, bucket).groupBy("_bucket").applyInPandas(per_bucket, LIST_SCHEMA)
+    return (
+        candidates.select(*cols, buyer_group(buckets))
+        .groupBy("_bucket")
+        .applyInPandas(per_bucket, LIST_SCHEMA)
+    )
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:

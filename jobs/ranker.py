@@ -242,6 +242,12 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
         spark.conf.set(key, before)
 
 
+def buyer_group(buckets: int):
+    """``_bucket``: one of ``buckets`` groups of whole buyers (a hash of ``user_id``); the
+    lists are filled a group per Python call (a call per buyer costs more than its work)."""
+    return F.pmod(F.xxhash64("user_id"), F.lit(buckets)).alias("_bucket")
+
+
 def held_out_buyers(conf: Config, rows: DataFrame) -> int:
     """Held-out buyers with a purchase among their candidates (the ones a fit can stop on)."""
     return rows.filter(_holdout(conf) & (F.col("label") > 0)).select("user_id").distinct().count()
@@ -285,7 +291,7 @@ def choose_quotas(
 
     cols = ["user_id", "item_id", "label", "bought", "norm_title", "leaf_category", *features]
     means = (
-        held.select(*cols, F.pmod(F.xxhash64("user_id"), F.lit(conf.rank.buckets)).alias("_bucket"))
+        held.select(*cols, buyer_group(conf.rank.buckets))
         .groupBy("_bucket")
         .applyInPandas(per_bucket, QUOTA_SCHEMA)
         .groupBy("repeat_share", "discovery_share")

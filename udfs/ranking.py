@@ -191,10 +191,6 @@ def with_reason(listed: pd.DataFrame) -> pd.DataFrame:
 def rank_users(candidates: pd.DataFrame, ranker: Ranker, rules: ListRules) -> pd.DataFrame:
     """The lists of every buyer in ``candidates`` (grouped by ``user_id``), each row with the
     channel it is shown as coming from and that channel's reason."""
-    if candidates.empty:
-        return with_reason(fill(candidates, np.zeros(0), rules))
     general = score(candidates, ranker.model, list(ranker.features))
     explore = None if ranker.explore is None else score(candidates, ranker.explore, list(ranker.features))
-    # All buyers sorted and de-duplicated at once, then each buyer's slots filled in turn.
-    listed = _lists(_ordered(candidates, general, explore, rules), rules)
-    return with_reason(listed.reset_index(drop=True))
+    return with_reason(fill(candidates, general, rules, explore).reset_index(drop=True))
