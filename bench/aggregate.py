@@ -64,7 +64,8 @@ if str(ROOT) not in sys.path:  # `python bench/aggregate.py` without an installe
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-from jobs.aggregate import STOPWORDS, UNKNOWN_CATEGORY, user_week_category  # noqa: E402
+from core.categories import UNKNOWN_CATEGORY  # noqa: E402
+from jobs.aggregate import STOPWORDS, user_week_category  # noqa: E402
 from jobs.ingest.staging import EVENT_TYPES  # noqa: E402
 from jobs.ingest.synthetic import generate  # noqa: E402
 

@@ -8,7 +8,7 @@ The same texts are embedded with the project's packaged model (all-MiniLM-L6-v2 
 - **plain**: this Python process calls ``udfs.embedding.load_model`` once (its time is
   reported apart, not counted), then ``encode(texts, spec)`` is timed;
 - **Spark**: local mode (``spark.master=local[N]``, default ``local[2]``) through the
-  project's session (``jobs.session.get_spark``). The texts sit in a cached DataFrame of
+  project's session (``core.session.get_spark``). The texts sit in a cached DataFrame of
   ``--partitions`` partitions (default: the number of cores of the master); the timed
   part runs from the start of the action to the end of a write to the ``noop`` sink of
   ``df.transform(embed_column("text", spec))``: Arrow transfer to the Python workers,
@@ -75,8 +75,8 @@ if str(ROOT) not in sys.path:  # `python bench/embed.py` without an installed pr
 
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 
-from jobs.config import load_config  # noqa: E402
-from jobs.session import get_spark  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.session import get_spark  # noqa: E402
 from udfs.embedding import EmbeddingSpec, embed_column, encode, load_model  # noqa: E402
 
 DATA = ROOT / "data" / "online_retail" / "by-day"

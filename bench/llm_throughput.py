@@ -4,7 +4,7 @@ What is measured
 ----------------
 The ``item_profile`` agent's LLM path (``udfs.llm.run_agent``: render, Delta cache
 look-up, concurrent calls in ``mapInPandas``, one Delta commit of the answers) against the
-scripted OpenAI-compatible server (``udfs.llm.scripted_server``), started as its own
+scripted OpenAI-compatible server (``testing.scripted_server``), started as its own
 process with a fixed latency (default 200 ms) and a cap of C requests processed at once
 (beyond it requests queue). Every run starts from an empty warehouse, so every input is
 sent.
@@ -42,10 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-from jobs.config import load_config  # noqa: E402
-from jobs.session import get_spark  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.session import get_spark  # noqa: E402
+from jobs.agents import run_agent  # noqa: E402
 from udfs.agents import item_profile as ip  # noqa: E402
-from udfs.llm import run_agent  # noqa: E402
 
 
 class ServerProcess:
@@ -53,9 +53,9 @@ class ServerProcess:
 
     def __init__(self, latency_ms: float, cap: int | None):
         cmd = [
-            sys.executable, "-m", "udfs.llm.scripted_server", "--port", "0",
+            sys.executable, "-m", "testing.scripted_server", "--port", "0",
             "--latency-ms", str(latency_ms), "--no-record-bodies",
-            "--responder", "udfs.agents.item_profile:scripted_answer",
+            "--responder", "testing.answers:item_profile",
         ]  # fmt: skip
         if cap:
             cmd += ["--cap", str(cap)]

@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.config import load_config  # noqa: E402
 from jobs import tables  # noqa: E402
-from jobs.config import load_config  # noqa: E402
 
 
 def main() -> None:
@@ -62,8 +62,8 @@ def main() -> None:
     agents = [a.strip() for a in args.agents.split(",") if a.strip()]
     out = Path(args.out)
 
+    from core.session import get_spark
     from jobs.evaluate import report
-    from jobs.session import get_spark
 
     source = load_config(args.conf, args.overrides)
     spark = get_spark(source)

@@ -39,8 +39,9 @@ def _percentile(values: list[float], p: float) -> float:
 
 def measure(spark, args, source: Path, server, commit: str) -> dict:
     """One stream on a fresh copy of the warehouse; the latencies of its triggered users."""
-    from jobs import nearline, tables
-    from jobs.config import load_config
+    from core import tables
+    from core.config import load_config
+    from jobs import nearline
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_nearline_"))
     for layer in ("bronze", "silver", "gold"):
@@ -157,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from jobs.config import load_config
-    from jobs.session import get_spark
-    from udfs.agents import u2q
-    from udfs.llm.scripted_server import ScriptedLLMServer
+    from core.config import load_config
+    from core.session import get_spark
+    from testing import answers
+    from testing.scripted_server import ScriptedLLMServer
 
     source = Path(args.warehouse)
     if not (source / "gold" / "recommendations").exists():
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    server = ScriptedLLMServer(latency_s=args.llm_latency_ms / 1000.0, responder=u2q.scripted_answer).start()
+    server = ScriptedLLMServer(latency_s=args.llm_latency_ms / 1000.0, responder=answers.u2q).start()
     spark = get_spark(load_config(overrides=["spark.shuffle_partitions=2", "tracking.enabled=false"]))
     try:
         results = [measure(spark, args, source, server, c.strip()) for c in args.commit.split(",")]

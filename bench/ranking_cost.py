@@ -44,8 +44,8 @@ log = logging.getLogger("bench.ranking_cost")
 
 def former_rank(spark: SparkSession, conf) -> int:
     """The pre-channel weighted ranking of the Q2I candidates (the reference); rows written."""
-    from jobs import tables
-    from jobs.aggregate import resolve_run_date
+    from core import tables
+    from core.rundate import resolve_run_date
 
     run_date = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
     events = tables.read(spark, conf, "bronze.events").filter(
@@ -104,9 +104,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    from jobs import candidates, q2i, rank, tables
-    from jobs.config import load_config
-    from jobs.session import get_spark
+    from core import tables
+    from core.config import load_config
+    from core.session import get_spark
+    from jobs import candidates, q2i, rank
 
     conf = load_config(args.conf, ["tracking.enabled=false", *args.set])
     spark = get_spark(conf)

@@ -75,9 +75,9 @@ def build_warehouse(spark, conf) -> None:
 def measure(spark, conf, run_date: dt.date, n_users: int) -> dict:
     from pyspark.sql import functions as F
 
+    from core import tables
+    from core.categories import load_rules
     from jobs import compress as cj
-    from jobs import tables
-    from jobs.categorize import load_rules
     from prompts import load_prompt
     from udfs.agents import behavior_compression as bc
     from udfs.agents import item_profile as ip
@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         suffix = "" if args.dataset == "online_retail" else f"_{args.dataset}"
         args.out = str(ROOT / "bench" / "out" / f"tokens{suffix}.md")
 
-    from jobs.config import load_config
-    from jobs.session import get_spark
+    from core.config import load_config
+    from core.session import get_spark
 
     run_date = dt.date.fromisoformat(args.run_date)
     tmp = None

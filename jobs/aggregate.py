@@ -21,14 +21,20 @@ from collections.abc import Callable
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.categorize import CategoryRules, assign_leaf_category, category_from_text, load_rules
-from jobs.config import Config
+from core import tables
+from core.categories import (
+    UNKNOWN_CATEGORY,
+    CategoryRules,
+    assign_leaf_category,
+    category_from_text,
+    load_rules,
+)
+from core.config import Config
+from core.rundate import resolve_run_date
 from jobs.ingest.staging import EVENT_TYPES
 
-log = logging.getLogger("discovery")
+log = logging.getLogger(__name__)
 
-UNKNOWN_CATEGORY = "unknown"
 STOPWORDS = frozenset(
     """a an and are as at be by for from in into is it of on or set the to with
     small large mini medium jumbo assorted pack""".split()
@@ -287,16 +293,6 @@ def search_terms_weekly(events: DataFrame, items: DataFrame | None = None, min_l
 # --- entry point ----------------------------------------------------------------------
 
 
-def resolve_run_date(spark: SparkSession, conf: Config, events: DataFrame) -> dt.date:
-    """The configured run date, or the last event day when it is ``latest``."""
-    if conf.run.date != "latest":
-        return conf.run.date
-    last = events.agg(F.max("dt")).collect()[0][0]
-    if last is None:
-        raise ValueError("bronze.events is empty: nothing to aggregate (run ingest first)")
-    return last
-
-
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     """Read bronze, write the four silver tables; returns rows written per table."""
     ac = conf.aggregate
@@ -304,7 +300,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     events = tables.read(spark, conf, "bronze.events")
     items = tables.read(spark, conf, "bronze.items")
     run_date = resolve_run_date(spark, conf, events)
-    print(f"aggregate: run date {run_date}, horizon {ac.horizon_days} days", flush=True)
+    log.info(f"aggregate: run date {run_date}, horizon {ac.horizon_days} days")
 
     cats = item_categories(items, rules)
     profiles = (
@@ -340,5 +336,5 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         tables.overwrite(df, conf, name)
         counts[name] = tables.read(spark, conf, name).count()
     for name, n in counts.items():
-        print(f"aggregate: {name} {n:,} rows", flush=True)
+        log.info(f"aggregate: {name} {n:,} rows")
     return counts

@@ -15,8 +15,9 @@ import logging
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.config import Config
+from core import tables
+from core.config import Config
+from jobs.stages import run_stages, stage_names
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,7 @@ HISTORY = ("gold.candidate_features",)
 
 def asof_stages(last: str | None = None) -> list[str]:
     """The stages an as-of run reruns: all but ingest and evaluate (up to ``last``)."""
-    from jobs.cli import STAGES
-
-    names = [s for s, _ in STAGES if s not in ("ingest", "evaluate")]
+    names = [s for s in stage_names() if s not in ("ingest", "evaluate")]
     return names if last is None else names[: names.index(last) + 1]
 
 
@@ -90,6 +89,5 @@ def run_asof_pipeline(
     label: str = "as of",
 ) -> None:
     """The stages after ingest (up to ``last``), in DAG order, in the as-of warehouse."""
-    from jobs.cli import run_stages
 
     run_stages(spark, asof, asof_stages(last), tracker=tracker, parent_id=parent_id, label=label)

@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.config import CandidatesConf, Config
+from core import tables
+from core.config import CandidatesConf, Config
+from core.rundate import resolve_run_date
+from jobs.q2i import user_preferences
+from udfs.features import FEATURE_COLUMNS, normalised_title
 from udfs.ranking import CHANNELS
 
 log = logging.getLogger(__name__)
@@ -48,31 +50,6 @@ FEATURES = "gold.candidate_features"
 # Weight of one event in the repeat and collaborative channels (and the ALS baseline's
 # confidence); other event types (search, cancel) count nothing.
 EVENT_WEIGHTS = {"purchase": 4.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 1.0}
-# The numeric features the ranker reads, in this order (a model records the list it was
-# trained on; scoring with another list is refused).
-FEATURE_COLUMNS = (
-    *(f"{c}_score" for c in CHANNELS),
-    *(f"{c}_rank" for c in CHANNELS),
-    "n_channels",
-    "relevance",
-    "is_personal_query",
-    "is_exploration_query",
-    "cfv_match",
-    "price_match",
-    "own_purchases",
-    "own_events",
-    "days_since_purchase",
-    "days_since_event",
-    "is_new_item",
-    "is_new_category",
-    "category_share",
-    "category_transition",
-    "log_buyers",
-    "log_recent_buyers",
-    "buyer_trend",
-    "category_rank",
-    "category_buyer_share",
-)
 # The non-feature columns of gold.candidate_features that a list passes through.
 DESCRIPTIVE_COLUMNS = (
     "user_id",
@@ -163,28 +140,6 @@ def item_neighbours(events: DataFrame, neighbours: int, shrink: float, max_items
         .filter(F.col("_r") <= neighbours)
         .select("item_id", "other_id", "sim")
     )
-
-
-_UNITS = r"(oz|g|gr|kg|ml|cl|l|lb|lbs|pk|pack|pcs|pc|ct|count|cm|mm|in|inch|x)"
-_SIZE = re.compile(rf"\b\d+([.,/]\d+)?\s*{_UNITS}?\b|\b{_UNITS}\b|\bset of\b|\bpack of\b")
-_NON_WORD = re.compile(r"[^a-z ]+")
-
-
-def normalise_title(title: str | None) -> str | None:
-    """The title without case, numbers, sizes and pack words: two items with the same
-    normalised title are the same product in another size or pack."""
-    if title is None:
-        return None
-    text = _SIZE.sub(" ", title.lower())
-    text = " ".join(_NON_WORD.sub(" ", text).split())
-    return text or None
-
-
-def normalised_title(title: Column) -> Column:
-    """:func:`normalise_title` as a Spark column expression (the same steps)."""
-    text = F.regexp_replace(F.lower(title), _SIZE.pattern, " ")
-    text = F.trim(F.regexp_replace(F.regexp_replace(text, _NON_WORD.pattern, " "), " +", " "))
-    return F.when(F.length(text) > 0, text)
 
 
 # --- channels ---------------------------------------------------------------------------------
@@ -373,9 +328,6 @@ def category_bestsellers(events: DataFrame, categories: DataFrame, since: dt.dat
 # --- features ---------------------------------------------------------------------------------
 
 
-ITEM_FEATURES = ("log_buyers", "log_recent_buyers", "buyer_trend", "category_rank", "category_buyer_share")
-
-
 def item_features(
     events: DataFrame, categories: DataFrame, as_of: dt.date, cc: CandidatesConf, horizon_days: int
 ) -> DataFrame:
@@ -487,7 +439,6 @@ def features(
     """Every feature of :data:`FEATURE_COLUMNS` per (user, item) candidate, as of ``as_of``:
     the pair's columns in one aggregation (:func:`_pair_columns`), then one join each with
     the (user, category) and the item tables."""
-    from jobs.q2i import user_preferences
 
     cc = conf.candidates
     days = conf.aggregate.horizon_days
@@ -605,7 +556,6 @@ def generate(spark: SparkSession, conf: Config, as_of: dt.date, events: DataFram
 
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     """Write ``gold.candidates`` and this run date's ``gold.candidate_features``."""
-    from jobs.aggregate import resolve_run_date
 
     as_of = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
     for needed in ("silver.item_categories", "silver.item_profiles", "gold.cfv"):

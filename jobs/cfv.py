@@ -39,17 +39,21 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.aggregate import resolve_run_date, with_category
-from jobs.categorize import load_rules
-from jobs.config import Config
+from core import tables
+from core.categories import load_rules
+from core.config import Config
+from core.rundate import resolve_run_date
+from jobs.agents import run_agent
+from jobs.aggregate import with_category
 from udfs.agents import cfv_potential
-from udfs.llm import run_agent
+
+log = logging.getLogger(__name__)
 
 CFV = "gold.cfv"
 HORIZONS = ("long_term", "recent", "potential")
@@ -319,7 +323,8 @@ def llm_potential(inputs: DataFrame, heuristic_rows: DataFrame, conf: Config, ru
     Returns the table's columns for the input pairs that end with at least one factor.
     """
     context = {"max_factors": conf.cfv.potential_factors}
-    run = run_agent(inputs, cfv_potential.AGENT, conf, ["user_id", "leaf_category"], context)
+    # A failed answer falls back to the co-occurrence rows (``heuristic_rows``) below.
+    run = run_agent(inputs, cfv_potential.AGENT, conf, ["user_id", "leaf_category"], context, fallback=None)
     ok = F.col("status").isin("ok", "heuristic")
     answered = F.array_sort(
         F.transform(
@@ -422,7 +427,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     """Write ``gold.cfv`` (whole table); returns row counts per horizon and failed LLM rows."""
     run_date = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
     backend = conf.llm.agent(cfv_potential.AGENT.name).backend
-    print(f"cfv: run date {run_date}, potential backend {backend}", flush=True)
+    log.info(f"cfv: run date {run_date}, potential backend {backend}")
     rows, cached = compute(spark, conf, run_date)
     tables.overwrite(rows, conf, CFV)
     for df in cached:
@@ -436,10 +441,9 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     }
     counts = {h: stats.get(h, (0, 0))[0] for h in HORIZONS}
     counts["failed"] = sum(f for _, f in stats.values())
-    print(
+    log.info(
         f"cfv: {CFV} long_term {counts['long_term']:,}, recent {counts['recent']:,}, "
         f"potential {counts['potential']:,} rows (user x category); failed (heuristic fallback) "
         f"{counts['failed']:,}",
-        flush=True,
     )
     return counts

@@ -34,18 +34,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import tables
-from jobs.aggregate import iso_week, resolve_run_date, with_category
-from jobs.categorize import load_rules
-from jobs.config import Config
+from core import tables
+from core.categories import load_rules
+from core.config import Config
+from core.rundate import resolve_run_date
+from jobs.agents import run_agent
+from jobs.aggregate import iso_week, with_category
 from udfs.agents import behavior_compression as bc
-from udfs.llm import run_agent
 from udfs.llm.agent import estimate_tokens
+
+log = logging.getLogger(__name__)
 
 DIGESTS = "gold.behavior_digests"
 HYBRID_MODEL = "heuristic"
@@ -307,7 +311,8 @@ def agent_inputs(exact: DataFrame, raw: DataFrame, week_labels: list[str]) -> Da
 
 def llm_digests(inputs: DataFrame, conf: Config, context: dict, run_date: dt.date) -> DataFrame:
     """Digests written by the agent, scored against the exact rows; failed users get the hybrid one."""
-    run = run_agent(inputs, bc.AGENT, conf, ["user_id"], context)
+    # A failed answer falls back to the exact digest below, not to the agent's heuristic.
+    run = run_agent(inputs, bc.AGENT, conf, ["user_id"], context, fallback=None)
     answered = run.output.join(inputs.select("user_id", "raw_tokens", "exact_json", "exact_rows"), "user_id")
     ok = F.col("status").isin("ok", "heuristic")
     model_rows = F.array_sort(F.col("output.rows").cast(T.ArrayType(ROW_TYPE)))
@@ -353,9 +358,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     all_events = tables.read(spark, conf, "bronze.events")
     run_date = resolve_run_date(spark, conf, all_events)
     weeks = window_weeks(run_date, cc.weeks)
-    print(
+    log.info(
         f"compress: run date {run_date}, weeks {weeks[0][1]}..{weeks[-1][1]}, mode {cc.mode}",
-        flush=True,
     )
     profiles = (
         tables.read(spark, conf, "silver.item_profiles")
@@ -363,7 +367,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         else None
     )
     if profiles is None:
-        print("compress: silver.item_profiles not found: digests without factors", flush=True)
+        log.info("compress: silver.item_profiles not found: digests without factors")
     events = behaviour_events(
         all_events.transform(in_window(run_date, cc.weeks)),
         tables.read(spark, conf, "silver.item_categories"),
@@ -394,11 +398,10 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     ).collect()[0]
     counts = {"users": int(stats["users"]), "failed": int(stats["failed"] or 0)}
     raw_t, dig_t = int(stats["raw_tokens"] or 0), int(stats["digest_tokens"] or 0)
-    print(
+    log.info(
         f"compress: {DIGESTS} {counts['users']:,} users, failed (hybrid fallback) {counts['failed']:,}; "
         f"estimated tokens raw {raw_t:,} -> digest {dig_t:,}"
         + (f" ({raw_t / dig_t:.1f}x)" if dig_t else "")
         + (f"; mean fidelity {stats['fidelity']:.3f}" if stats["fidelity"] is not None else ""),
-        flush=True,
     )
     return counts

@@ -13,15 +13,18 @@ Example
 
 from __future__ import annotations
 
+import logging
 import time
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.aggregate import UNKNOWN_CATEGORY
-from jobs.config import Config
+from core import tables
+from core.categories import UNKNOWN_CATEGORY
+from core.config import Config
 from udfs.embedding import EmbeddingSpec, embed_column, spec_from_conf
+
+log = logging.getLogger(__name__)
 
 TEXT_VECTORS = "silver.text_vectors"
 
@@ -60,10 +63,9 @@ def embed_texts(
     # Cheap to count (text hashes only); it decides whether a model is loaded at all.
     missing = missing.persist()
     n_missing, n_total = missing.count(), distinct.count()
-    print(
+    log.info(
         f"{label}: {n_total:,} distinct texts, {n_total - n_missing:,} cached, {n_missing:,} to embed "
         f"({model_id})",
-        flush=True,
     )
     if n_missing:
         started = time.perf_counter()
@@ -78,9 +80,8 @@ def embed_texts(
         )
         tables.append(new, conf, TEXT_VECTORS)
         seconds = time.perf_counter() - started
-        print(
+        log.info(
             f"{label}: embedded {n_missing:,} texts in {seconds:.1f}s ({n_missing / seconds:,.0f}/s)",
-            flush=True,
         )
     missing.unpersist()
     if not tables.exists(spark, conf, TEXT_VECTORS):  # nothing to embed, nothing cached yet
@@ -138,5 +139,5 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     tables.overwrite(vectors, conf, ITEM_VECTORS)
     out = tables.read(spark, conf, ITEM_VECTORS)
     n, missing = out.count(), out.filter(F.col("vector").isNull()).count()
-    print(f"embed: {ITEM_VECTORS} {n:,} items, without a vector {missing:,}", flush=True)
+    log.info(f"embed: {ITEM_VECTORS} {n:,} items, without a vector {missing:,}")
     return {"items": n, "without_vector": missing}

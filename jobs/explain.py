@@ -13,8 +13,12 @@ import datetime as dt
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.config import Config
+from core import tables
+from core.config import Config
+from core.rundate import resolve_run_date
+from jobs.candidates import FEATURES
+from jobs.ranker import load_model
+from udfs.ranking import booster
 
 
 def _rows(spark: SparkSession, conf: Config, name: str, user_id: str, order: list[str] | None = None) -> list:
@@ -30,8 +34,6 @@ def drivers(ranker, rows, top: int = 3) -> list[str]:
     import numpy as np
     import xgboost
 
-    from udfs.ranking import booster
-
     if not rows:
         return []
     names = list(ranker.features)
@@ -46,9 +48,6 @@ def drivers(ranker, rows, top: int = 3) -> list[str]:
 
 def explain(spark: SparkSession, conf: Config, user_id: str) -> str:
     """The report of one buyer as text (see the module docstring)."""
-    from jobs.aggregate import resolve_run_date
-    from jobs.candidates import FEATURES
-    from jobs.ranker import load_model
 
     run_date: dt.date = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
     lines = [f"buyer {user_id}, run date {run_date}"]

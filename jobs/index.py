@@ -19,6 +19,7 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 
@@ -27,8 +28,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.config import Config
+from core import tables
+from core.config import Config
+from udfs.vector_index import build_index, choose_index_type, save_index
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "gold.index_manifest"
 MANIFEST_SCHEMA = "shard int, path string, count long, kind string, embedding_model string, build_id string"
@@ -73,8 +77,6 @@ def build_shards(assigned: DataFrame, conf: Config, build_dir: str, model_id: st
     def build(pdf: pd.DataFrame) -> pd.DataFrame:
         import numpy as np
 
-        from udfs.vector_index import build_index, choose_index_type, save_index
-
         shard = int(pdf["shard"].iloc[0])
         # Sorted by id: the same vectors in any order give the same index.
         pdf = pdf.sort_values("vector_id")
@@ -110,9 +112,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     rows = tables.read(spark, conf, MANIFEST).orderBy("shard").collect()
     total = sum(r["count"] for r in rows)
     kinds = sorted({r["kind"] for r in rows})
-    print(
+    log.info(
         f"index: {len(rows)} shard(s) ({ic.shard_by}, {', '.join(kinds) or '-'}), {total:,} items, "
         f"build {build_id} in {build_dir}",
-        flush=True,
     )
     return {"shards": len(rows), "items": total}

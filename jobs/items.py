@@ -21,15 +21,19 @@ Example
 
 from __future__ import annotations
 
+import logging
+
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.categorize import category_from_text
-from jobs.config import Config
+from core import tables
+from core.categories import category_from_text
+from core.config import Config
+from jobs.agents import run_agent
 from udfs.agents import item_profile
-from udfs.llm import run_agent
+
+log = logging.getLogger(__name__)
 
 PROFILES = "silver.item_profiles"
 PRICE_BANDS = ("budget", "mid", "premium")
@@ -60,20 +64,14 @@ def input_hash() -> Column:
     return F.sha2(F.concat_ws("\u0001", *parts), 256)
 
 
-def _profile_columns(agent_output: DataFrame, fallback: DataFrame) -> DataFrame:
-    """Agent output + heuristic fallback -> the item_profiles columns."""
-    fb = fallback.select(
+def _profile_columns(agent_output: DataFrame) -> DataFrame:
+    """Agent output (a failed answer carrying the heuristic's profile) -> the item_profiles columns."""
+    out = F.col("output")
+    return agent_output.select(
         "item_id",
-        F.col("output").alias("_fallback"),
-        F.col("prompt_version").alias("_fallback_version"),
-    )
-    ok = F.col("status").isin("ok", "heuristic")
-    chosen = F.when(ok, F.col("output")).otherwise(F.col("_fallback"))
-    return agent_output.join(fb, "item_id", "left").select(
-        "item_id",
-        chosen["short_title"].alias("short_title"),
-        chosen["leaf_category"].alias("agent_category"),
-        chosen["decision_factors"].alias("decision_factors"),
+        out["short_title"].alias("short_title"),
+        out["leaf_category"].alias("agent_category"),
+        out["decision_factors"].alias("decision_factors"),
         F.when(F.col("status") == "ok", "llm")
         .when(F.col("status") == "heuristic", "heuristic")
         .otherwise("heuristic_fallback")
@@ -81,31 +79,36 @@ def _profile_columns(agent_output: DataFrame, fallback: DataFrame) -> DataFrame:
         "status",
         "error_class",
         "model",
-        F.when(ok, F.col("prompt_version")).otherwise(F.col("_fallback_version")).alias("prompt_version"),
+        "prompt_version",
         "input_tokens",
         "output_tokens",
         F.coalesce(F.col("answered_at"), F.current_timestamp()).alias("profiled_at"),
     )
 
 
+def _heuristic_only(conf: Config) -> Config:
+    """``conf`` with the item_profile agent on its heuristic backend."""
+    name = item_profile.AGENT.name
+    changed = conf.model_copy(deep=True)
+    changed.llm.agents[name] = conf.llm.agent(name).model_copy(update={"backend": "heuristic"})
+    return changed
+
+
 def profile_items(todo: DataFrame, conf: Config, context: dict) -> DataFrame:
     """Profiles of ``todo`` items (item_id, title, price, leaf_category, image_url, price_band, input_hash)."""
     inputs = todo.select("item_id", "title", "price", "leaf_category", "image_url", "price_band")
-    agent = item_profile.AGENT.name
-    if conf.llm.agent(agent).backend == "heuristic":
-        output = fallback = run_agent(inputs, item_profile.AGENT, conf, ["item_id"], context).output
+    if conf.llm.agent(item_profile.AGENT.name).backend == "heuristic":
+        output = run_agent(inputs, item_profile.AGENT, conf, ["item_id"], context).output
     else:
-        heuristic_conf = conf.model_copy(deep=True)
-        heuristic_conf.llm.agents[agent] = conf.llm.agent(agent).model_copy(update={"backend": "heuristic"})
-        fallback = run_agent(inputs, item_profile.AGENT, heuristic_conf, ["item_id"], context).output
         # An item with neither a title nor an image gives a model nothing to read: no
-        # request is sent for it (catalogs such as Taobao's ship ids only); it keeps the
+        # request is sent for it (catalogs such as Taobao's ship ids only); it gets the
         # heuristic's answer (a failure with a category from the catalog or the fallback).
         describable = (F.length(F.trim(F.coalesce("title", F.lit("")))) > 0) | F.col("image_url").isNotNull()
         asked = run_agent(inputs.filter(describable), item_profile.AGENT, conf, ["item_id"], context).output
-        mute = fallback.join(inputs.filter(~describable).select("item_id"), "item_id", "left_semi")
+        mute = run_agent(inputs.filter(~describable), item_profile.AGENT, _heuristic_only(conf), ["item_id"],
+                         context).output  # fmt: skip
         output = asked.unionByName(mute)
-    profiles = _profile_columns(output, fallback)
+    profiles = _profile_columns(output)
     catalog = F.col("leaf_category")
     return (
         todo.join(profiles, "item_id")
@@ -175,7 +178,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         todo = items
     todo = todo.drop("rule_category").persist()
     n_items, n_todo = items.count(), todo.count()
-    print(f"items: {n_items:,} items, {n_todo:,} new or changed to profile", flush=True)
+    log.info(f"items: {n_items:,} items, {n_todo:,} new or changed to profile")
     if n_todo:
         profiles = profile_items(todo, conf, context)
         tables.merge_upsert(
@@ -198,9 +201,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         else 0
     )
     counts = {"items": n_items, "profiled": n_todo, "unchanged": n_items - n_todo, "failed": failed}
-    print(
+    log.info(
         f"items: silver.item_profiles: profiled {n_todo:,}, unchanged {n_items - n_todo:,}, "
         f"failed {failed:,} (LLM failures use the heuristic's profile; items without a title get none)",
-        flush=True,
     )
     return counts

@@ -30,17 +30,20 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from core import tables
+from core.categories import load_rules
+from core.config import Config
+from core.rundate import resolve_run_date
 from jobs import cfv as cfv_job
-from jobs import tables
-from jobs.aggregate import resolve_run_date
-from jobs.categorize import load_rules
-from jobs.config import Config
+from jobs.agents import run_agent
 from udfs.agents import portrait
-from udfs.llm import run_agent
+
+log = logging.getLogger(__name__)
 
 PORTRAITS = "gold.portraits"
 FACTORS_PER_CATEGORY = 5
@@ -193,22 +196,18 @@ def portrait_inputs(
 # --- the agent --------------------------------------------------------------------------
 
 
-def _portrait_columns(agent_output: DataFrame, fallback: DataFrame, run_date: dt.date) -> DataFrame:
-    """Agent output + heuristic fallback -> the gold.portraits columns."""
-    fb = fallback.select(
-        "user_id", F.col("output").alias("_fallback"), F.col("prompt_version").alias("_fallback_version")
-    )
-    ok = F.col("status").isin("ok", "heuristic")
-    chosen = F.when(ok, F.col("output")).otherwise(F.col("_fallback"))
-    return agent_output.join(fb, "user_id", "left").select(
+def _portrait_columns(agent_output: DataFrame, run_date: dt.date) -> DataFrame:
+    """Agent output (a failed answer carrying the heuristic's portrait) -> the gold.portraits columns."""
+    out = F.col("output")
+    return agent_output.select(
         "user_id",
         F.lit(run_date).alias("as_of"),
-        chosen["main_categories"].alias("main_categories"),
-        chosen["buyer_type"].alias("buyer_type"),
-        chosen["dropshipper"].alias("dropshipper"),
-        chosen["core_intents"].alias("core_intents"),
-        chosen["profile"].alias("profile"),
-        chosen["summary"].alias("summary"),
+        out["main_categories"].alias("main_categories"),
+        out["buyer_type"].alias("buyer_type"),
+        out["dropshipper"].alias("dropshipper"),
+        out["core_intents"].alias("core_intents"),
+        out["profile"].alias("profile"),
+        out["summary"].alias("summary"),
         F.when(F.col("status") == "ok", "llm")
         .when(F.col("status") == "heuristic", "heuristic")
         .otherwise("heuristic_fallback")
@@ -216,7 +215,7 @@ def _portrait_columns(agent_output: DataFrame, fallback: DataFrame, run_date: dt
         "status",
         "error_class",
         "model",
-        F.when(ok, F.col("prompt_version")).otherwise(F.col("_fallback_version")).alias("prompt_version"),
+        "prompt_version",
         "input_tokens",
         "output_tokens",
     )
@@ -224,17 +223,8 @@ def _portrait_columns(agent_output: DataFrame, fallback: DataFrame, run_date: dt
 
 def portraits(inputs: DataFrame, conf: Config, run_date: dt.date) -> DataFrame:
     """Portraits of ``inputs`` (user_id, facts_json, digest_text) with the configured backend."""
-    context = portrait.context(conf.portrait)
-    run = run_agent(inputs, portrait.AGENT, conf, ["user_id"], context)
-    if run.backend == "heuristic":
-        fallback = run.output
-    else:
-        heuristic_conf = conf.model_copy(deep=True)
-        heuristic_conf.llm.agents[portrait.AGENT.name] = conf.llm.agent(portrait.AGENT.name).model_copy(
-            update={"backend": "heuristic"}
-        )
-        fallback = run_agent(inputs, portrait.AGENT, heuristic_conf, ["user_id"], context).output
-    return _portrait_columns(run.output, fallback, run_date)
+    run = run_agent(inputs, portrait.AGENT, conf, ["user_id"], portrait.context(conf.portrait))
+    return _portrait_columns(run.output, run_date)
 
 
 # --- entry point ------------------------------------------------------------------------
@@ -250,10 +240,9 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         if tables.exists(spark, conf, "gold.behavior_digests")
         else None
     )
-    print(
+    log.info(
         f"portrait: run date {run_date}, backend {backend}, "
         f"digests {'from gold.behavior_digests' if digests is not None else 'not available'}",
-        flush=True,
     )
     windows = tables.read(spark, conf, "silver.user_windows").filter(F.col("window") == "long_term")
     inputs = portrait_inputs(
@@ -270,8 +259,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         .collect()[0]
     )
     counts = {"users": int(stats["users"]), "failed": int(stats["failed"] or 0)}
-    print(
+    log.info(
         f"portrait: {PORTRAITS} {counts['users']:,} users, failed (heuristic fallback) {counts['failed']:,}",
-        flush=True,
     )
     return counts

@@ -8,7 +8,7 @@ this run date, this configuration and these events are skipped; the first one th
 not, and every stage after it, run. ``--restart`` runs everything.
 
 Rows in / out are the row counts of the tables a stage reads and writes
-(:mod:`jobs.dag`), from Delta's metadata where it can answer.
+(:mod:`jobs.stages`), from Delta's metadata where it can answer.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import json
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.config import Config
+from core import tables
+from core.config import Config
+from core.rundate import last_event_day
+from jobs.tracking import flat_params
 
 STAGE_RUNS = "silver.stage_runs"
 SCHEMA = (
@@ -34,7 +36,6 @@ NEUTRAL_PREFIXES = ("run.run_id", "spark.", "tracking.", "evaluate.report_dir")
 
 def fingerprint(conf: Config) -> str:
     """SHA-256 (16 hex) of the configuration, minus settings that change no result."""
-    from jobs.tracking import flat_params
 
     params = {k: v for k, v in flat_params(conf).items() if not k.startswith(NEUTRAL_PREFIXES)}
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -53,11 +54,7 @@ def events_version(spark: SparkSession, conf: Config) -> int | None:
 
 def run_date(spark: SparkSession, conf: Config) -> dt.date | None:
     """The run date the stages will use (None while there are no events)."""
-    if conf.run.date != "latest":
-        return conf.run.date
-    if not tables.exists(spark, conf, "bronze.events"):
-        return None
-    return tables.read(spark, conf, "bronze.events").agg(F.max("dt")).collect()[0][0]
+    return conf.run.date if conf.run.date != "latest" else last_event_day(spark, conf)
 
 
 def count_rows(spark: SparkSession, conf: Config, names) -> int:

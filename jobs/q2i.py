@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -26,23 +27,18 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.aggregate import resolve_run_date
-from jobs.config import Config
+from core import tables
+from core.config import Config
+from core.rundate import resolve_run_date
 from jobs.embed import embed_texts
+from udfs.features import dynamic_score
+from udfs.vector_index import load_shard
+from udfs.vector_index import search as shard_search
+
+log = logging.getLogger(__name__)
 
 CANDIDATES = "gold.q2i_candidates"
 HITS_SCHEMA = "query_id string, vector_id long, relevance float"
-
-_LOADED: dict[str, object] = {}  # shard path -> index, per Python worker
-
-
-def _shard(path: str):
-    from udfs.vector_index import load_index
-
-    if path not in _LOADED:
-        _LOADED[path] = load_index(path)
-    return _LOADED[path]
 
 
 def search_shards(pairs: DataFrame, k: int, nprobe: int, ef_search: int) -> DataFrame:
@@ -51,12 +47,10 @@ def search_shards(pairs: DataFrame, k: int, nprobe: int, ef_search: int) -> Data
     def search(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import numpy as np
 
-        from udfs.vector_index import search as shard_search
-
         for pdf in batches:
             for path, group in pdf.groupby("path", sort=False):
                 queries = np.asarray(group["vector"].tolist(), dtype=np.float32)
-                scores, ids = shard_search(_shard(path), queries, k, nprobe=nprobe, ef_search=ef_search)
+                scores, ids = shard_search(load_shard(path), queries, k, nprobe=nprobe, ef_search=ef_search)
                 qids = np.repeat(group["query_id"].to_numpy(), ids.shape[1])
                 flat_ids, flat_scores = ids.reshape(-1), scores.reshape(-1)
                 keep = flat_ids >= 0
@@ -101,11 +95,6 @@ def user_preferences(spark: SparkSession, conf: Config) -> tuple[DataFrame, Data
         .distinct()
     )
     return cfv, bands
-
-
-def dynamic_score(relevance, kind_weight, cfv_match, price_match, qc):
-    """The personalised score of a candidate (Spark columns or numpy / pandas values)."""
-    return relevance * kind_weight + cfv_match * qc.cfv_match + price_match * qc.price_band
 
 
 def personalise(
@@ -211,9 +200,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         "candidates": out.count(),
         "users": out.select("user_id").distinct().count(),
     }
-    print(
+    log.info(
         f"q2i: {CANDIDATES} {counts['candidates']:,} candidates for {counts['queries']:,} queries of "
         f"{counts['users']:,} users from {len(shards)} shard(s)",
-        flush=True,
     )
     return counts

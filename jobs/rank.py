@@ -18,10 +18,10 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.aggregate import resolve_run_date
+from core import tables
+from core.config import Config
+from core.rundate import resolve_run_date
 from jobs.candidates import DESCRIPTIVE_COLUMNS, FEATURES
-from jobs.config import Config
 from jobs.ranker import buyer_group, load_model
 from udfs.ranking import ListRules, Ranker, rank_users
 

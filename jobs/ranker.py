@@ -37,9 +37,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.candidates import FEATURE_COLUMNS, FEATURES, write_features
-from jobs.config import Config, RankerConf, derive
+from core import tables
+from core.config import Config, RankerConf, derive
+from core.rundate import resolve_run_date
+from jobs.asof import build_asof_warehouse, run_asof_pipeline
+from jobs.candidates import FEATURES, write_features
+from jobs.tracking import Tracker, tracked
+from udfs.features import FEATURE_COLUMNS
 from udfs.ranking import ListRules, Ranker, fill, score
 
 log = logging.getLogger(__name__)
@@ -134,7 +138,6 @@ def training_day(spark: SparkSession, conf: Config, run_date: dt.date, days: int
 def bootstrap_history(spark: SparkSession, conf: Config, day: dt.date) -> None:
     """Run the stages up to ``candidates`` as of ``day`` in a warehouse of their own and add
     that day's candidate features to this warehouse's history."""
-    from jobs.asof import build_asof_warehouse, run_asof_pipeline
 
     root = Path(conf.storage.root).resolve() / "training" / f"asof_{day:%Y%m%d}"
     asof = derive(
@@ -329,8 +332,6 @@ def _no_quotas(rc: RankerConf, held_buyers: int) -> tuple[pd.DataFrame, tuple[fl
 
 def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     """Train a model unless a young enough one exists; returns its figures."""
-    from jobs.aggregate import resolve_run_date
-    from jobs.tracking import Tracker, tracked
 
     rc = conf.ranker
     run_date = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))

@@ -29,9 +29,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jobs.config import Config
+from core.config import Config
 
-log = logging.getLogger("discovery")
+log = logging.getLogger(__name__)
 
 SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|credential)", re.IGNORECASE)
 # The key *names* of environment variables are fine to log: they hold no secret.

@@ -19,16 +19,20 @@ leaf_category, reason, position, as_of, status, model, prompt_version.
 
 from __future__ import annotations
 
+import logging
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.aggregate import UNKNOWN_CATEGORY, resolve_run_date
-from jobs.categorize import load_rules
-from jobs.config import Config
+from core import tables
+from core.categories import UNKNOWN_CATEGORY, load_rules
+from core.config import Config
+from core.rundate import resolve_run_date
+from jobs.agents import run_agent
 from udfs.agents import u2q
-from udfs.llm import run_agent
+
+log = logging.getLogger(__name__)
 
 USER_QUERIES = "gold.user_queries"
 
@@ -213,27 +217,11 @@ def agent_inputs(spark: SparkSession, conf: Config) -> DataFrame:
 
 
 def generate(conf: Config, inputs: DataFrame) -> DataFrame:
-    """The agent's output per user; a failed LLM answer carries the heuristic's."""
+    """The agent's output per user; a failed LLM answer carries the heuristic's
+    (``jobs.agents.with_heuristic_fallback``)."""
     uc = conf.u2q
     context = {"counts": {"personal": uc.personal, "trend": uc.trend, "exploration": uc.exploration}}
-    run = run_agent(inputs, u2q.AGENT, conf, ["user_id"], context)
-    if run.backend == "heuristic":
-        return run.output
-    heuristic_conf = conf.model_copy(deep=True)
-    heuristic_conf.llm.agents[u2q.AGENT.name] = conf.llm.agent(u2q.AGENT.name).model_copy(
-        update={"backend": "heuristic"}
-    )
-    fallback = run_agent(inputs, u2q.AGENT, heuristic_conf, ["user_id"], context).output.select(
-        "user_id", F.col("output").alias("_fb"), F.col("prompt_version").alias("_fb_version")
-    )
-    ok = F.col("status") == "ok"
-    return (
-        run.output.join(fallback, "user_id", "left")
-        .withColumn("output", F.when(ok, F.col("output")).otherwise(F.col("_fb")))
-        .withColumn("prompt_version", F.when(ok, F.col("prompt_version")).otherwise(F.col("_fb_version")))
-        .withColumn("model", F.when(ok, F.col("model")).otherwise(F.lit("heuristic")))
-        .drop("_fb", "_fb_version")
-    )
+    return run_agent(inputs, u2q.AGENT, conf, ["user_id"], context).output
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:
@@ -242,7 +230,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     for needed in ("gold.portraits", "gold.cfv", "silver.user_windows"):
         if not tables.exists(spark, conf, needed):
             raise RuntimeError(f"u2q: {needed} is missing: run the aggregate, cfv and portrait stages first")
-    print(f"u2q: run date {run_date}, backend {conf.llm.agent(u2q.AGENT.name).backend}", flush=True)
+    log.info(f"u2q: run date {run_date}, backend {conf.llm.agent(u2q.AGENT.name).backend}")
     answers = generate(conf, agent_inputs(spark, conf))
     rows = answers.select(
         "user_id", "status", "model", "prompt_version", F.posexplode("output.queries").alias("position", "q")
@@ -267,10 +255,9 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     users = out.select("user_id").distinct().count()
     failed = answers.filter(F.col("status") == "failed").count()
     counts = {"users": users, **{k: stats.get(k, 0) for k in u2q.KINDS}, "failed": failed}
-    print(
+    log.info(
         f"u2q: {USER_QUERIES} {sum(stats.values()):,} queries for {users:,} users "
         f"(personal {counts['personal']:,}, trend {counts['trend']:,}, exploration {counts['exploration']:,}); "
         f"failed (heuristic fallback) {failed:,}",
-        flush=True,
     )
     return counts

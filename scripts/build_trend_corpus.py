@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pyspark.sql import functions as F
 
-    from jobs import tables
-    from jobs.aggregate import resolve_run_date
-    from jobs.categorize import load_rules
-    from jobs.config import load_config
-    from jobs.session import get_spark
+    from core import tables
+    from core.categories import load_rules
+    from core.config import load_config
+    from core.rundate import resolve_run_date
+    from core.session import get_spark
     from jobs.trends import signals
 
     conf = load_config(

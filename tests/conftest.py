@@ -63,8 +63,8 @@ def shared_dataset(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
-    from jobs.config import load_config
-    from jobs.session import get_spark
+    from core.config import load_config
+    from core.session import get_spark
 
     conf = load_config(
         overrides=["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.driver_memory=3g"]
@@ -77,7 +77,7 @@ def spark():
 @pytest.fixture
 def conf_factory(tmp_path):
     """Config with tables under a fresh temporary root: ``conf_factory(["k=v", ...])``."""
-    from jobs.config import load_config
+    from core.config import load_config
 
     def make(overrides: list[str] | None = None):
         base = [f"storage.root={tmp_path / 'warehouse'}", "spark.shuffle_partitions=2"]
@@ -99,8 +99,8 @@ def pipeline_warehouse(spark, tmp_path_factory):
     events of their own users."""
     import json
 
-    from jobs.cli import daily_stages, run_stages
-    from jobs.config import load_config
+    from core.config import load_config
+    from jobs.stages import daily_stages, run_stages
 
     tmp = tmp_path_factory.mktemp("pipeline")
     source = {"name": "syn", "format": "synthetic", "users": 24, "days": 60, "seed": 5}

@@ -5,8 +5,8 @@ import datetime as dt
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
+from core.categories import CategoryRules
 from jobs import aggregate
-from jobs.categorize import CategoryRules
 
 EVENTS_SCHEMA = "user_id string, item_id string, event_type string, dt date, query string, quantity long, amount double, leaf_category string"
 D = dt.date

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
+from core.config import CandidatesConf
 from jobs import candidates
-from jobs.config import CandidatesConf
 
 D = dt.date(2024, 3, 31)
 EVENTS = "user_id string, item_id string, event_type string, dt date"

@@ -12,12 +12,13 @@ import json
 
 import pytest
 
+from core import tables
+from core.config import load_config
 from jobs import cfv as cfv_job
-from jobs import tables
-from jobs.config import load_config
+from testing import answers
+from testing.scripted_server import ScriptedLLMServer
 from udfs.agents import cfv_potential as cp
 from udfs.llm.agent import AnswerError, parse_answer
-from udfs.llm.scripted_server import ScriptedLLMServer
 
 EVENTS_SCHEMA = (
     "event_id string, user_id string, item_id string, event_type string, ts timestamp, dt date, "
@@ -222,7 +223,7 @@ def test_llm_potential_and_fallback_for_rejected_answers(spark, warehouse, heuri
         user = body["messages"][1]["content"]
         if "heart:10|red:7|white:3" in user:  # u1's candles: answers a factor u1 has
             return '{"factors": [{"factor": "heart", "weight": 9}]}'
-        return cp.scripted_answer(body)
+        return answers.cfv_potential(body)
 
     with ScriptedLLMServer(responder=responder) as server:
         conf = warehouse(

@@ -61,7 +61,8 @@ def test_wheel_ships_the_jobs_the_default_conf_and_the_console_command(tmp_path)
         "prompts/__init__.py",
         "prompts/item_profile/v1.yaml",
         "udfs/__init__.py",
-        "udfs/llm/runner.py",
+        "jobs/agents.py",
+        "core/tables.py",
         "udfs/agents/item_profile.py",
     ):
         assert f in names, f
@@ -71,6 +72,7 @@ def test_wheel_ships_the_jobs_the_default_conf_and_the_console_command(tmp_path)
 
 def test_pipeline_leaves_the_evaluation_out_unless_asked(monkeypatch, spark):
     from jobs import cli
+    from jobs.stages import daily_stages
 
     calls = []
     monkeypatch.setattr(cli, "run_stages", lambda _spark, _conf, names, *a, **k: calls.append(list(names)))
@@ -79,5 +81,5 @@ def test_pipeline_leaves_the_evaluation_out_unless_asked(monkeypatch, spark):
     assert cli.main(["pipeline", "--with-evaluation", *quiet]) == 0
     assert cli.main(["pipeline", "--set", "evaluate.in_pipeline=true", *quiet]) == 0
     daily, asked, by_profile = calls
-    assert daily == cli.daily_stages() and "evaluate" not in daily and daily[-1] == "rank"
+    assert daily == daily_stages() and "evaluate" not in daily and daily[-1] == "rank"
     assert asked == by_profile == [*daily, "evaluate"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cli import STAGES
+from jobs.stages import stage_names
 
 pytestmark = pytest.mark.cluster
 
@@ -42,7 +42,7 @@ NO_UI = ["--set", "spark.extra={spark.ui.enabled: 'false'}"]
 # The pipeline test: every stage after ingest up to candidates, then train and rank (evaluate
 # reruns them all as of a cut date, too slow here); these columns of gold.recommendations
 # must match ...
-_STAGE_NAMES = [s for s, _ in STAGES]
+_STAGE_NAMES = stage_names()
 CANDIDATE_STAGES = _STAGE_NAMES[_STAGE_NAMES.index("ingest") + 1 : _STAGE_NAMES.index("candidates") + 1]
 RECOMMENDATION_KEY = ["user_id", "position", "item_id", "leaf_category", "query_kind", "reason"]
 # ... and the scores within this (vectors embedded in other processes may differ in the last bits).
@@ -270,7 +270,7 @@ def _cluster_cli(cluster: dict, cli: list[str], root: Path, app_name: str) -> li
     """The command that runs the CLI arguments ``cli`` through ``./spark-submit.sh`` on the
     standalone cluster, on the storage root ``root``, as application ``app_name``."""
     return [str(REPO / "spark-submit.sh"), "--master", cluster["master_url"],
-            # Tiny tables: as in the local session (jobs/session.py), not Delta's 50 tasks per snapshot.
+            # Tiny tables: as in the local session (core/session.py), not Delta's 50 tasks per snapshot.
             "--spark-conf", "spark.databricks.delta.snapshotPartitions=2",
             *cli, "--set", f"storage.root={root}", "--set", f"spark.app_name={app_name}",
             "--set", "spark.shuffle_partitions=2", *NO_UI]  # fmt: skip
@@ -328,8 +328,8 @@ def _executor_logs(cluster: dict, app_name: str) -> dict[str, str]:
 
 def _tables(spark, local_root: Path, cluster_root: Path, name: str):
     """The table ``name`` of the local run and of the cluster run."""
-    from jobs import tables
-    from jobs.config import load_config
+    from core import tables
+    from core.config import load_config
 
     conf_local = load_config(overrides=[f"storage.root={local_root}"])
     conf_cluster = load_config(overrides=[f"storage.root={cluster_root}"])
@@ -357,7 +357,7 @@ def _assert_same_features(local, cluster) -> None:
     may differ by one place in at most 0.1 % of the rows."""
     from pyspark.sql import functions as F
 
-    from jobs.candidates import FEATURE_COLUMNS
+    from udfs.features import FEATURE_COLUMNS
 
     key = ["as_of", "user_id", "item_id"]
     ranks = [c for c in FEATURE_COLUMNS if c.endswith("_rank")]
@@ -444,9 +444,9 @@ def test_pipeline_on_standalone_cluster_matches_local(standalone_cluster, bronze
     import numpy as np
     from pyspark.sql import functions as F
 
-    from jobs.candidates import FEATURE_COLUMNS
-    from jobs.config import load_config
+    from core.config import load_config
     from jobs.tracking import tracking_uri
+    from udfs.features import FEATURE_COLUMNS
     from udfs.ranking import score
 
     local_model, cluster_model = (

@@ -14,12 +14,14 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import aggregate, tables
+from core import tables
+from core.categories import load_rules
+from core.config import load_config
+from jobs import aggregate
 from jobs import compress as cj
-from jobs.categorize import load_rules
-from jobs.config import load_config
+from testing import answers
+from testing.scripted_server import ScriptedLLMServer
 from udfs.agents import behavior_compression as bc
-from udfs.llm.scripted_server import ScriptedLLMServer
 
 EVENTS_SCHEMA = (
     "event_id string, user_id string, item_id string, event_type string, ts timestamp, dt date, "
@@ -268,7 +270,7 @@ def test_idempotent_rerun(spark, warehouse):
 
 
 def test_llm_mode_correct_answers_score_full_fidelity(spark, warehouse):
-    with ScriptedLLMServer(responder=bc.scripted_answer) as server:
+    with ScriptedLLMServer(responder=answers.behavior_compression) as server:
         conf = llm_conf(warehouse, server, "scripted-correct")
         assert cj.run(spark, conf) == {"users": 2, "failed": 0}
     got = digests(spark, conf)
@@ -287,7 +289,7 @@ def test_llm_mode_correct_answers_score_full_fidelity(spark, warehouse):
 
 def test_llm_mode_wrong_amount_and_invented_row_are_flagged(spark, warehouse):
     def responder(body):
-        answer = json.loads(bc.scripted_answer(body))
+        answer = json.loads(answers.behavior_compression(body))
         if any(r["week"] == "2011-W42" for r in answer["rows"]):  # u1's prompt
             for r in answer["rows"]:
                 if (r["week"], r["category"]) == ("2011-W48", CANDLES):
@@ -334,7 +336,7 @@ def test_llm_mode_garbage_answers_fall_back_to_the_hybrid_digest(spark, warehous
 
 
 def test_prompt_injection_in_a_title_stays_in_its_users_input(spark, warehouse):
-    with ScriptedLLMServer(responder=bc.scripted_answer) as server:
+    with ScriptedLLMServer(responder=answers.behavior_compression) as server:
         conf = llm_conf(warehouse, server, "scripted-injection")
         cj.run(spark, conf)
         clean = digests(spark, conf)

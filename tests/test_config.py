@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from jobs.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 
 
 def test_default_profile_is_local_yaml_with_bundled_source():

@@ -1,4 +1,4 @@
-"""The pipeline DAG (jobs/dag.py) against the code, and the scheduled job (databricks.yml)
+"""The stage registry (jobs/stages.py) against the code, and the scheduled job (databricks.yml)
 against the DAG: every task's entry point exists and the task graph equals the pipeline's."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import yaml
 
-from jobs import dag
-from jobs.cli import STAGES, build_parser, daily_stages
-from jobs.config import load_config
+from core.config import load_config
+from jobs import stages
+from jobs.cli import build_parser
+from jobs.stages import STAGES, daily_stages
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE = re.compile(r"""["']((?:bronze|silver|gold)\.[a-z0-9_]+)["']""")
@@ -24,12 +25,12 @@ def _module_files(module: str) -> list[Path]:
 
 
 def test_every_stage_declares_the_tables_its_code_names():
-    for stage, module in STAGES:
-        reads, writes = dag.stage_tables(stage)
+    for s in STAGES:
+        stage, module, reads, writes = s.name, s.module, s.reads, s.writes
         named = set()
         for f in _module_files(module):
             named |= set(TABLE.findall(f.read_text(encoding="utf-8")))
-        named -= set(dag.CACHES)
+        named -= set(stages.CACHES)
         # Every table a stage writes is named in its code.
         assert set(writes) <= named, f"{stage}: declared writes not in {module}: {set(writes) - named}"
         if stage != "evaluate":  # evaluate names the as-of tables of the stages it reruns
@@ -39,12 +40,12 @@ def test_every_stage_declares_the_tables_its_code_names():
 
 
 def test_dependencies_follow_reads_of_earlier_writes():
-    deps = dag.dependencies()
-    assert list(deps) == [s for s, _ in STAGES]
+    deps = stages.dependencies()
+    assert list(deps) == stages.stage_names()
     assert deps["ingest"] == [] and deps["index"] == ["embed"]
     assert "u2q" in deps["q2i"] and "q2i" in deps["candidates"]
     assert deps["rank"] == ["candidates", "ingest", "train"]
-    order = [s for s, _ in STAGES]
+    order = stages.stage_names()
     for stage, ups in deps.items():
         assert all(order.index(u) < order.index(stage) for u in ups)
 
@@ -62,7 +63,7 @@ def test_databricks_job_has_one_task_per_stage_with_the_pipeline_dependencies():
     # The daily job holds the daily stages; the evaluation has a weekly job of its own.
     assert list(tasks) == daily_stages() and "evaluate" not in tasks
     graph = {key: sorted(d["task_key"] for d in t.get("depends_on", [])) for key, t in tasks.items()}
-    assert graph == {s: deps for s, deps in dag.dependencies().items() if s in tasks}
+    assert graph == {s: deps for s, deps in stages.dependencies().items() if s in tasks}
 
     scripts = _console_scripts()
     parser = build_parser()
@@ -74,8 +75,7 @@ def test_databricks_job_has_one_task_per_stage_with_the_pipeline_dependencies():
         params = [p.replace("{{job.parameters.run_date}}", "2026-11-25") for p in wheel["parameters"]]
         args = parser.parse_args(params)  # the CLI accepts the task's parameters
         assert args.command == key
-        stage_module = dict(STAGES)[key]
-        assert callable(importlib.import_module(stage_module).run)
+        assert callable(stages.stage(key).entry())
         assert any("whl" in lib for lib in task["libraries"])
 
 
@@ -114,6 +114,6 @@ def test_databricks_evaluation_job_is_weekly_and_runs_the_evaluate_command():
     assert args.command == "evaluate"
     load_config(args.conf, args.overrides)  # the overrides are valid config keys
     # What it reads, the daily job writes: it can run on any day after a daily run.
-    reads, _ = dag.stage_tables("evaluate")
-    daily_writes = {t for s in daily_stages() for t in dag.stage_tables(s)[1]}
+    reads = stages.stage("evaluate").reads
+    daily_writes = {t for s in daily_stages() for t in stages.stage(s).writes}
     assert set(reads) <= daily_writes

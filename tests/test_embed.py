@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jobs import tables
+from core import tables
 from jobs.embed import TEXT_VECTORS, embed_texts
 from udfs.embedding import EmbeddingSpec, encode, spec_from_conf
 
@@ -49,7 +49,7 @@ def test_spark_vectors_match_the_plain_model_row_by_row(spark, conf_factory):
         assert np.allclose(vec, expected[i % 5], atol=1e-4), i
 
 
-def test_cache_embeds_each_text_once_per_model(spark, conf_factory, capsys):
+def test_cache_embeds_each_text_once_per_model(spark, conf_factory, caplog):
     conf = conf_factory()
     spec = spec_from_conf(conf)
     first = spark.createDataFrame([(t,) for t in TEXTS[:3]], "text string")
@@ -57,14 +57,15 @@ def test_cache_embeds_each_text_once_per_model(spark, conf_factory, capsys):
     assert tables.read(spark, conf, TEXT_VECTORS).count() == 3
     both = spark.createDataFrame([(t,) for t in TEXTS + [None]], "text string")
     rows = embed_texts(spark, conf, both, "text").collect()
-    out = capsys.readouterr().out
+    out = caplog.text
+    caplog.clear()
     assert "5 distinct texts, 3 cached, 2 to embed" in out
     cache = tables.read(spark, conf, TEXT_VECTORS)
     assert cache.count() == 5 and {r.embedding_model for r in cache.collect()} == {spec.model_id}
     assert sum(r.vector is None for r in rows) == 1  # the null text has no vector, and no cache row
     # the same texts again: nothing to embed, the table is unchanged
     embed_texts(spark, conf, both, "text").collect()
-    assert "5 cached, 0 to embed" in capsys.readouterr().out
+    assert "5 cached, 0 to embed" in caplog.text
     assert tables.read(spark, conf, TEXT_VECTORS).count() == 5
 
 

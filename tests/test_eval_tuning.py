@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from core.config import EvaluateConf
 from jobs import evaluate
-from jobs.config import EvaluateConf
 
 D0 = dt.date(2024, 3, 1)
 SCHEMA = "user_id string, item_id string, event_type string, quantity long, amount double, dt date"

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import evaluate, tables
-from jobs.config import EvaluateConf, derive, load_config
+from core import tables
+from core.config import EvaluateConf, derive, load_config
+from jobs import evaluate
 from jobs.evaluate import bootstrap
 
 START = dt.date(2025, 1, 1)
@@ -349,7 +350,7 @@ def test_windows_auto_explicit_and_bad_cuts():
 
 
 def test_operational_figures_count_only_this_runs_answers(spark, conf_factory):
-    from udfs.llm.runner import RESPONSE_SCHEMA, RESPONSES_TABLE
+    from jobs.agents import RESPONSE_SCHEMA, RESPONSES_TABLE
 
     asof = conf_factory(["run.run_id=evaluate-20250308-smollm2"])
 

@@ -3,7 +3,8 @@ model drivers and reasons, read from the shared synthetic warehouse."""
 
 from __future__ import annotations
 
-from jobs import cli, tables
+from core import tables
+from jobs import cli
 from jobs.explain import explain
 
 

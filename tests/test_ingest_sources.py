@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jobs import tables
+from core import tables
 from jobs.ingest import IngestError, run
 from jobs.ingest.sources import online_retail, taobao_userbehavior
 
@@ -197,7 +197,7 @@ def test_adapters_read_every_record_as_text(spark, tmp_path):
     f = write(
         tmp_path / "a.csv", RETAIL_HEADER + "536365,85123A,X,006,2011-06-01 08:26:00,2.550,17850.0,UK\n"
     )
-    from jobs.config import SourceConf
+    from core.config import SourceConf
 
     row = online_retail(spark, SourceConf(name="r", format="online_retail"), [str(f)]).collect()[0]
     assert '"Quantity":"006"' in row.raw and '"UnitPrice":"2.550"' in row.raw

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pyspark.sql import functions as F
 
+from core import tables
 from jobs import items as items_job
-from jobs import tables
+from testing import answers
+from testing.scripted_server import ScriptedLLMServer
 from udfs.agents import item_profile as ip
-from udfs.llm.scripted_server import ScriptedLLMServer
 
 ITEMS_SCHEMA = "item_id string, title string, price double, leaf_category string, image_url string"
 
@@ -80,7 +81,7 @@ def test_llm_failures_fall_back_to_the_heuristic_and_are_retried(spark, conf_fac
         (f"i{k}", f"{t} {k}", 1.0 + k, None, None)
         for k, t in enumerate(["RED MUG", "PINK BAG", "GLASS JAR"] * 4)
     ]
-    with ScriptedLLMServer(responder=ip.scripted_answer, faults={"server_error": 0.5}, seed=5) as server:
+    with ScriptedLLMServer(responder=answers.item_profile, faults={"server_error": 0.5}, seed=5) as server:
         conf = conf_factory(
             [
                 "llm.agents.item_profile.backend=openai",
@@ -122,7 +123,7 @@ def test_items_without_title_or_image_are_not_sent_to_the_llm(spark, conf_factor
     vase = ip.heuristic({"title": "BLUE GLASS VASE", "price_band": None}, ip.context()).model_dump_json()
 
     def answer(body):  # the image-only item: what a vision model could say about the picture
-        return vase if "img.jpg" in str(body["messages"]) else ip.scripted_answer(body)
+        return vase if "img.jpg" in str(body["messages"]) else answers.item_profile(body)
 
     with ScriptedLLMServer(responder=answer, record_bodies=True) as server:
         conf = conf_factory(

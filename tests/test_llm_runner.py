@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.config import ConfigError
+from core import tables
+from core.config import ConfigError
+from jobs.agents import RESPONSES_TABLE, run_agent
+from testing import answers
+from testing.scripted_server import ScriptedLLMServer
 from tests.conftest import REPO
 from udfs.agents import item_profile as ip
-from udfs.llm import run_agent
-from udfs.llm.runner import RESPONSES_TABLE
-from udfs.llm.scripted_server import ScriptedLLMServer
 
 CTX = ip.context()
 TITLES = [
@@ -93,10 +93,10 @@ def test_heuristic_backend_is_the_default_and_fails_bad_rows_without_losing_them
 def test_fault_matrix_every_input_ends_as_exactly_one_row(spark, conf_factory):
     faults = {"rate_limit": 0.2, "server_error": 0.1, "hang": 0.05, "invalid_json": 0.1}
     with ScriptedLLMServer(
-        responder=ip.scripted_answer, faults=faults, seed=11, retry_after_s=0.05, hang_s=5
+        responder=answers.item_profile, faults=faults, seed=11, retry_after_s=0.05, hang_s=5
     ) as server:
         conf = llm_conf(conf_factory, server, "llm.runtime.max_in_flight=8")
-        run = run_agent(items_df(spark, 200), ip.AGENT, conf, ["item_id"], CTX)
+        run = run_agent(items_df(spark, 200), ip.AGENT, conf, ["item_id"], CTX, fallback=None)
         out = run.output.collect()
         received = server.count
         outcomes = dict(server.by_outcome)
@@ -124,7 +124,7 @@ def test_fault_matrix_every_input_ends_as_exactly_one_row(spark, conf_factory):
 
 
 def test_ok_rows_carry_the_answer_the_server_gave(spark, conf_factory):
-    with ScriptedLLMServer(responder=ip.scripted_answer) as server:
+    with ScriptedLLMServer(responder=answers.item_profile) as server:
         conf = llm_conf(conf_factory, server)
         out = rows_by_id(run_agent(items_df(spark, 12), ip.AGENT, conf, ["item_id"], CTX).output)
         bodies = list(server.bodies)
@@ -147,7 +147,7 @@ def test_ok_rows_carry_the_answer_the_server_gave(spark, conf_factory):
 
 def test_second_run_sends_nothing_and_gives_identical_output(spark, conf_factory):
     items = items_df(spark, 30, distinct=20)  # 30 rows, 20 distinct prompts
-    with ScriptedLLMServer(responder=ip.scripted_answer) as server:
+    with ScriptedLLMServer(responder=answers.item_profile) as server:
         conf = llm_conf(conf_factory, server)
         first = run_agent(items, ip.AGENT, conf, ["item_id"], CTX)
         first_rows = sorted(first.output.collect())
@@ -162,10 +162,17 @@ def test_second_run_sends_nothing_and_gives_identical_output(spark, conf_factory
 
 def test_failed_answers_are_sent_again_on_the_next_run(spark, conf_factory):
     items = items_df(spark, 10)
-    with ScriptedLLMServer(responder=ip.scripted_answer, faults={"server_error": 1.0}) as server:
+    with ScriptedLLMServer(responder=answers.item_profile, faults={"server_error": 1.0}) as server:
         conf = llm_conf(conf_factory, server, "llm.runtime.max_retries=1")
         failed = run_agent(items, ip.AGENT, conf, ["item_id"], CTX).output.collect()
         assert {r["status"] for r in failed} == {"failed"} and server.count == 20
+        # The default fallback: each failed row carries the heuristic's answer, written by
+        # "heuristic", and keeps the call's error.
+        heuristic = rows_by_id(run_agent(items, ip.AGENT, conf_factory(), ["item_id"], CTX).output)
+        for r in failed:
+            assert r["output"] == heuristic[r["item_id"]]["output"] and r["output"] is not None
+            assert r["model"] == "heuristic" and r["error_class"] == "server_error"
+            assert r["prompt_version"] == heuristic[r["item_id"]]["prompt_version"]
         server.faults = None
         ok = run_agent(items, ip.AGENT, conf, ["item_id"], CTX).output.collect()
         assert server.count == 30
@@ -175,10 +182,10 @@ def test_failed_answers_are_sent_again_on_the_next_run(spark, conf_factory):
 
 _KILLED_RUN = """
 import sys
-from jobs.config import load_config
-from jobs.session import get_spark
+from core.config import load_config
+from core.session import get_spark
 from udfs.agents import item_profile as ip
-from udfs.llm import run_agent
+from jobs.agents import run_agent
 from tests.test_llm_runner import items_df
 conf = load_config(overrides=sys.argv[1:])
 spark = get_spark(conf)
@@ -190,7 +197,7 @@ print("finished", run.sent, flush=True)
 def test_run_killed_halfway_resends_only_unanswered_inputs(spark, tmp_path):
     root = tmp_path / "warehouse"
     log_dir = root / "silver" / "llm_responses" / "_delta_log"
-    with ScriptedLLMServer(responder=ip.scripted_answer, latency_s=0.15) as server:
+    with ScriptedLLMServer(responder=answers.item_profile, latency_s=0.15) as server:
         overrides = [
             f"storage.root={root}",
             "spark.master=local[2]",
@@ -221,7 +228,7 @@ def test_run_killed_halfway_resends_only_unanswered_inputs(spark, tmp_path):
         finally:
             proc.wait(30)
         sent_before_kill = server.count
-        from jobs.config import load_config
+        from core.config import load_config
 
         conf = load_config(overrides=overrides[:1] + overrides[3:])
         answered = tables.read(spark, conf, RESPONSES_TABLE).select("cache_key").distinct().count()
@@ -239,7 +246,9 @@ def test_api_key_never_leaves_the_request_header(spark, conf_factory, tmp_path, 
     key = "sk-test-5ecret-7f3a9c1e2b"
     wrong = "sk-wrong-0d9e8f7a6b"
     monkeypatch.setenv("DISCOVERY_TEST_LLM_KEY", key)
-    with ScriptedLLMServer(responder=ip.scripted_answer, api_key=key, faults={"server_error": 0.3}) as server:
+    with ScriptedLLMServer(
+        responder=answers.item_profile, api_key=key, faults={"server_error": 0.3}
+    ) as server:
         conf = llm_conf(conf_factory, server, api_key_env="DISCOVERY_TEST_LLM_KEY")
         run = run_agent(items_df(spark, 20), ip.AGENT, conf, ["item_id"], CTX)
         tables.overwrite(run.output, conf, "gold.secret_check")
@@ -275,7 +284,7 @@ def test_missing_api_key_variable_is_a_clear_error(spark, conf_factory, monkeypa
 
 
 def test_image_urls_reach_the_server_as_content_parts(spark, conf_factory):
-    with ScriptedLLMServer(responder=ip.scripted_answer) as server:
+    with ScriptedLLMServer(responder=answers.item_profile) as server:
         conf = llm_conf(conf_factory, server, "llm.endpoints.default.response_format=json_schema")
         out = run_agent(items_df(spark, 3, image=True), ip.AGENT, conf, ["item_id"], CTX).output.collect()
         bodies = list(server.bodies)
@@ -299,7 +308,7 @@ def test_image_urls_reach_the_server_as_content_parts(spark, conf_factory):
 
 
 def test_rate_limit_is_shared_by_all_tasks(spark, conf_factory):
-    with ScriptedLLMServer(responder=ip.scripted_answer, latency_s=0.05) as server:
+    with ScriptedLLMServer(responder=answers.item_profile, latency_s=0.05) as server:
         conf = llm_conf(
             conf_factory,
             server,

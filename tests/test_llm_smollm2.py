@@ -14,9 +14,9 @@ import os
 
 import pytest
 
+from jobs.agents import run_agent
 from tests.conftest import BUNDLED_ONLINE_RETAIL
 from udfs.agents import item_profile as ip
-from udfs.llm import run_agent
 from udfs.llm.local_server import LlamaCppServer, LocalModelUnavailable, smollm2_gguf
 
 
@@ -113,7 +113,8 @@ def five_real_buyers(folder) -> list[str]:
 
 @pytest.mark.real_data
 def test_smollm2_compresses_five_real_buyers_without_a_crash(spark, conf_factory, smollm2, tmp_path):
-    from jobs import aggregate, compress, ingest, items, tables
+    from core import tables
+    from jobs import aggregate, compress, ingest, items
 
     raw = tmp_path / "raw"
     raw.mkdir()

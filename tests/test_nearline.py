@@ -10,8 +10,10 @@ import json
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import nearline, tables
-from jobs.cli import run_stages
+from core import tables
+from jobs import nearline
+from jobs.stages import run_stages
+from testing import answers
 
 
 class Crash(RuntimeError):
@@ -66,7 +68,7 @@ def _users_and_item(spark, conf, n):
 
 
 def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_nothing(
-    spark, warehouse, monkeypatch, capsys
+    spark, warehouse, monkeypatch, caplog
 ):
     conf = warehouse
     users, item = _users_and_item(spark, conf, 3)
@@ -128,10 +130,10 @@ def test_triggered_users_get_a_list_and_a_crash_mid_batch_loses_and_duplicates_n
     # The replayed batch: one event, one trigger, one list written (the log row says which
     # step failed otherwise: no trigger, or a refresh error printed above).
     (logged,) = crashes[0]
-    assert logged[1:5] == (1, 1, 1, 0), (logged, capsys.readouterr().out[-3000:])
+    assert logged[1:5] == (1, 1, 1, 0), (logged, caplog.text[-3000:])
     merged = {r["user_id"]: r for r in tables.read(spark, conf, nearline.RECOMMENDATIONS).collect()}
     assert merged[b]["trigger_event_id"] == "n3"
-    version_after_merge = tables._last_commit(spark, conf, nearline.RECOMMENDATIONS)["version"]
+    version_after_merge = tables.last_commit(spark, conf, nearline.RECOMMENDATIONS)["version"]
 
     # 4. Restart for real; a new event arrives while the stream is down.
     _append(spark, conf, [{"event_id": "n4", "user_id": c, "event_type": "purchase", "item_id": item}])
@@ -171,8 +173,8 @@ def test_a_buyer_without_fresh_events_gets_the_batch_list_from_the_nearline_refr
     (no event after the batch run) gets the same list, channels and reasons from both."""
     import pandas as pd
 
-    from jobs.nearline.refresh import INPUT_COLUMNS, refresh_users
     from jobs.nearline.state import load
+    from udfs.nearline import INPUT_COLUMNS, refresh_users
 
     conf = warehouse
     state, items = load(spark, conf)
@@ -204,8 +206,7 @@ def test_sigkill_of_the_whole_stream_mid_batch_loses_and_duplicates_nothing(spar
     import time
     from pathlib import Path
 
-    from udfs.agents import u2q
-    from udfs.llm.scripted_server import ScriptedLLMServer
+    from testing.scripted_server import ScriptedLLMServer
 
     # A copy of the batch tables (the other test's nearline tables and checkpoint left out).
     source, root = Path(warehouse.storage.root), tmp_path / "warehouse"
@@ -220,7 +221,7 @@ def test_sigkill_of_the_whole_stream_mid_batch_loses_and_duplicates_nothing(spar
     a, b = users
 
     delay = [0.05]  # seconds per LLM answer: slow only while the batch is to be killed
-    server = ScriptedLLMServer(latency_s=lambda body: delay[0], responder=u2q.scripted_answer).start()
+    server = ScriptedLLMServer(latency_s=lambda body: delay[0], responder=answers.u2q).start()
     endpoint = {"base_url": server.base_url, "model": "scripted", "api_key_env": None}
     sets = [
         f"storage.root={root}", "spark.shuffle_partitions=2", "tracking.enabled=false", "rank.top_k=5",

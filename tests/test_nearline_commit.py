@@ -7,7 +7,8 @@ import datetime as dt
 
 import pytest
 
-from jobs import nearline, tables
+from core import tables
+from jobs import nearline
 
 T0 = dt.datetime(2026, 11, 26, 9, 0, 0)
 
@@ -41,7 +42,7 @@ def test_merge_replaces_a_row_only_from_a_later_batch(spark, conf_factory, engin
     nearline.create_tables(spark, conf)
 
     def version():
-        return tables._last_commit(spark, conf, nearline.RECOMMENDATIONS)["version"]
+        return tables.last_commit(spark, conf, nearline.RECOMMENDATIONS)["version"]
 
     v1, at1 = nearline.commit_lists(
         spark, conf, [_record("a", 1, "e1", "i1"), _record("b", 1, "e2", "i2")], engine

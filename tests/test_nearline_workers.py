@@ -12,8 +12,8 @@ import time
 import pandas as pd
 
 from jobs import nearline
-from jobs.nearline.refresh import RefreshSettings
 from udfs.embedding import spec_from_conf
+from udfs.nearline import RefreshSettings
 
 
 def _workers_with_model(spark, spec, tasks: int) -> list[bool]:

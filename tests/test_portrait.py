@@ -12,12 +12,14 @@ import json
 
 import pytest
 
-from jobs import aggregate, tables
+from core import tables
+from core.config import PortraitConf, load_config
+from jobs import aggregate
 from jobs import portrait as pj
-from jobs.config import PortraitConf, load_config
+from testing import answers
+from testing.scripted_server import ScriptedLLMServer
 from udfs.agents import portrait as pa
 from udfs.llm.agent import AnswerError, parse_answer
-from udfs.llm.scripted_server import ScriptedLLMServer
 
 EVENTS_SCHEMA = (
     "event_id string, user_id string, item_id string, event_type string, ts timestamp, dt date, "
@@ -196,9 +198,7 @@ def test_check_enforces_vocabularies_and_shares():
     facts = {"categories": [{"category": CANDLES, "share": 0.8}, {"category": MUGS, "share": 0.2}]}
     row = {"facts_json": json.dumps(facts), "digest_text": None}
     ctx = PortraitConf().model_dump()
-    good = json.loads(
-        pa.scripted_answer({"messages": [{}, {"content": "Categories (share of spend): x 1%"}]})
-    )
+    good = json.loads(answers.portrait({"messages": [{}, {"content": "Categories (share of spend): x 1%"}]}))
     good["main_categories"] = [{"category": CANDLES, "share": 0.8}, {"category": MUGS, "share": 0.2}]
     assert parse_answer(json.dumps(good), pa.AGENT, row, ctx).buyer_type == "specialist retailer"
     for change, needle in [
@@ -217,7 +217,7 @@ def test_llm_portraits_and_fallback_for_out_of_vocabulary(spark, warehouse, heur
     _, heuristic = heuristic_rows
 
     def responder(body):
-        answer = json.loads(pa.scripted_answer(body))
+        answer = json.loads(answers.portrait(body))
         if f"{XMAS} 70%" in body["messages"][1]["content"]:
             answer["buyer_type"] = "christmas shop"  # not in the vocabulary, also after repair
         return json.dumps(answer)

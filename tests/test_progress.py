@@ -1,5 +1,5 @@
 """``discovery pipeline`` resumes from the first stage not complete for the run date, and
-prints rows in / out per stage (jobs/progress.py, jobs/cli.py run_stages), on real Delta
+logs rows in / out per stage (jobs/progress.py, jobs/stages.py run_stages), on real Delta
 tables with small stand-in stages."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import datetime as dt
 
 import pytest
 
-from jobs import cli, dag, progress, tables
+from core import tables
+from jobs import progress, stages
+from jobs.stages import Stage
 
 DAY = dt.date(2026, 11, 24)
 
@@ -44,32 +46,35 @@ def fake_dag(spark, monkeypatch):
             raise RuntimeError("c failed")
         tables.overwrite(spark_.range(3), conf, "gold.c")
 
-    stages = {"ingest": ingest, "a": a, "b": b, "c": c}
-    monkeypatch.setattr(cli, "STAGES", [(s, f"fake.{s}") for s in stages])
-    monkeypatch.setattr(cli, "_stage_runner", lambda module: stages[module.split(".")[1]])
+    functions = {"ingest": ingest, "a": a, "b": b, "c": c}
+    io = {
+        "ingest": ((), ("bronze.events",)),
+        "a": (("bronze.events",), ("silver.a",)),
+        "b": (("silver.a",), ("gold.b",)),
+        "c": (("gold.b",), ("gold.c",)),
+    }
+
+    class FakeStage(Stage):
+        def entry(self):
+            return functions[self.name]
+
     monkeypatch.setattr(
-        dag,
-        "STAGE_IO",
-        {
-            "ingest": ((), ("bronze.events",)),
-            "a": (("bronze.events",), ("silver.a",)),
-            "b": (("silver.a",), ("gold.b",)),
-            "c": (("gold.b",), ("gold.c",)),
-        },
+        stages, "STAGES", tuple(FakeStage(n, f"fake.{n}", reads=r, writes=w) for n, (r, w) in io.items())
     )
     return state
 
 
 def _pipeline(spark, conf):
-    cli.run_stages(spark, conf, ["ingest", "a", "b", "c"], resume=True)
+    stages.run_stages(spark, conf, ["ingest", "a", "b", "c"], resume=True)
 
 
-def test_resume_starts_at_the_first_stage_not_complete(spark, conf_factory, fake_dag, capsys):
+def test_resume_starts_at_the_first_stage_not_complete(spark, conf_factory, fake_dag, caplog):
     conf = conf_factory(["tracking.enabled=false"])
     with pytest.raises(RuntimeError, match="c failed"):
         _pipeline(spark, conf)
     assert fake_dag["calls"] == ["ingest", "a", "b", "c"]
-    out = capsys.readouterr().out
+    out = caplog.text
+    caplog.clear()
     # rows in / out per stage: a reads 2 events, writes 1 row; b writes 5
     assert "[2/4] a done: rows in 2, out 1" in out and "[3/4] b done: rows in 1, out 5" in out
 
@@ -77,7 +82,8 @@ def test_resume_starts_at_the_first_stage_not_complete(spark, conf_factory, fake
     fake_dag["fail_c"] = False
     _pipeline(spark, conf)
     assert fake_dag["calls"] == ["ingest", "c"]  # ingest always; a and b were complete
-    out = capsys.readouterr().out
+    out = caplog.text
+    caplog.clear()
     assert f"resume: a, b already complete for run date {DAY}; starting at c" in out
 
     fake_dag["calls"].clear()
@@ -106,7 +112,7 @@ def test_restart_runs_every_stage(spark, conf_factory, fake_dag):
     fake_dag["fail_c"] = False
     _pipeline(spark, conf)
     fake_dag["calls"].clear()
-    cli.run_stages(spark, conf, ["ingest", "a", "b", "c"], resume=False)
+    stages.run_stages(spark, conf, ["ingest", "a", "b", "c"], resume=False)
     assert fake_dag["calls"] == ["ingest", "a", "b", "c"]
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs import rank, ranker, tables
-from jobs.candidates import FEATURE_COLUMNS
-from jobs.config import derive, load_config
+from core import tables
+from core.config import derive, load_config
+from jobs import rank, ranker
+from udfs.features import FEATURE_COLUMNS
 from udfs.ranking import ListRules, Ranker, rank_users
 
 RUN = dt.date(2024, 5, 1)

@@ -1,5 +1,5 @@
 """udfs/ranking.py: the one list-filling rule of batch and nearline (quotas on every
-prefix, near-duplicates, category cap), and jobs/candidates.normalise_title."""
+prefix, near-duplicates, category cap), and udfs/features.normalise_title."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.candidates import normalise_title
+from udfs.features import normalise_title
 from udfs.ranking import ListRules, Ranker, fill, rank_users, score
 
 

@@ -15,7 +15,8 @@ from collections import Counter
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import aggregate, tables
+from core import tables
+from jobs import aggregate
 from jobs.ingest import run as ingest
 from jobs.ingest.sources import ONLINE_RETAIL_NON_PRODUCT
 from tests.conftest import shared_dataset
@@ -57,7 +58,7 @@ def online_retail_reference(folder) -> dict:
 @pytest.fixture(scope="module")
 def retail(spark, tmp_path_factory):
     folder = shared_dataset("online_retail") / "by-day"
-    from jobs.config import load_config
+    from core.config import load_config
 
     root = tmp_path_factory.mktemp("retail")
     conf = load_config(overrides=[
@@ -137,7 +138,7 @@ def test_running_again_changes_no_row_of_any_table(spark, retail):
 
 def test_taobao_userbehavior_end_to_end(spark, tmp_path):
     path = shared_dataset("taobao_userbehavior") / "UserBehavior.csv"
-    from jobs.config import load_config
+    from core.config import load_config
 
     with open(path) as fh:
         lines = fh.read().splitlines()

@@ -8,8 +8,9 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from jobs import candidates, embed, index, q2i, tables
-from jobs.config import load_config
+from core import tables
+from core.config import load_config
+from jobs import candidates, embed, index, q2i
 from udfs.embedding import encode
 
 RUN_DATE = dt.date(2011, 12, 9)

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from udfs.llm.scripted_server import ScriptedLLMServer
+from testing.scripted_server import ScriptedLLMServer
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "scripted-model"
@@ -283,7 +283,7 @@ def test_stats_reset_and_unknown_path_endpoints():
 def test_cli_prints_url_and_serves_models():
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "udfs.llm.scripted_server", "--port", "0", "--model", "cli-model"],
+        [sys.executable, "-m", "testing.scripted_server", "--port", "0", "--model", "cli-model"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.config import load_config
+from core.config import load_config
 from jobs.ingest import IngestSummary
 from jobs.tracking import Tracker, flat_params, numeric_metrics, tracked, tracking_uri
 

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pyspark.sql import types as T
 
-from jobs import tables
+from core import tables
 from jobs.trends import documents as docs
 from jobs.trends.documents import (
     DOCUMENT_SCHEMA,
@@ -151,7 +151,7 @@ def _write_corpus(folder) -> None:
     (folder / "_draft.jsonl").write_text(json.dumps({"text": "draft"}) + "\n", encoding="utf-8")
 
 
-def test_folder_source_validates_merges_once_and_filters_as_of(spark, conf_factory, tmp_path, capsys):
+def test_folder_source_validates_merges_once_and_filters_as_of(spark, conf_factory, tmp_path, caplog):
     folder = tmp_path / "corpus"
     _write_corpus(folder)
     conf = conf_factory(_sources({"name": "corpus", "kind": "folder", "path": str(folder)}))
@@ -168,7 +168,7 @@ def test_folder_source_validates_merges_once_and_filters_as_of(spark, conf_facto
         "bad_csv_row": 1,
     }
     assert load.inserted == 7
-    out = capsys.readouterr().out
+    out = caplog.text
     assert f"trends: source corpus (folder {folder}): 13 read, 7 accepted, 6 quarantined" in out
 
     stored = {r["title"]: r for r in tables.read(spark, conf, docs.DOCUMENTS_TABLE).collect()}
@@ -223,7 +223,7 @@ def test_folder_source_validates_merges_once_and_filters_as_of(spark, conf_facto
 # Delta and derived sources
 
 
-def test_delta_sources_by_path_and_table_and_derived_frame(spark, conf_factory, tmp_path, capsys):
+def test_delta_sources_by_path_and_table_and_derived_frame(spark, conf_factory, tmp_path, caplog):
     lake = str(tmp_path / "lake_docs")
     spark.createDataFrame(
         [
@@ -271,7 +271,7 @@ def test_delta_sources_by_path_and_table_and_derived_frame(spark, conf_factory, 
     got = {n: (c.read, c.accepted, c.quarantined) for n, c in load.sources.items()}
     assert got == {"lake": (2, 1, 1), "shelf": (1, 1, 0), "derived": (1, 1, 0)}
     assert load.http_failures == []
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "trends: source social (http http://127.0.0.1:9/search): skipped, no seed queries" in out
     assert f"trends: source lake (delta {lake}): 2 read, 1 accepted, 1 quarantined (missing_text 1)" in out
     assert load.sources["lake"].by_reason == {"missing_text": 1}
@@ -390,7 +390,7 @@ def scripted_server(monkeypatch):
 
 
 def test_http_source_retries_records_failures_and_never_leaks_the_key(
-    spark, conf_factory, scripted_server, monkeypatch, capsys
+    spark, conf_factory, scripted_server, monkeypatch, capsys, caplog
 ):
     url, script = scripted_server
     monkeypatch.setenv("TREND_DOCS_TEST_KEY", KEY)
@@ -456,11 +456,11 @@ def test_http_source_retries_records_failures_and_never_leaks_the_key(
     assert all(KEY not in str(r.asDict()) for r in everything)
     assert all(KEY not in repr(f) for f in load.http_failures)
     captured = capsys.readouterr()
-    assert KEY not in captured.out + captured.err
-    assert "trends: source derived (derived): skipped" in captured.out
-    assert "trends: source social (http " in captured.out
-    assert "8 read, 6 accepted, 2 quarantined" in captured.out
-    assert "3 seed(s) failed" in captured.out
+    assert KEY not in captured.out + captured.err + caplog.text
+    assert "trends: source derived (derived): skipped" in caplog.text
+    assert "trends: source social (http " in caplog.text
+    assert "8 read, 6 accepted, 2 quarantined" in caplog.text
+    assert "3 seed(s) failed" in caplog.text
 
 
 def test_visible_as_of_keeps_the_whole_day_and_undated_documents(spark):

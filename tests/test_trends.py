@@ -13,6 +13,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.trends import signals
+from testing import answers
 from udfs.agents import trend_query as tq
 from udfs.llm.agent import AnswerError, parse_answer
 
@@ -90,7 +91,7 @@ def test_factor_activity_weights_events_and_drops_price_band(spark):
         ],
         "item_id string, decision_factors array<struct<kind:string,value:string>>",
     )
-    from jobs.categorize import load_rules
+    from core.categories import load_rules
 
     got = signals.factor_activity(
         events, cats, profiles, load_rules("categories.yaml"), {"purchase": 5.0, "view": 0.5}, ["price_band"]
@@ -322,8 +323,9 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def trend_warehouse(spark, tmp_path_factory):
-    from jobs import aggregate, items, tables
-    from jobs.config import load_config
+    from core import tables
+    from core.config import load_config
+    from jobs import aggregate, items
 
     base_dir = tmp_path_factory.mktemp("trends")
     corpus = base_dir / "corpus"
@@ -347,14 +349,14 @@ def trend_warehouse(spark, tmp_path_factory):
 
 
 def trend_rows(spark, conf):
-    from jobs import tables
+    from core import tables
 
     return tables.read(spark, conf, "gold.trend_queries").orderBy("rank").collect()
 
 
 def test_trends_job_heuristic_end_to_end(spark, trend_warehouse):
     import jobs.trends as tj
-    from jobs import tables
+    from core import tables
 
     conf = trend_warehouse()
     counts = tj.run(spark, conf)
@@ -383,10 +385,10 @@ def test_trends_job_heuristic_end_to_end(spark, trend_warehouse):
 
 def test_trends_job_llm_answers_failures_and_delimited_documents(spark, trend_warehouse):
     import jobs.trends as tj
-    from udfs.llm.scripted_server import ScriptedLLMServer
+    from testing.scripted_server import ScriptedLLMServer
 
     with ScriptedLLMServer(
-        responder=tq.scripted_answer, faults={"server_error": 0.4}, seed=3, record_bodies=True
+        responder=answers.trend_query, faults={"server_error": 0.4}, seed=3, record_bodies=True
     ) as server:
         conf = trend_warehouse(
             [

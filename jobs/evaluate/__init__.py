@@ -51,10 +51,12 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
+from core import tables
+from core.config import Config, EvaluateConf, derive
+from jobs.agents import RESPONSES_TABLE
 from jobs.asof import asof_items, asof_stages, build_asof_warehouse, run_asof_pipeline
-from jobs.config import Config, EvaluateConf, derive
-from jobs.evaluate import baselines, bootstrap, metrics, tradeoff
+from jobs.evaluate import baselines, bootstrap, metrics, report, tradeoff
+from jobs.tracking import Tracker, tracked, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,6 @@ def asof_conf(conf: Config, cut: dt.date, variant=None) -> Config:
 
 
 def _tracking_uri(conf: Config) -> str:
-    from jobs.tracking import tracking_uri
 
     return tracking_uri(conf)
 
@@ -209,7 +210,6 @@ def ops_figures(spark: SparkSession, asof: Config, users: int) -> dict[str, floa
     """Parse success, tokens per user, latency p50/p95 and failures of the LLM answers
     this as-of run asked for (its ``run.run_id``; answers found in the cache seeded from an
     earlier cut cost nothing and are not counted); empty for a heuristic run."""
-    from udfs.llm.runner import RESPONSES_TABLE
 
     if not tables.exists(spark, asof, RESPONSES_TABLE):
         return {}
@@ -508,8 +508,6 @@ def flat_metrics(summary: pd.DataFrame) -> dict[str, float]:
 
 def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     """Evaluate the pipeline (and its variants) against the baselines; see the module docstring."""
-    from jobs.evaluate import report
-    from jobs.tracking import Tracker, tracked
 
     ec = conf.evaluate
     ks = all_ks(ec)

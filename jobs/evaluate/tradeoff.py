@@ -20,9 +20,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.config import Config
+from core import tables
+from core.config import Config
+from jobs import rank
+from jobs.candidates import FEATURES
 from jobs.evaluate import baselines
+from jobs.ranker import load_model
+from udfs.ranking import ListRules
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,6 @@ def pipeline_lists(
     spark: SparkSession, asof: Config, users: DataFrame, k: int, slots: list[int]
 ) -> DataFrame:
     """The pipeline's lists of ``users`` at each repeat-slot count, in the metrics' list schema."""
-    from jobs import rank
-    from jobs.candidates import FEATURES
-    from jobs.ranker import load_model
-    from udfs.ranking import ListRules
 
     run_date = asof.run.date
     ranker, row = load_model(spark, asof, run_date)

@@ -16,12 +16,12 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.config import Config, SourceConf
+from core import tables
+from core.config import Config, SourceConf
 from jobs.ingest import staging, synthetic
 from jobs.ingest.sources import ADAPTERS, IngestError, generic_frame, list_input_files
 
-log = logging.getLogger("discovery")
+log = logging.getLogger(__name__)
 
 __all__ = ["IngestError", "IngestSummary", "run", "stage_source"]
 
@@ -135,7 +135,7 @@ def run(spark: SparkSession, conf: Config) -> list[IngestSummary]:
     for src in conf.ingest.sources:
         summary = ingest_source(spark, conf, src, run_id)
         for line in summary.lines():
-            print(line, flush=True)
+            log.info(line)
         if not summary.reconciles:  # impossible by construction; never let it pass silently
             raise IngestError(f"source {src.name}: counts do not reconcile: {summary}")
         summaries.append(summary)

@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.config import SourceConf, source_path
+from core.config import SourceConf, source_path
 from jobs.ingest.staging import blank_to_null, conform, local_time_to_utc, utc_to_local_day
 
 CORRUPT = "_corrupt_record"

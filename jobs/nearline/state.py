@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,10 +33,13 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs import tables
-from jobs.aggregate import UNKNOWN_CATEGORY, resolve_run_date
-from jobs.categorize import load_rules, match_category
-from jobs.config import Config
+from core import tables
+from core.categories import UNKNOWN_CATEGORY, load_rules, match_category
+from core.config import Config
+from core.rundate import resolve_run_date
+from jobs import candidates, cfv, q2i, u2q
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -138,7 +142,7 @@ class UserState:
         return out
 
     def inputs(self, user_id: str, on: dt.date) -> dict:
-        """The refresh row of one triggered user (``jobs.nearline.refresh.INPUT_COLUMNS``)."""
+        """The refresh row of one triggered user (``udfs.nearline.INPUT_COLUMNS``)."""
         base = self.inputs_by_user.get(user_id, {})
         recent = self.recent_cfv(user_id, on)
         personal = json.loads(base.get("personal_json") or "[]")
@@ -211,7 +215,6 @@ def history(spark: SparkSession, conf: Config, run_date) -> tuple[DataFrame, Dat
 
 def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
     """(user state, item table indexed by vector_id) from the batch tables; prints progress."""
-    from jobs import candidates, cfv, q2i, u2q
 
     events = tables.read(spark, conf, "bronze.events")
     # The batch run's date, not the last event's: fresh events are appended to the same table.
@@ -222,7 +225,7 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
     ) or resolve_run_date(spark, conf, events)
     cc = conf.cfv
     rules = load_rules(conf.aggregate.category_rules)
-    print(f"nearline: loading the batch features of run date {run_date} ...", flush=True)
+    log.info(f"nearline: loading the batch features of run date {run_date} ...")
 
     inputs = {r["user_id"]: r.asDict() for r in u2q.agent_inputs(spark, conf).collect()}
     cfv_rows = tables.read(spark, conf, "gold.cfv").filter(F.col("horizon").isin("long_term", "potential"))
@@ -320,10 +323,9 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
         .set_index("vector_id")
     )
     items["factors"] = [list(f) if f is not None else [] for f in items["factors"]]
-    print(
+    log.info(
         f"nearline: {len(inputs):,} users with candidates, {len(items):,} items, "
         f"{len(fresh):,} events after the run date folded in",
-        flush=True,
     )
     return state, items
 

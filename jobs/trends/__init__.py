@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -36,14 +37,18 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import tables
-from jobs.aggregate import UNKNOWN_CATEGORY, resolve_run_date
-from jobs.categorize import load_rules
-from jobs.config import Config
+from core import tables
+from core.categories import UNKNOWN_CATEGORY, load_rules
+from core.config import Config
+from core.rundate import resolve_run_date
+from jobs.agents import run_agent
 from jobs.embed import embed_texts
 from jobs.trends import signals
+from jobs.trends.documents import load_documents
 from udfs.agents import trend_query
-from udfs.llm import run_agent
+from udfs.clustering import threshold_clusters
+
+log = logging.getLogger(__name__)
 
 SEEDS = "silver.trend_seeds"
 CATEGORY_TRENDS = "gold.category_trends"
@@ -146,28 +151,9 @@ def agent_inputs(spark: SparkSession, seeds: DataFrame, retrieved: dict[str, lis
 def generate(conf: Config, inputs: DataFrame, run_date: dt.date) -> DataFrame:
     """seed_id, output (TrendQueries), status, error_class, model, prompt_version, ...: one
     row per seed; a failed LLM answer carries the heuristic's output, model and prompt
-    version (``status`` stays ``failed`` so the failure shows)."""
+    version (``status`` stays ``failed`` so the failure shows; ``jobs.agents``)."""
     context = {"as_of": run_date.isoformat(), "max_queries": conf.trends.queries_per_seed}
-    name = trend_query.AGENT.name
-    run = run_agent(inputs, trend_query.AGENT, conf, ["seed_id"], context)
-    if run.backend == "heuristic":
-        return run.output
-    heuristic_conf = conf.model_copy(deep=True)
-    heuristic_conf.llm.agents[name] = conf.llm.agent(name).model_copy(update={"backend": "heuristic"})
-    fallback = run_agent(inputs, trend_query.AGENT, heuristic_conf, ["seed_id"], context).output.select(
-        "seed_id", F.col("output").alias("_fallback"), F.col("prompt_version").alias("_fallback_version")
-    )
-    ok = F.col("status") == "ok"
-    return (
-        run.output.join(fallback, "seed_id", "left")
-        .withColumn("output", F.when(ok, F.col("output")).otherwise(F.col("_fallback")))
-        .withColumn(
-            "prompt_version", F.when(ok, F.col("prompt_version")).otherwise(F.col("_fallback_version"))
-        )
-        # Who wrote the queries: the model, or the heuristic for a failed answer.
-        .withColumn("model", F.when(ok, F.col("model")).otherwise(F.lit("heuristic")))
-        .drop("_fallback", "_fallback_version")
-    )
+    return run_agent(inputs, trend_query.AGENT, conf, ["seed_id"], context).output
 
 
 def query_growth(query: str, rising: list, seed_growth: float | None) -> float | None:
@@ -194,7 +180,6 @@ def normalise(rows: list[dict], vectors: np.ndarray, threshold: float, k: int) -
     ``rows``: one per generated query with seed_id, seed_text, query, leaf_category,
     selling_points, doc_ids, sources, growth, support, model, prompt_version.
     """
-    from udfs.clustering import threshold_clusters
 
     if not rows:
         return []
@@ -234,13 +219,12 @@ def normalise(rows: list[dict], vectors: np.ndarray, threshold: float, k: int) -
 
 def _stage(name: str, started: float, **counts: int) -> None:
     parts = ", ".join(f"{k} {v:,}" for k, v in counts.items())
-    print(f"trends: {name}: {parts} ({time.perf_counter() - started:.1f}s)", flush=True)
+    log.info(f"trends: {name}: {parts} ({time.perf_counter() - started:.1f}s)")
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     """Write silver.trend_seeds, gold.category_trends, bronze.trend_documents and
     gold.trend_queries as of the run date; returns row counts."""
-    from jobs.trends.documents import load_documents
 
     tc = conf.trends
     events = tables.read(spark, conf, "bronze.events")
@@ -249,7 +233,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         if not tables.exists(spark, conf, needed):
             raise RuntimeError(f"trends: {needed} is missing: run the items and aggregate stages first")
     backend = conf.llm.agent(trend_query.AGENT.name).backend
-    print(f"trends: run date {run_date}, trend_query backend {backend}", flush=True)
+    log.info(f"trends: run date {run_date}, trend_query backend {backend}")
     started = time.perf_counter()
     profiles = tables.read(spark, conf, "silver.item_profiles")
     item_cats = tables.read(spark, conf, "silver.item_categories")

@@ -32,6 +32,7 @@ import datetime as dt
 import http.client
 import io
 import json
+import logging
 import os
 import random
 import time
@@ -50,8 +51,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import Window
 
-from jobs import tables
-from jobs.config import Config, TrendSourceConf, source_path
+from core import tables
+from core.config import Config, TrendSourceConf, source_path
+
+log = logging.getLogger(__name__)
 
 DOCUMENTS_TABLE = "bronze.trend_documents"
 QUARANTINE_TABLE = "bronze.trend_documents_quarantine"
@@ -815,12 +818,12 @@ def load_documents(
             frames.append(staged_from_frame(df, src.name, origin))
         elif src.kind == "derived":
             if derived is None:
-                print(f"trends: source {src.name} (derived): skipped, no derived documents given", flush=True)
+                log.info(f"trends: source {src.name} (derived): skipped, no derived documents given")
                 continue
             frames.append(staged_from_frame(derived, src.name, "derived"))
         elif src.kind == "http":
             if not seeds:
-                print(f"trends: source {src.name} ({_describe(src)}): skipped, no seed queries", flush=True)
+                log.info(f"trends: source {src.name} ({_describe(src)}): skipped, no seed queries")
                 continue
             rows, failed = fetch_http(src, seeds, since, as_of)
             python_rows.extend(rows)
@@ -850,7 +853,7 @@ def load_documents(
     validated.unpersist()
 
     for src in used:
-        print(_progress(counts[src.name], src, failures), flush=True)
-    print(f"trends: {inserted:,} new document(s) in {DOCUMENTS_TABLE}", flush=True)
+        log.info(_progress(counts[src.name], src, failures))
+    log.info(f"trends: {inserted:,} new document(s) in {DOCUMENTS_TABLE}")
     documents = visible_as_of(tables.read(spark, conf, DOCUMENTS_TABLE), as_of)
     return DocumentLoad(documents=documents, sources=counts, inserted=inserted, http_failures=failures)

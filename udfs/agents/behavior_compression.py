@@ -29,7 +29,6 @@ Example
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import re
 from collections import Counter
@@ -38,6 +37,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.categories import load_rules, vocabulary
+from udfs.agents.item_profile import _WORD_KIND
 from udfs.llm.agent import Agent, AnswerError, Context, Row
 
 WEEK = re.compile(r"^\d{4}-W(0[1-9]|[1-4]\d|5[0-3])$")
@@ -274,7 +275,6 @@ def heuristic(row: Row, context: Context) -> BehaviorDigest:
 
 def context(category_rules: str = "categories.yaml", max_factors: int = 5) -> dict[str, object]:
     """Context: the rules' category vocabulary and the number of factors per row."""
-    from jobs.categorize import load_rules, vocabulary
 
     return {"categories": vocabulary(load_rules(category_rules)), "max_factors": max_factors}
 
@@ -292,7 +292,6 @@ AGENT = Agent(
 
 # --- a scripted model for tests and benchmarks ------------------------------------------
 
-_INPUT = re.compile(r"<input>(.*?)</input>", re.DOTALL)
 _LINE = re.compile(r"^(\d{4}-\d{2}-\d{2}) (\w+) \[([^\]]*)\](.*)$")
 _QTY = re.compile(r"\| qty (-?\d+)")
 _GMV = re.compile(r"\| gmv (-?\d+(?:\.\d+)?)\s*$")
@@ -305,7 +304,6 @@ def rows_from_text(text: str, max_factors: int = 5) -> list[dict[str, Any]]:
     (week, category); factors are the title words of the item_profile heuristic's word
     lists. Lines of events dropped by the cap are not in the text, so counts can fall short.
     """
-    from udfs.agents.item_profile import _WORD_KIND
 
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for line in text.splitlines():
@@ -340,17 +338,3 @@ def rows_from_text(text: str, max_factors: int = 5) -> list[dict[str, Any]]:
         }
         for (week, category), g in sorted(groups.items())
     ]
-
-
-def scripted_answer(body: dict) -> str:
-    """A ``responder`` for :class:`udfs.llm.scripted_server.ScriptedLLMServer`: the rows
-    :func:`rows_from_text` computes from the behaviour in the prompt, as JSON."""
-    user = body["messages"][1]["content"]
-    text = user if isinstance(user, str) else " ".join(p.get("text", "") for p in user if isinstance(p, dict))
-    m = _INPUT.search(text)
-    return json.dumps({"rows": rows_from_text(m.group(1) if m else "", _default_context()["max_factors"])})
-
-
-@functools.lru_cache(maxsize=1)
-def _default_context() -> dict[str, object]:
-    return context()

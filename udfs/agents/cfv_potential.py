@@ -24,7 +24,6 @@ PotentialFactors(factors=[FactorWeight(factor='floral', weight=10)])
 from __future__ import annotations
 
 import json
-import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,16 +121,3 @@ AGENT = Agent(
     heuristic_version="h1",
     check=check,
 )
-
-
-_CANDIDATES = re.compile(r"Candidate factors \(factor:buyers\): <input>(.*?)</input>", re.DOTALL)
-
-
-def scripted_answer(body: dict) -> str:
-    """A ``responder`` for :class:`udfs.llm.scripted_server.ScriptedLLMServer`: the first
-    candidates of the prompt, weights 10, 9, 8, ... (at most 3)."""
-    user = body["messages"][1]["content"]
-    m = _CANDIDATES.search(user if isinstance(user, str) else "")
-    text = m.group(1).strip() if m else ""
-    names = [p.rsplit(":", 1)[0] for p in text.split("|") if p and p != "(none)"][:3]
-    return json.dumps({"factors": [{"factor": n, "weight": 10 - i} for i, n in enumerate(names)]})

@@ -12,13 +12,12 @@ catalog category or the first keyword rule, and factors found by small word list
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.categorize import CategoryRules, load_rules, match_category, vocabulary
+from core.categories import CategoryRules, load_rules, match_category, vocabulary
 from udfs.llm.agent import Agent, AnswerError, Context, Row
 
 FactorKind = Literal[
@@ -227,26 +226,3 @@ AGENT = Agent(
     check=check,
     image_column="image_url",
 )
-
-
-_INPUT = re.compile(r"<input>(.*?)</input>", re.DOTALL)
-_BAND = re.compile(r"price band in its category: (\w+)")
-
-
-def scripted_answer(body: dict) -> str:
-    """The answer a perfect model would give to one request of this agent (its heuristic's).
-
-    A ``responder`` for :class:`udfs.llm.scripted_server.ScriptedLLMServer`, so tests and
-    benchmarks can run the LLM path offline with valid answers.
-    """
-    user = body["messages"][1]["content"]
-    text = user if isinstance(user, str) else " ".join(p.get("text", "") for p in user if isinstance(p, dict))
-    title = _INPUT.search(text).group(1)
-    band = _BAND.search(text)
-    row = {"title": title, "price_band": band.group(1) if band and band.group(1) != "unknown" else None}
-    return heuristic(row, _default_context()).model_dump_json()
-
-
-@functools.lru_cache(maxsize=1)
-def _default_context() -> dict[str, object]:
-    return context()

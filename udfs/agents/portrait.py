@@ -8,7 +8,7 @@ Input columns (one row per user, built by ``jobs.portrait.portrait_inputs``):
   [{category, factors: [value, ...]}] (top long-term CFV factors)}``;
 - ``digest_text``: the 8-week behaviour digest (``gold.behavior_digests``), may be null.
 
-Context: the thresholds of ``conf.portrait`` (:class:`jobs.config.PortraitConf` as a dict).
+Context: the thresholds of ``conf.portrait`` (:class:`core.config.PortraitConf` as a dict).
 
 Vocabularies (the check rejects anything else):
 
@@ -34,7 +34,6 @@ Example
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -322,7 +321,7 @@ def template_values(row: Row, context: Context) -> dict[str, object]:
 
 
 def context(portrait_conf: Any) -> dict[str, Any]:
-    """Context from :class:`jobs.config.PortraitConf`: its thresholds as a dict."""
+    """Context from :class:`core.config.PortraitConf`: its thresholds as a dict."""
     return portrait_conf.model_dump()
 
 
@@ -335,30 +334,3 @@ AGENT = Agent(
     heuristic_version="h1",
     check=check,
 )
-
-
-_FACTS = re.compile(r"Categories \(share of [^)]*\): (.*)")
-
-
-def scripted_answer(body: dict) -> str:
-    """A ``responder`` for :class:`udfs.llm.scripted_server.ScriptedLLMServer`: a valid
-    portrait naming the first category of the prompt with its share."""
-    user = body["messages"][1]["content"]
-    m = _FACTS.search(user if isinstance(user, str) else "")
-    first = (m.group(1).split("; ")[0] if m else "unknown 0%").rsplit(" ", 1)
-    share = float(first[1].rstrip("%")) / 100 if len(first) == 2 else 0.0
-    return json.dumps(
-        {
-            "main_categories": [{"category": first[0], "share": share}],
-            "buyer_type": "specialist retailer",
-            "dropshipper": "stockholding",
-            "core_intents": [first[0]],
-            "profile": {
-                "identity": f"Shop selling {first[0]}",
-                "target_audience": "Gift shoppers",
-                "operating_strategy": "Regular restocking",
-                "procurement_focus": first[0],
-            },
-            "summary": f"A shop focused on {first[0]}.",
-        }
-    )

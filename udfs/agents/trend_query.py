@@ -164,20 +164,3 @@ AGENT = Agent(
     heuristic_version="h1",
     check=check,
 )
-
-
-_SEED = re.compile(r"Seed \(\w+\): <input>(.*?)</input>", re.DOTALL)
-
-
-def scripted_answer(body: dict) -> str:
-    """A ``responder`` for :class:`udfs.llm.scripted_server.ScriptedLLMServer`: two queries
-    and one selling point naming the seed of the request."""
-    user = body["messages"][1]["content"]
-    m = _SEED.search(user if isinstance(user, str) else "")
-    seed = m.group(1).strip() if m else "trend"
-    return json.dumps(
-        {
-            "selling_points": [f"{seed} new looks"[:60]],
-            "queries": [f"{seed} trend new styles for retailers", f"trending {seed} wholesale restock ideas"],
-        }
-    )

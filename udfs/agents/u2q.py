@@ -169,17 +169,3 @@ AGENT = Agent(
     heuristic_version="h1",
     check=check,
 )
-
-
-def scripted_answer(body: dict) -> str:
-    """A ``responder`` for the scripted test server: one personal query on the first
-    category listed under "Personal", or no query."""
-    user = body["messages"][1]["content"]
-    text = user if isinstance(user, str) else ""
-    m = re.search(r"Personal:\n<input>- (.+?) \(", text)
-    if not m:
-        return json.dumps({"queries": []})
-    category = m.group(1)
-    q = {"kind": "personal", "query": f"best {category} for my shop", "category": category,
-         "reason": f"you buy {category}"}  # fmt: skip
-    return json.dumps({"queries": [q]})

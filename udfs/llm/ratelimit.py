@@ -32,7 +32,7 @@ import socketserver
 import threading
 import time
 
-log = logging.getLogger("udfs.llm")
+log = logging.getLogger(__name__)
 
 
 class Schedule:

@@ -20,7 +20,7 @@ never blocks :meth:`ScriptedLLMServer.stop`.
 Example
 -------
 >>> import openai
->>> from udfs.llm.scripted_server import ScriptedLLMServer
+>>> from testing.scripted_server import ScriptedLLMServer
 >>> with ScriptedLLMServer(latency_s=0.2, faults={"rate_limit": 0.1}, seed=1) as srv:
 ...     client = openai.OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
 ...     reply = client.chat.completions.create(
@@ -31,7 +31,7 @@ Example
 
 From the command line (the first stdout line is the base URL)::
 
-    python -m udfs.llm.scripted_server --port 0 --latency-ms 200 --cap 32 \\
+    python -m testing.scripted_server --port 0 --latency-ms 200 --cap 32 \\
         --faults rate_limit=0.2,server_error=0.1
 """
 
@@ -793,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         Exit status.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m udfs.llm.scripted_server",
+        prog="python -m testing.scripted_server",
         description="Scriptable OpenAI-compatible chat-completions server for tests and benchmarks.",
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--responder",
         default=None,
-        help="MODULE:FUNCTION returning the answer content, e.g. udfs.agents.item_profile:scripted_answer",
+        help="MODULE:FUNCTION returning the answer content, e.g. testing.answers:item_profile",
     )
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,10 @@ LLM path, in order:
 Heuristic path: the agent's heuristic in ``mapInPandas``, the same output columns, with
 ``status = 'heuristic'`` and ``model = 'heuristic'``.
 
+Fallback (``fallback="heuristic"``, the default): with an LLM backend, a row whose answer
+failed carries the heuristic's output with ``status = 'failed'`` (the error columns say
+why) and ``model = 'heuristic'``.
+
 Example
 -------
 >>> from udfs.agents import item_profile
@@ -49,16 +53,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs import tables
-from jobs.config import Config, ConfigError, LLMEndpointConf, LLMRuntimeConf
+from core import tables
+from core.config import Config, ConfigError, LLMEndpointConf, LLMRuntimeConf
 from prompts import Prompt, load_prompt
 from udfs.llm.agent import Agent, parse_answer, request_hash, spark_schema
 from udfs.llm.client import CallSettings, Secret, call_all
 from udfs.llm.ratelimit import NoRateLimit, RateLimitServer, RemoteRateLimiter
 
-log = logging.getLogger("udfs.llm")
+log = logging.getLogger(__name__)
 
 RESPONSES_TABLE = "silver.llm_responses"
+HEURISTIC = "heuristic"
 
 RESPONSE_SCHEMA = T.StructType(
     [
@@ -351,10 +356,9 @@ def _run_llm(
     n_todo = todo.count()
     run.cached = run.distinct_requests - n_todo
     tasks = runtime.tasks or spark.sparkContext.defaultParallelism
-    print(
+    log.info(
         f"{agent.name}: {run.inputs:,} inputs, {run.distinct_requests:,} distinct prompts, "
         f"{run.cached:,} answered before, {n_todo:,} to send ({endpoint.model}, prompt {prompt.version})",
-        flush=True,
     )
 
     if n_todo:
@@ -379,10 +383,9 @@ def _run_llm(
                 answers = part.repartition(tasks).mapInPandas(call, RESPONSE_SCHEMA)
                 written = tables.append(answers, conf, RESPONSES_TABLE)
                 run.sent += written
-                print(
+                log.info(
                     f"{agent.name}: chunk {i + 1}/{chunks}: {written:,} answers committed "
                     f"in {time.perf_counter() - started:.1f}s",
-                    flush=True,
                 )
         finally:
             if server is not None:
@@ -410,12 +413,32 @@ def _run_llm(
     return _output_frame(joined, agent, key_columns)
 
 
+def with_heuristic_fallback(answers: DataFrame, heuristic: DataFrame, key_columns: list[str]) -> DataFrame:
+    """``answers`` (an LLM run's output) where every row whose answer is not ``ok`` carries
+    the heuristic's ``output`` and ``prompt_version`` instead, with ``model = 'heuristic'``;
+    ``status`` and the error columns stay as the LLM call left them, so a failure still
+    shows. The one meaning of a fallback row: ``status`` tells what happened to the call,
+    ``model`` who wrote the output."""
+    fb = heuristic.select(
+        *key_columns, F.col("output").alias("_fb_output"), F.col("prompt_version").alias("_fb_version")
+    )
+    ok = F.col("status") == "ok"
+    return (
+        answers.join(fb, key_columns, "left")
+        .withColumn("output", F.when(ok, F.col("output")).otherwise(F.col("_fb_output")))
+        .withColumn("prompt_version", F.when(ok, F.col("prompt_version")).otherwise(F.col("_fb_version")))
+        .withColumn("model", F.when(ok, F.col("model")).otherwise(F.lit(HEURISTIC)))
+        .drop("_fb_output", "_fb_version")
+    )
+
+
 def run_agent(
     inputs: DataFrame,
     agent: Agent,
     conf: Config,
     key_columns: list[str],
     context: dict | None = None,
+    fallback: str | None = HEURISTIC,
 ) -> AgentRun:
     """Run ``agent`` over ``inputs`` with the backend configured for it (``llm.agents.<name>``).
 
@@ -425,12 +448,18 @@ def run_agent(
     key_columns : identify an input row; copied to the output.
     context : values shared by all rows (e.g. a category vocabulary), passed to the
         template, the validator and the heuristic. Must be picklable.
+    fallback : with an LLM backend, what a row whose answer failed (timeout, error,
+        invalid answer) carries: ``"heuristic"`` (default), the agent's heuristic answer
+        (:func:`with_heuristic_fallback`); None, a null ``output`` (the caller has a
+        fallback of its own).
 
     Returns
     -------
     AgentRun whose ``output`` has one row per input row: the key columns, ``output``
-    (the agent's struct, null when failed) and the accounting columns.
+    (the agent's struct; null when failed without a fallback) and the accounting columns.
     """
+    if fallback not in (HEURISTIC, None):
+        raise ValueError(f"agent {agent.name}: fallback must be 'heuristic' or None, not {fallback!r}")
     missing = [c for c in list(key_columns) + list(agent.input_columns) if c not in inputs.columns]
     if missing:
         raise ValueError(f"agent {agent.name}: input columns missing: {missing}")
@@ -440,5 +469,10 @@ def run_agent(
     if backend == "heuristic":
         run.output = _run_heuristic(inputs, agent, list(key_columns), context)
         return run
-    run.output = _run_llm(inputs.sparkSession, inputs, agent, conf, list(key_columns), context, run)
+    answers = _run_llm(inputs.sparkSession, inputs, agent, conf, list(key_columns), context, run)
+    if fallback == HEURISTIC:
+        answers = with_heuristic_fallback(
+            answers, _run_heuristic(inputs, agent, list(key_columns), context), list(key_columns)
+        )
+    run.output = answers
     return run

@@ -1,9 +1,9 @@
 """The per-user work of a nearline refresh, on an executor: U2Q -> embed -> FAISS -> rank.
 
 :func:`refresh_users` runs inside ``mapInPandas`` over the triggered users of one
-micro-batch (their rows built on the driver by ``jobs.nearline.state``). Everything heavy
+micro-batch (their rows built on the driver by ``jobs.nearline.state``; the stream itself is ``jobs.nearline``). Everything heavy
 is loaded once per Python worker and kept: the embedding model (``udfs.embedding``), the
-FAISS shard files (``jobs.q2i``'s cache) and the item table (a broadcast variable).
+FAISS shard files (``udfs.vector_index.load_shard``) and the item table (a broadcast variable).
 
 Per user:
 
@@ -37,15 +37,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.candidates import FEATURE_COLUMNS, ITEM_FEATURES, normalise_title
-from jobs.config import CandidatesConf, Q2IConf
-from jobs.q2i import _shard, dynamic_score
+from core.config import CandidatesConf, Q2IConf
 from prompts import Prompt
 from udfs.agents import u2q
 from udfs.embedding import EmbeddingSpec, encode
-from udfs.llm.client import CallSettings
+from udfs.features import FEATURE_COLUMNS, ITEM_FEATURES, dynamic_score, normalise_title
+from udfs.llm.agent import parse_answer, request_hash
+from udfs.llm.client import CallSettings, call_all
+from udfs.llm.ratelimit import NoRateLimit
 from udfs.ranking import CHANNELS, ListRules, Ranker, rank_users
-from udfs.vector_index import merge_topk
+from udfs.vector_index import load_shard, merge_topk
+from udfs.vector_index import search as search_index
 
 # Columns of the rows going in (one per triggered user) and coming out.
 INPUT_COLUMNS = (
@@ -91,9 +93,6 @@ def _llm_answers(
     rows: list[dict], context: dict, s: RefreshSettings
 ) -> dict[str, tuple[str, Any, str | None, int]]:
     """user_id -> (status, queries or None, error, latency ms) from the endpoint."""
-    from udfs.llm.agent import parse_answer, request_hash
-    from udfs.llm.client import call_all
-    from udfs.llm.ratelimit import NoRateLimit
 
     assert s.call is not None and s.prompt is not None
     keys, requests, by_key = {}, [], {}
@@ -154,11 +153,10 @@ def demand_queries(rows: list[dict], s: RefreshSettings) -> dict[str, dict]:
 
 def search_shards(vectors: np.ndarray, s: RefreshSettings) -> tuple[np.ndarray, np.ndarray]:
     """(scores, vector ids) of the top ``q2i.k`` over every shard, per query."""
-    from udfs.vector_index import search
-
     qc = s.q2i
     parts = [
-        search(_shard(p), vectors, qc.k, nprobe=qc.nprobe, ef_search=qc.ef_search) for p in s.shard_paths
+        search_index(load_shard(p), vectors, qc.k, nprobe=qc.nprobe, ef_search=qc.ef_search)
+        for p in s.shard_paths
     ]
     if not parts:
         n = len(vectors)
@@ -410,5 +408,5 @@ def warm_up(pdf: pd.DataFrame, s: RefreshSettings) -> pd.DataFrame:
     started = time.perf_counter()
     encode(["warm up"], s.embedding)
     for path in s.shard_paths:
-        _shard(path)
+        load_shard(path)
     return pd.DataFrame({"seconds": [time.perf_counter() - started] * len(pdf)})

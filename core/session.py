@@ -15,9 +15,9 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from jobs.config import Config
+from core.config import Config
 
-log = logging.getLogger("discovery")
+log = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"

@@ -14,10 +14,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pandas as pd
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.config import Config
+from core.config import Config
 
 LAYERS = ("bronze", "silver", "gold")
 
@@ -95,7 +96,7 @@ def delete_where(spark: SparkSession, conf: Config, name: str, condition: str) -
     _delta_table(spark, conf, name).delete(condition)
 
 
-def _last_commit(spark: SparkSession, conf: Config, name: str):
+def last_commit(spark: SparkSession, conf: Config, name: str):
     return _delta_table(spark, conf, name).history(1).collect()[0]
 
 
@@ -110,8 +111,8 @@ def merge_insert_new(
     spark = df.sparkSession
     if not exists(spark, conf, name):
         _save(_writer(df, conf, partition_by).mode("errorifexists"), conf, name)
-        return int(_last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
-    before = _last_commit(spark, conf, name)["version"]
+        return int(last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
+    before = last_commit(spark, conf, name)["version"]
     cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if partition_by:
         # Lets Delta prune files: rows of a batch only touch their own partitions.
@@ -123,7 +124,7 @@ def merge_insert_new(
         .whenNotMatchedInsertAll()
         .execute()
     )
-    last = _last_commit(spark, conf, name)
+    last = last_commit(spark, conf, name)
     # A MERGE that changes nothing may leave no commit at all.
     return int(last["operationMetrics"].get("numTargetRowsInserted", 0)) if last["version"] != before else 0
 
@@ -163,7 +164,7 @@ def append(df: DataFrame, conf: Config, name: str) -> int:
     spark = df.sparkSession
     mode = "append" if exists(spark, conf, name) else "errorifexists"
     _save(_writer(df, conf, None).mode(mode), conf, name)
-    return int(_last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
+    return int(last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
 
 
 def append_once(df: DataFrame, conf: Config, name: str, app_id: str, version: int) -> None:
@@ -224,6 +225,15 @@ def rs_merge_upsert(
         predicate=insert_when
     ).execute()
     return _commit_of(DeltaTable(path))
+
+
+def rs_read(path: str, columns: list[str], where) -> pd.DataFrame:
+    """The rows of a local Delta table matching ``where`` (a ``pyarrow.compute`` expression)
+    as pandas, read on the driver by delta-rs: the files whose partition values and
+    statistics exclude ``where`` are skipped, and no Spark job runs."""
+    from deltalake import DeltaTable
+
+    return DeltaTable(path).to_pyarrow_dataset().to_table(columns=columns, filter=where).to_pandas()
 
 
 def rs_append_once(path: str, rows: list[dict], app_id: str, version: int) -> bool:

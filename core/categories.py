@@ -20,7 +20,10 @@ import yaml
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from jobs.config import conf_dir_file
+from core.config import conf_dir_file
+
+# The leaf category of an item no rule or source category places.
+UNKNOWN_CATEGORY = "unknown"
 
 
 @dataclass(frozen=True)

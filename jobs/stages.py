@@ -1,0 +1,287 @@
+"""The stages of the pipeline: one registry, and the runner every entry point uses.
+
+Each :class:`Stage` names its module (which has ``run(spark, conf)``), the tables it
+reads and the tables it writes. ``STAGES`` is in execution order; stage B depends on
+stage A when B reads a table that A writes (A earlier). The CLI (one subcommand per
+stage, ``pipeline``), the as-of reruns of the evaluation and the ranker's training,
+the resume logic and the scheduled job (``databricks.yml``, checked by
+``tests/test_dag.py``) all read this registry.
+
+Caches are no dependency: ``silver.text_vectors`` (embeddings) and
+``silver.llm_responses`` (LLM answers) are read and appended by whichever stage embeds a
+text or asks a model, and a missing entry is simply computed.
+
+:func:`run_stages` runs stages in order with one progress line each (rows in / out,
+seconds), an MLflow run per stage (``jobs.tracking``) and a completion record
+(``jobs.progress``) from which ``discovery pipeline`` resumes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+from core.config import Config, ConfigError
+from jobs import progress
+from jobs.tracking import Tracker, tracked
+
+log = logging.getLogger(__name__)
+
+CACHES = ("silver.text_vectors", "silver.llm_responses")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A step of the pipeline: ``module.run(spark, conf)`` reads ``reads`` and writes
+    ``writes`` (tables by logical name; raw logs and trend sources are no tables).
+    ``daily``: part of the daily run (``discovery pipeline``); the others have a schedule
+    of their own and run when asked."""
+
+    name: str
+    module: str
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    daily: bool = True
+
+    def entry(self) -> Callable[[SparkSession, Config], object]:
+        """The stage's ``run`` function (its module is imported on first use)."""
+        return importlib.import_module(self.module).run
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "ingest",
+        "jobs.ingest",
+        reads=(),
+        writes=("bronze.events", "bronze.items", "bronze.quarantine"),
+    ),
+    Stage(
+        "items",
+        "jobs.items",
+        reads=("bronze.items",),
+        writes=("silver.item_profiles",),
+    ),
+    Stage(
+        "aggregate",
+        "jobs.aggregate",
+        reads=("bronze.events", "bronze.items", "silver.item_profiles"),
+        writes=(
+            "silver.item_categories",
+            "silver.user_week_category",
+            "silver.user_windows",
+            "silver.search_terms_weekly",
+        ),
+    ),
+    Stage(
+        "compress",
+        "jobs.compress",
+        reads=(
+            "bronze.events",
+            "silver.item_categories",
+            "silver.item_profiles",
+            "silver.user_week_category",
+        ),
+        writes=("gold.behavior_digests",),
+    ),
+    Stage(
+        "cfv",
+        "jobs.cfv",
+        reads=("bronze.events", "silver.item_categories", "silver.item_profiles"),
+        writes=("gold.cfv",),
+    ),
+    Stage(
+        "portrait",
+        "jobs.portrait",
+        reads=(
+            "bronze.events",
+            "silver.item_categories",
+            "silver.item_profiles",
+            "silver.user_windows",
+            "gold.behavior_digests",
+        ),
+        writes=("gold.portraits",),
+    ),
+    Stage(
+        "trends",
+        "jobs.trends",
+        reads=(
+            "bronze.events",
+            "silver.item_categories",
+            "silver.item_profiles",
+            "silver.search_terms_weekly",
+        ),
+        writes=(
+            "silver.trend_seeds",
+            "gold.category_trends",
+            "bronze.trend_documents",
+            "bronze.trend_documents_quarantine",
+            "gold.trend_queries",
+        ),
+    ),
+    Stage(
+        "u2q",
+        "jobs.u2q",
+        reads=("bronze.events", "silver.user_windows", "gold.cfv", "gold.portraits", "gold.trend_queries"),
+        writes=("gold.user_queries",),
+    ),
+    Stage(
+        "embed",
+        "jobs.embed",
+        reads=("silver.item_profiles",),
+        writes=("silver.item_vectors",),
+    ),
+    Stage(
+        "index",
+        "jobs.index",
+        reads=("silver.item_vectors",),
+        writes=("gold.index_manifest",),
+    ),
+    Stage(
+        "q2i",
+        "jobs.q2i",
+        reads=(
+            "bronze.events",
+            "silver.item_profiles",
+            "silver.item_vectors",
+            "gold.cfv",
+            "gold.user_queries",
+            "gold.index_manifest",
+        ),
+        writes=("gold.q2i_candidates",),
+    ),
+    Stage(
+        "candidates",
+        "jobs.candidates",
+        reads=(
+            "bronze.events",
+            "silver.item_categories",
+            "silver.item_profiles",
+            "gold.cfv",
+            "gold.user_queries",
+            "gold.q2i_candidates",
+        ),
+        writes=("gold.candidates", "gold.candidate_features"),
+    ),
+    # Retrains when the newest model is older than ranker.max_age_days (weekly by default).
+    Stage(
+        "train",
+        "jobs.ranker",
+        reads=("bronze.events", "gold.candidate_features"),
+        writes=("gold.ranker_models",),
+    ),
+    Stage(
+        "rank",
+        "jobs.rank",
+        reads=("bronze.events", "gold.candidate_features", "gold.ranker_models"),
+        writes=("gold.recommendations",),
+    ),
+    # Its own schedule (weekly): it reruns the stages above as of its cut dates in a
+    # warehouse of its own; from the main warehouse it reads only the events and the catalog.
+    Stage(
+        "evaluate",
+        "jobs.evaluate",
+        reads=("bronze.events", "bronze.items"),
+        writes=(
+            "gold.evaluation",
+            "gold.evaluation_users",
+            "gold.evaluation_lists",
+            "gold.evaluation_cuts",
+            "gold.evaluation_tuning",
+            "gold.evaluation_tradeoff",
+        ),
+        daily=False,
+    ),
+)
+
+
+def stage_names() -> list[str]:
+    """Every stage, in execution order."""
+    return [s.name for s in STAGES]
+
+
+def daily_stages() -> list[str]:
+    """The stages of the daily run, in execution order."""
+    return [s.name for s in STAGES if s.daily]
+
+
+def stage(name: str) -> Stage:
+    """The stage called ``name``; a ConfigError naming the known ones otherwise."""
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise ConfigError(f"unknown stage: {name}; known: {', '.join(stage_names())}")
+
+
+def dependencies() -> dict[str, list[str]]:
+    """stage -> the stages it depends on directly (sorted), in execution order."""
+    producer: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
+    for s in STAGES:
+        out[s.name] = sorted({producer[t] for t in s.reads if t in producer and producer[t] != s.name})
+        for table in s.writes:
+            producer[table] = s.name
+    return out
+
+
+def run_stages(
+    spark: SparkSession,
+    conf: Config,
+    names: list[str],
+    tracker: Tracker | None = None,
+    parent_id: str | None = None,
+    label: str = "",
+    resume: bool = False,
+) -> None:
+    """Run the named stages in execution order with a progress line per stage (rows in /
+    out, seconds).
+
+    With a ``tracker`` (:class:`jobs.tracking.Tracker`) every stage is an MLflow run,
+    nested under ``parent_id`` when given. ``resume``: skip the leading stages already
+    complete for the run date (:mod:`jobs.progress`; ingest always runs).
+    """
+    tracker = tracker or Tracker(conf)
+    unknown = set(names) - set(stage_names())
+    if unknown:
+        raise ConfigError(
+            f"unknown stage(s): {', '.join(sorted(unknown))}; known: {', '.join(stage_names())}"
+        )
+    todo = [s for s in STAGES if s.name in names]
+    prefix = f"{label} " if label else ""
+
+    def run_one(s: Stage) -> None:
+        i = todo.index(s) + 1
+        rows_in = progress.count_rows(spark, conf, s.reads)
+        log.info(f"{prefix}[{i}/{len(todo)}] {s.name} ...")
+        t0 = time.perf_counter()
+        with tracked(tracker, conf, s.name, parent_id) as run:
+            run["result"] = s.entry()(spark, conf)
+        seconds = time.perf_counter() - t0
+        rows_out = progress.count_rows(spark, conf, s.writes)
+        progress.record(spark, conf, s.name, rows_in, rows_out, seconds)
+        log.info(
+            f"{prefix}[{i}/{len(todo)}] {s.name} done: rows in {rows_in:,}, out {rows_out:,}, {seconds:.1f}s"
+        )
+
+    if not resume:
+        for s in todo:
+            run_one(s)
+        return
+    for s in [s for s in todo if s.name == "ingest"]:
+        run_one(s)
+    rest = [s for s in todo if s.name != "ingest"]
+    remaining = progress.to_resume([s.name for s in rest], progress.completed(spark, conf), always=())
+    skipped = [s.name for s in rest[: len(rest) - len(remaining)]]
+    if skipped:
+        start = remaining[0] if remaining else "nothing left to run"
+        log.info(
+            f"{prefix}resume: {', '.join(skipped)} already complete for run date "
+            f"{progress.run_date(spark, conf)}; starting at {start} (--restart runs every stage)"
+        )
+    for s in rest:
+        if s.name in remaining:
+            run_one(s)
