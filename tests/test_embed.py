@@ -7,6 +7,7 @@ import pytest
 
 from core import tables
 from jobs.embed import TEXT_VECTORS, embed_texts
+from tests.conftest import REPO
 from udfs.embedding import EmbeddingSpec, encode, spec_from_conf
 
 TEXTS = [
@@ -27,6 +28,22 @@ def test_packaged_model_gives_normalised_384d_vectors_offline(monkeypatch):
     np.fill_diagonal(sims, -1)
     # each of the first four has its paraphrase as nearest neighbour
     assert list(sims.argmax(axis=1)[:4]) == [1, 0, 3, 2]
+
+
+def test_builtin_encoder_matches_sentence_transformers_within_1e_5():
+    """Vectors of 20 texts (titles, queries, empty, accents, other scripts, emoji, a text
+    longer than the 256-token cap) computed by sentence-transformers 6.3 on torch 2.15
+    when the encoder changed (tests/data/minilm_reference.npz), against udfs.minilm."""
+    ref = np.load(REPO / "tests" / "data" / "minilm_reference.npz")
+    got = encode([str(t) for t in ref["texts"]], EmbeddingSpec())
+    assert got.shape == ref["vectors"].shape
+    assert float(np.abs(got - ref["vectors"]).max()) < 1e-5
+
+
+def test_batch_size_and_order_do_not_change_a_vector():
+    one = encode(TEXTS, EmbeddingSpec(batch_size=1))
+    many = encode(TEXTS[::-1], EmbeddingSpec(batch_size=64))[::-1]
+    assert float(np.abs(one - many).max()) < 1e-6
 
 
 def test_unknown_model_folder_is_a_clear_error(tmp_path):

