@@ -355,7 +355,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--master", default="local[2]", help="Spark master (default local[2])")
     p.add_argument("--partitions", type=int, default=None, help="partitions of the texts (default: cores)")
     p.add_argument("--batch-size", type=int, default=None, help="model batch size (default: the spec's)")
-    p.add_argument("--threads", type=int, default=None, help="encoder (BLAS) threads per process (default: automatic)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="encoder (BLAS) threads per process (default: automatic)"
+    )
     p.add_argument(
         "--plain-threads",
         type=int,
