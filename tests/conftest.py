@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -66,8 +67,15 @@ def spark():
     from core.config import load_config
     from core.session import get_spark
 
+    # No web UI: tests never look at it, and it costs every job its bookkeeping.
+    extra = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
     conf = load_config(
-        overrides=["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.driver_memory=3g"]
+        overrides=[
+            "spark.master=local[2]",
+            "spark.shuffle_partitions=2",
+            "spark.driver_memory=3g",
+            f"spark.extra={json.dumps(extra)}",
+        ]
     )
     session = get_spark(conf)
     yield session
@@ -97,8 +105,6 @@ def pipeline_warehouse(spark, tmp_path_factory):
     """The whole daily pipeline (heuristic agents) on a small synthetic warehouse: 24 buyers,
     60 days; built once per test run. Tests that change it add only their own tables or
     events of their own users."""
-    import json
-
     from core.config import load_config
     from jobs.stages import daily_stages, run_stages
 

@@ -394,7 +394,7 @@ def test_http_source_retries_records_failures_and_never_leaks_the_key(
 ):
     url, script = scripted_server
     monkeypatch.setenv("TREND_DOCS_TEST_KEY", KEY)
-    monkeypatch.setattr(docs, "BACKOFF_BASE_S", 0.01)
+    monkeypatch.setattr(docs.http_search, "BACKOFF_BASE_S", 0.01)
     source = {
         "name": "social",
         "kind": "http",

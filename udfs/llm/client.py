@@ -23,15 +23,19 @@ from typing import Any
 
 import openai
 
+from core.retry import (
+    BAD_RESPONSE,
+    CONNECTION,
+    RATE_LIMITED,
+    TIMEOUT,
+    Backoff,
+    parse_retry_after,
+    scrub,
+    status_class,
+)
 from udfs.llm.agent import AnswerError, estimate_tokens
 
 # Error classes written to the output rows.
-RATE_LIMITED = "rate_limited"
-SERVER_ERROR = "server_error"
-TIMEOUT = "timeout"
-CONNECTION = "connection_error"
-BAD_RESPONSE = "bad_response"  # HTTP 200 whose body is not a chat completion
-CLIENT_ERROR = "client_error"  # 4xx other than 408/409/429: not retried
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,7 @@ class _Failure(Exception):
 
 
 def _retry_after(err: openai.APIStatusError) -> float | None:
-    value = err.response.headers.get("retry-after") if err.response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: rare for LLM APIs, fall back to backoff
+    return parse_retry_after(err.response.headers.get("retry-after") if err.response is not None else None)
 
 
 def _classify(err: BaseException) -> tuple[str, bool]:
@@ -129,18 +129,9 @@ def _classify(err: BaseException) -> tuple[str, bool]:
     if isinstance(err, openai.APIConnectionError):
         return CONNECTION, True
     if isinstance(err, openai.APIStatusError):
-        if err.status_code >= 500:
-            return SERVER_ERROR, True
-        if err.status_code in (408, 409):
-            return TIMEOUT if err.status_code == 408 else SERVER_ERROR, True
-        return CLIENT_ERROR, False
+        return status_class(err.status_code)
     # A 200 whose body is not a completion (HTML, truncated JSON...): a server fault.
     return BAD_RESPONSE, True
-
-
-def _scrub(text: str, secret: Secret) -> str:
-    key = secret.reveal()
-    return text.replace(key, "***") if key and len(key) >= 4 else text
 
 
 class Caller:
@@ -160,10 +151,6 @@ class Caller:
     async def close(self) -> None:
         await self.client.close()
         await self.limiter.close()
-
-    def _backoff(self, retry: int) -> float:
-        s = self.settings
-        return self.rng.uniform(0, min(s.backoff_max_s, s.backoff_initial_s * 2**retry))
 
     async def _send(self, messages: list[dict[str, Any]], tally: dict[str, int]) -> tuple[str, dict]:
         """One answer text, retrying transient failures; raises _Failure when out of attempts."""
@@ -192,13 +179,8 @@ class Caller:
                 delay = _retry_after(e) if isinstance(e, openai.RateLimitError) else None
                 message = f"{type(e).__name__}: {e}"
             if not retryable or retry == s.max_retries:
-                raise _Failure(err_class, _scrub(message, s.api_key)[:500])
-            if delay is not None:
-                # Retry-After is a floor; a little jitter keeps tasks from waking together.
-                delay += self.rng.uniform(0, 0.1 * delay + 0.05)
-            else:
-                delay = self._backoff(retry)
-            await asyncio.sleep(delay)
+                raise _Failure(err_class, scrub(message, s.api_key.reveal())[:500])
+            await asyncio.sleep(Backoff(s.backoff_initial_s, s.backoff_max_s).delay(retry, delay, self.rng))
         raise AssertionError("unreachable")
 
     async def call(
