@@ -99,6 +99,17 @@ def repeat_scores(events: DataFrame, as_of: dt.date, half_life_days: float | Non
     )
 
 
+def recent_basket(last_seen: DataFrame, max_items: int) -> DataFrame:
+    """``(user_id, item_id)``: each user's ``max_items`` items with the latest ``last_dt``
+    (ties by item id), from one row per user and item."""
+    recent = Window.partitionBy("user_id").orderBy(F.desc("last_dt"), "item_id")
+    return (
+        last_seen.withColumn("_r", F.row_number().over(recent))
+        .filter(F.col("_r") <= max_items)
+        .select("user_id", "item_id")
+    )
+
+
 def item_neighbours(events: DataFrame, neighbours: int, shrink: float, max_items_per_user: int) -> DataFrame:
     """``(item_id, other_id, sim)``: each item's ``neighbours`` most similar items.
 
@@ -112,12 +123,7 @@ def item_neighbours(events: DataFrame, neighbours: int, shrink: float, max_items
     if shrink < 0:
         raise ValueError(f"shrink must be >= 0, got {shrink}")
     has = weighted_events(events).groupBy("user_id", "item_id").agg(F.max("dt").alias("last_dt"))
-    recent = Window.partitionBy("user_id").orderBy(F.desc("last_dt"), "item_id")
-    basket = (
-        has.withColumn("_r", F.row_number().over(recent))
-        .filter(F.col("_r") <= max_items_per_user)
-        .select("user_id", "item_id")
-    )
+    basket = recent_basket(has, max_items_per_user)
     n_users = has.groupBy("item_id").agg(F.count("*").alias("n_i"))
     # Each unordered pair is counted once (a < b: half the rows of the self-join), then
     # both directions are kept: common(i, j) = common(j, i).

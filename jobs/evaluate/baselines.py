@@ -43,7 +43,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 # The repeat and item-kNN rules are the pipeline's own repeat and collaborative channels.
-from jobs.candidates import item_neighbours, repeat_scores, weighted_events
+from jobs.candidates import item_neighbours, recent_basket, repeat_scores, weighted_events
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,7 @@ def cooccurrence(train: DataFrame, users: DataFrame, k: int, max_items_per_user:
     not already in the list (nor bought by the user), in popularity order.
     """
     bought = purchases(train).groupBy("user_id", "item_id").agg(F.max("dt").alias("last_dt"))
-    recent = Window.partitionBy("user_id").orderBy(F.desc("last_dt"), "item_id")
-    basket = (
-        bought.withColumn("_r", F.row_number().over(recent))
-        .filter(F.col("_r") <= max_items_per_user)
-        .select("user_id", "item_id")
-    )
+    basket = recent_basket(bought, max_items_per_user)
     buyers = item_buyers(train)
     pairs = (
         basket.alias("a")
