@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 
-from core.config import Config, ConfigError
+from core import tables
+from core.config import Config, ConfigError, derive
 from jobs import progress
 from jobs.tracking import Tracker, tracked
 
@@ -38,15 +39,18 @@ CACHES = ("silver.text_vectors", "silver.llm_responses")
 @dataclass(frozen=True)
 class Stage:
     """A step of the pipeline: ``module.run(spark, conf)`` reads ``reads`` and writes
-    ``writes`` (tables by logical name; raw logs and trend sources are no tables).
-    ``daily``: part of the daily run (``discovery pipeline``); the others have a schedule
-    of their own and run when asked."""
+    ``writes`` (tables by logical name; raw logs and trend sources are no tables); every
+    table of ``reads`` but the ``optional`` ones must exist before it runs. ``daily``: part
+    of the daily run (``discovery pipeline``); the others have a schedule of their own and
+    run when asked."""
 
     name: str
     module: str
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     daily: bool = True
+    # Tables of ``reads`` the stage does without when they are missing (it says so in its log).
+    optional: tuple[str, ...] = ()
 
     def entry(self) -> Callable[[SparkSession, Config], object]:
         """The stage's ``run`` function (its module is imported on first use)."""
@@ -76,6 +80,7 @@ STAGES: tuple[Stage, ...] = (
             "silver.user_windows",
             "silver.search_terms_weekly",
         ),
+        optional=("silver.item_profiles",),
     ),
     Stage(
         "compress",
@@ -87,6 +92,7 @@ STAGES: tuple[Stage, ...] = (
             "silver.user_week_category",
         ),
         writes=("gold.behavior_digests",),
+        optional=("silver.item_profiles",),
     ),
     Stage(
         "cfv",
@@ -105,6 +111,7 @@ STAGES: tuple[Stage, ...] = (
             "gold.behavior_digests",
         ),
         writes=("gold.portraits",),
+        optional=("gold.behavior_digests",),
     ),
     Stage(
         "trends",
@@ -128,6 +135,7 @@ STAGES: tuple[Stage, ...] = (
         "jobs.u2q",
         reads=("bronze.events", "silver.user_windows", "gold.cfv", "gold.portraits", "gold.trend_queries"),
         writes=("gold.user_queries",),
+        optional=("gold.trend_queries",),
     ),
     Stage(
         "embed",
@@ -166,6 +174,7 @@ STAGES: tuple[Stage, ...] = (
             "gold.q2i_candidates",
         ),
         writes=("gold.candidates", "gold.candidate_features"),
+        optional=("gold.user_queries", "gold.q2i_candidates"),
     ),
     # Retrains when the newest model is older than ranker.max_age_days (weekly by default).
     Stage(
@@ -252,14 +261,31 @@ def run_stages(
         )
     todo = [s for s in STAGES if s.name in names]
     prefix = f"{label} " if label else ""
+    dated: list[Config] = []
+
+    def with_run_date() -> Config:
+        """``conf`` with ``run.date`` resolved once, after ingest: every stage of this run
+        works for the same day, even when events arrive meanwhile."""
+        if not dated:
+            day = progress.run_date(spark, conf)
+            fixed = conf.run.date != "latest" or day is None
+            dated.append(conf if fixed else derive(conf, [f"run.date={day}"]))
+        return dated[0]
 
     def run_one(s: Stage) -> None:
         i = todo.index(s) + 1
+        missing = [t for t in s.reads if t not in s.optional and not tables.exists(spark, conf, t)]
+        if missing:
+            makers = sorted({m.name for m in STAGES for t in missing if t in m.writes})
+            raise ConfigError(
+                f"stage {s.name} needs {', '.join(missing)}: run {', '.join(makers) or 'ingest'} first"
+            )
         rows_in = progress.count_rows(spark, conf, s.reads)
         log.info(f"{prefix}[{i}/{len(todo)}] {s.name} ...")
         t0 = time.perf_counter()
-        with tracked(tracker, conf, s.name, parent_id) as run:
-            run["result"] = s.entry()(spark, conf)
+        stage_conf = conf if s.name == "ingest" else with_run_date()
+        with tracked(tracker, stage_conf, s.name, parent_id) as run:
+            run["result"] = s.entry()(spark, stage_conf)
         seconds = time.perf_counter() - t0
         rows_out = progress.count_rows(spark, conf, s.writes)
         progress.record(spark, conf, s.name, rows_in, rows_out, seconds)

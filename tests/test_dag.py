@@ -21,7 +21,7 @@ TABLE = re.compile(r"""["']((?:bronze|silver|gold)\.[a-z0-9_]+)["']""")
 def _module_files(module: str) -> list[Path]:
     mod = importlib.import_module(module)
     path = Path(mod.__file__)
-    return sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
+    return sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
 
 
 def test_every_stage_declares_the_tables_its_code_names():

@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from core import tables
+from core.config import ConfigError
 from jobs import progress, stages
 from jobs.stages import Stage
 
@@ -18,7 +19,7 @@ DAY = dt.date(2026, 11, 24)
 @pytest.fixture
 def fake_dag(spark, monkeypatch):
     """Four stages: ingest -> a -> b -> c; c fails while ``state['fail_c']``."""
-    state = {"calls": [], "fail_c": True, "new_events": 2}
+    state = {"calls": [], "fail_c": True, "new_events": 2, "run_dates": [], "new_events_while_b": False}
 
     def ingest(spark_, conf):
         state["calls"].append("ingest")
@@ -34,14 +35,22 @@ def fake_dag(spark, monkeypatch):
 
     def a(spark_, conf):
         state["calls"].append("a")
+        state["run_dates"].append(conf.run.date)
         tables.overwrite(tables.read(spark_, conf, "bronze.events").limit(1), conf, "silver.a")
 
     def b(spark_, conf):
         state["calls"].append("b")
+        state["run_dates"].append(conf.run.date)
+        if state["new_events_while_b"]:
+            late = [("late", "u1", "I1", DAY + dt.timedelta(days=1))]
+            schema = "event_id string, user_id string, item_id string, dt date"
+            tables.append(spark_.createDataFrame(late, schema), conf, "bronze.events")
         tables.overwrite(spark_.range(5), conf, "gold.b")
 
     def c(spark_, conf):
         state["calls"].append("c")
+        if "c_dates" in state:
+            state["c_dates"].append(conf.run.date)
         if state["fail_c"]:
             raise RuntimeError("c failed")
         tables.overwrite(spark_.range(3), conf, "gold.c")
@@ -120,3 +129,20 @@ def test_to_resume_keeps_always_stages_and_the_tail():
     assert progress.to_resume(["ingest", "a", "b", "c"], {"a", "c"}) == ["ingest", "b", "c"]
     assert progress.to_resume(["a", "b"], {"a", "b"}, always=()) == []
     assert progress.to_resume(["a", "b"], set(), always=()) == ["a", "b"]
+
+
+def test_a_stage_whose_inputs_are_missing_stops_with_the_stage_to_run_first(spark, conf_factory, fake_dag):
+    conf = conf_factory(["tracking.enabled=false"])
+    with pytest.raises(ConfigError, match=r"stage b needs silver\.a: run a first"):
+        stages.run_stages(spark, conf, ["b"])
+    assert fake_dag["calls"] == []
+
+
+def test_the_run_date_is_resolved_once_for_every_stage_of_a_run(spark, conf_factory, fake_dag):
+    conf = conf_factory(["tracking.enabled=false"])  # run.date: latest
+    fake_dag["fail_c"] = False
+    fake_dag["new_events_while_b"] = True  # b appends an event of the next day
+    fake_dag["c_dates"] = []
+    stages.run_stages(spark, conf, ["ingest", "a", "b", "c"])
+    # a and b, and c after b's late event, all work for the day of the events at the start
+    assert fake_dag["run_dates"] == [DAY, DAY] and fake_dag["c_dates"] == [DAY]
