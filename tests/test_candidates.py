@@ -9,6 +9,7 @@ from pyspark.sql import functions as F
 
 from core.config import CandidatesConf
 from jobs import candidates
+from udfs import features
 
 D = dt.date(2024, 3, 31)
 EVENTS = "user_id string, item_id string, event_type string, dt date"
@@ -100,5 +101,5 @@ def test_bestseller_channel_fills_chosen_categories_and_the_overall_best_for_eve
 def test_the_spark_normalised_title_is_the_python_one(spark):
     titles = ["Regular Garden 10 Oz", "SET OF 3 CAKE TINS", "Frozen Pizza, 4 pack", "12 oz", "Mug"]
     df = spark.createDataFrame([(t,) for t in titles], "title string")
-    got = [r[0] for r in df.select(candidates.normalised_title(F.col("title"))).collect()]
-    assert got == [candidates.normalise_title(t) for t in titles]
+    got = [r[0] for r in df.select(features.normalised_title(F.col("title"))).collect()]
+    assert got == [features.normalise_title(t) for t in titles]

@@ -286,9 +286,11 @@ def user_candidates(
             frame.loc[at, f"{ch}_score"] = best["channel_score"].to_numpy()
             frame[f"{ch}_rank"] = _ranked(frame[f"{ch}_score"], frame["item_id"], limit)
             frame.loc[frame[f"{ch}_rank"].isna(), f"{ch}_score"] = np.nan
+            ranks, reasons = frame[f"{ch}_rank"].to_numpy(), frame["reasons"].tolist()
             for item, reason in zip(best["item_id"], best["reason"], strict=True):
-                if not np.isnan(frame.at[index[item], f"{ch}_rank"]):
-                    frame.at[index[item], "reasons"] = {**frame.at[index[item], "reasons"], ch: reason}
+                if not np.isnan(ranks[index[item]]):
+                    reasons[index[item]] = {**reasons[index[item]], ch: reason}
+            frame["reasons"] = reasons
         agg = fresh.groupby("item_id").agg(relevance=("relevance", "max"))
         agg["is_personal_query"] = fresh.assign(p=fresh["kind"] == "personal").groupby("item_id")["p"].max()
         agg["is_exploration_query"] = (
@@ -303,14 +305,16 @@ def user_candidates(
         frame.loc[at, "query"] = top.loc[agg.index, "query"].to_numpy()
         prefs, bands = history.get("prefs", {}), set(history.get("bands", []))
         fresh_rows = frame["item_id"].isin(new_items)
+        ids, cats = frame.loc[fresh_rows, "item_id"], frame.loc[fresh_rows, "leaf_category"]
+        factors = items_by_id.loc[ids, "factors"].tolist()
+        price_bands = items_by_id.loc[ids, "price_band"].tolist()
         frame.loc[fresh_rows, "cfv_match"] = [
-            max([prefs.get(c, {}).get(f, 0.0) for f in (items_by_id.at[i, "factors"] or [])] or [0.0])
-            for i, c in zip(frame.loc[fresh_rows, "item_id"], frame.loc[fresh_rows, "leaf_category"], strict=True)
-        ]  # fmt: skip
+            max([prefs.get(c, {}).get(f, 0.0) for f in (fs or [])] or [0.0])
+            for fs, c in zip(factors, cats, strict=True)
+        ]
         frame.loc[fresh_rows, "price_match"] = [
-            1.0 if f"{c}|{items_by_id.at[i, 'price_band']}" in bands else 0.0
-            for i, c in zip(frame.loc[fresh_rows, "item_id"], frame.loc[fresh_rows, "leaf_category"], strict=True)
-        ]  # fmt: skip
+            1.0 if f"{c}|{b}" in bands else 0.0 for b, c in zip(price_bands, cats, strict=True)
+        ]
 
     # Items that only the stored queries had found are no candidates any more.
     scores = frame[[f"{c}_score" for c in CHANNELS]]
@@ -352,6 +356,28 @@ def list_records(listed: pd.DataFrame) -> list[dict]:
     ]
 
 
+def _rank_all(frames: dict[str, pd.DataFrame], s: RefreshSettings, errors: dict[str, str]) -> dict[str, list]:
+    """user_id -> the list records of every buyer in ``frames``, ranked together (one
+    model call per head for the whole partition; ``udfs.ranking.rank_users`` gives each
+    buyer the list it gives them alone). If that fails, buyer by buyer, so that one bad
+    frame costs only its own buyer (its error goes to ``errors``)."""
+    if not frames:
+        return {}
+    try:
+        ranked = rank_users(pd.concat(list(frames.values()), ignore_index=True), s.ranker, s.rules)
+        by_user = {uid: list_records(g) for uid, g in ranked.groupby("user_id", sort=False)}
+        return {uid: by_user.get(uid, []) for uid in frames}
+    except Exception:  # noqa: BLE001 - find the buyer it was
+        pass
+    out = {}
+    for uid, frame in frames.items():
+        try:
+            out[uid] = list_records(rank_users(frame, s.ranker, s.rules))
+        except Exception as e:  # noqa: BLE001 - one bad user must not stop the stream
+            errors[uid] = f"refresh_error: {type(e).__name__}: {e}"[:300]
+    return out
+
+
 def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) -> pd.DataFrame:
     """The ``mapInPandas`` body for one partition of triggered users (see the module docstring)."""
     started = time.perf_counter()
@@ -367,30 +393,34 @@ def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) ->
     vectors = encode(texts, s.embedding) if texts else np.zeros((0, 0), np.float32)
     items_by_id = items.reset_index().drop_duplicates("item_id").set_index("item_id")
     scores, ids = search_shards(vectors, s) if texts else (np.zeros((0, 0)), np.zeros((0, 0), np.int64))
-    out, offset = [], 0
+    frames: dict[str, pd.DataFrame] = {}
+    errors: dict[str, str] = {}
+    offset = 0
+    for row in rows:
+        uid = row["user_id"]
+        n = len(answers[uid]["queries"])
+        history = json.loads(row.get("history_json") or "{}")
+        try:
+            fresh = fresh_query_candidates(answers[uid]["queries"], scores[offset : offset + n],
+                                           ids[offset : offset + n], items, history, s)  # fmt: skip
+            stored = json.loads(row.get("candidates_json") or "[]")
+            frames[uid] = user_candidates(stored, fresh, items_by_id, {**history, "user_id": uid}, s)
+        except Exception as e:  # noqa: BLE001 - one bad user must not stop the stream
+            errors[uid] = f"refresh_error: {type(e).__name__}: {e}"[:300]
+        offset += n
+    listed = _rank_all(frames, s, errors)
+    out = []
     for row in rows:
         uid = row["user_id"]
         a = answers[uid]
-        n = len(a["queries"])
-        history = json.loads(row.get("history_json") or "{}")
-        error = a["error"]
-        try:
-            fresh = fresh_query_candidates(a["queries"], scores[offset : offset + n], ids[offset : offset + n],
-                                           items, history, s)  # fmt: skip
-            stored = json.loads(row.get("candidates_json") or "[]")
-            frame = user_candidates(stored, fresh, items_by_id, {**history, "user_id": uid}, s)
-            listed = list_records(rank_users(frame, s.ranker, s.rules))
-        except Exception as e:  # noqa: BLE001 - one bad user must not stop the stream
-            listed, error = None, f"refresh_error: {type(e).__name__}: {e}"[:300]
-        offset += n
         out.append(
             {
                 "user_id": uid,
-                "items_json": None if listed is None else json.dumps(listed),
+                "items_json": json.dumps(listed[uid]) if uid in listed else None,
                 "queries_json": json.dumps(a["queries"]),
                 "u2q_status": a["status"],
                 "u2q_model": a["model"],
-                "u2q_error": error,
+                "u2q_error": errors.get(uid, a["error"]),
                 "llm_latency_ms": int(a["latency_ms"] or 0),
                 "refresh_ms": int((time.perf_counter() - started) * 1000),
             }  # fmt: skip
