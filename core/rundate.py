@@ -17,6 +17,9 @@ def last_event_day(spark: SparkSession, conf: Config, events: DataFrame | None =
     if events is None:
         if not tables.exists(spark, conf, "bronze.events"):
             return None
+        last = tables.last_partition(spark, conf, "bronze.events", "dt")  # from the log, when it can say
+        if last is not None:
+            return last
         events = tables.read(spark, conf, "bronze.events")
     return events.agg(F.max("dt")).collect()[0][0]
 

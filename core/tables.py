@@ -12,6 +12,7 @@ table with the same rows.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,8 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from core.config import Config
+
+log = logging.getLogger(__name__)
 
 LAYERS = ("bronze", "silver", "gold")
 
@@ -111,8 +114,8 @@ def merge_insert_new(
     spark = df.sparkSession
     if not exists(spark, conf, name):
         _save(_writer(df, conf, partition_by).mode("errorifexists"), conf, name)
-        return int(last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
-    before = last_commit(spark, conf, name)["version"]
+        return rows_written(spark, conf, name, None)
+    before = version(spark, conf, name)
     cond = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if partition_by:
         # Lets Delta prune files: rows of a batch only touch their own partitions.
@@ -124,9 +127,8 @@ def merge_insert_new(
         .whenNotMatchedInsertAll()
         .execute()
     )
-    last = last_commit(spark, conf, name)
-    # A MERGE that changes nothing may leave no commit at all.
-    return int(last["operationMetrics"].get("numTargetRowsInserted", 0)) if last["version"] != before else 0
+    # A MERGE that changes nothing may leave no commit at all (then 0).
+    return rows_written(spark, conf, name, before)
 
 
 def merge_upsert(
@@ -162,9 +164,10 @@ def append(df: DataFrame, conf: Config, name: str) -> int:
     For logs whose readers dedupe themselves, such as ``silver.llm_responses``.
     """
     spark = df.sparkSession
-    mode = "append" if exists(spark, conf, name) else "errorifexists"
+    before = version(spark, conf, name)
+    mode = "append" if before is not None else "errorifexists"
     _save(_writer(df, conf, None).mode(mode), conf, name)
-    return int(last_commit(spark, conf, name)["operationMetrics"].get("numOutputRows", 0))
+    return rows_written(spark, conf, name, before)
 
 
 def append_once(df: DataFrame, conf: Config, name: str, app_id: str, version: int) -> None:
@@ -253,3 +256,115 @@ def rs_append_once(path: str, rows: list[dict], app_id: str, version: int) -> bo
         commit_properties=CommitProperties(app_transactions=[Transaction(app_id, int(version))]),
     )
     return True
+
+
+# --- facts from the Delta log ---------------------------------------------------------------
+# The bookkeeping around a stage (rows in / out, the events' version and last day) reads
+# the transaction log, not the data: through delta-rs on the driver when the warehouse is
+# a local folder (no Spark job), else through Delta's own Spark API.
+
+# Rows a commit wrote, by operation: WRITE / CREATE report numOutputRows; a MERGE's
+# numOutputRows also counts the rows it copied unchanged, so its inserted + updated count.
+_WRITTEN = {"MERGE": ("numTargetRowsInserted", "numTargetRowsUpdated")}
+
+
+def _rs_table(conf: Config, name: str):
+    """delta-rs's view of ``name`` (None when remote, in a catalog, not written yet, or
+    delta-rs is not installed)."""
+    path = local_path(conf, name)
+    if path is None:
+        return None
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(path):
+        return None
+    try:
+        return DeltaTable(path)
+    except Exception as e:  # a table feature delta-rs does not read: Spark answers instead
+        log.debug("delta-rs cannot open %s (%s): asking Spark", path, e)
+        return None
+
+
+def _add_actions(table):
+    """The table's live files with their statistics (a pyarrow table), or None when a file
+    lacks a row count or carries a deletion vector (then the log cannot answer alone)."""
+    import pyarrow as pa
+
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if actions.column("num_records").null_count:
+        return None
+    if any(c.startswith("deletionVector") and actions.column(c).null_count < len(actions)
+           for c in actions.column_names):  # fmt: skip
+        return None
+    return actions
+
+
+def row_count(spark: SparkSession, conf: Config, name: str) -> int:
+    """Rows of ``name``: the sum of its files' row counts in the log when delta-rs reads it,
+    else ``count()`` (which Delta also answers from the log's statistics)."""
+    table = _rs_table(conf, name)
+    actions = _add_actions(table) if table is not None else None
+    if actions is not None:
+        return int(sum(actions.column("num_records").to_pylist()))
+    return read(spark, conf, name).count()
+
+
+def version(spark: SparkSession, conf: Config, name: str) -> int | None:
+    """The table's current Delta version (None before its first write)."""
+    table = _rs_table(conf, name)
+    if table is not None:
+        return int(table.version())
+    return int(last_commit(spark, conf, name)["version"]) if exists(spark, conf, name) else None
+
+
+def rows_written(spark: SparkSession, conf: Config, name: str, since: int | None) -> int:
+    """Rows the commits after version ``since`` (None: every commit) wrote to ``name``, from
+    their operation metrics (0 for a table that does not exist)."""
+    table = _rs_table(conf, name)
+    if table is not None:
+        newer = table.version() - since if since is not None else None
+        commits = table.history(newer) if newer is None or newer > 0 else []
+        metrics = [(c.get("operation", ""), c.get("operationMetrics") or {}) for c in commits
+                   if since is None or c["version"] > since]  # fmt: skip
+    elif exists(spark, conf, name):
+        history = _delta_table(spark, conf, name).history()
+        if since is not None:
+            history = history.filter(history.version > since)
+        metrics = [(r["operation"], r["operationMetrics"] or {}) for r in history.collect()]
+    else:
+        return 0
+    total = 0
+    for operation, values in metrics:
+        keys = _WRITTEN.get(operation, ("numOutputRows",))
+        total += sum(int(values.get(k) or 0) for k in keys)
+    return total
+
+
+def last_partition(spark: SparkSession, conf: Config, name: str, column: str):
+    """The largest value of the partition column ``column`` among the table's non-empty
+    files, read from the log by delta-rs; None when it cannot say (remote or catalog
+    table, not partitioned by ``column``): the caller then asks Spark."""
+    table = _rs_table(conf, name)
+    actions = _add_actions(table) if table is not None else None
+    if actions is None or f"partition.{column}" not in actions.column_names:
+        return None
+    values = [v for v, n in zip(actions.column(f"partition.{column}").to_pylist(),
+                                actions.column("num_records").to_pylist(), strict=True) if n and v is not None]  # fmt: skip
+    return max(values) if values else None
+
+
+def append_rows(spark: SparkSession, conf: Config, name: str, rows: list[tuple], schema: str) -> None:
+    """Append a few rows (bookkeeping): by delta-rs when the table is a local folder that
+    exists, in one commit and without a Spark job; else a Spark append."""
+    table = _rs_table(conf, name)
+    if table is None:
+        append(spark.createDataFrame(rows, schema), conf, name)
+        return
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    arrow_schema = pa.schema(table.schema().to_arrow())
+    data = pa.Table.from_pylist(
+        [dict(zip(arrow_schema.names, r, strict=True)) for r in rows], schema=arrow_schema
+    )
+    write_deltalake(table, data, mode="append")

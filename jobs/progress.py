@@ -7,8 +7,10 @@ when nothing is new), and of the stages after it, the leading ones already compl
 this run date, this configuration and these events are skipped; the first one that is
 not, and every stage after it, run. ``--restart`` runs everything.
 
-Rows in / out are the row counts of the tables a stage reads and writes
-(:mod:`jobs.stages`), from Delta's metadata where it can answer.
+Rows in: the row counts of the tables a stage reads (:mod:`jobs.stages`), from the
+Delta log's file statistics; rows out: the rows its commits wrote to the tables it
+writes, from the commits' operation metrics (a MERGE counts inserted + updated rows). A
+local warehouse answers all of it through delta-rs without a Spark job.
 """
 
 from __future__ import annotations
@@ -43,13 +45,7 @@ def fingerprint(conf: Config) -> str:
 
 def events_version(spark: SparkSession, conf: Config) -> int | None:
     """Current Delta version of ``bronze.events`` (None before the first ingest)."""
-    if not tables.exists(spark, conf, "bronze.events"):
-        return None
-    from delta.tables import DeltaTable
-
-    loc = tables.location(conf, "bronze.events")
-    table = DeltaTable.forName(spark, loc) if conf.storage.catalog else DeltaTable.forPath(spark, loc)
-    return int(table.history(1).collect()[0]["version"])
+    return tables.version(spark, conf, "bronze.events")
 
 
 def run_date(spark: SparkSession, conf: Config) -> dt.date | None:
@@ -58,8 +54,18 @@ def run_date(spark: SparkSession, conf: Config) -> dt.date | None:
 
 
 def count_rows(spark: SparkSession, conf: Config, names) -> int:
-    """Sum of the row counts of the tables that exist."""
-    return sum(tables.read(spark, conf, n).count() for n in names if tables.exists(spark, conf, n))
+    """Sum of the row counts of the tables that exist (from the Delta log's statistics)."""
+    return sum(tables.row_count(spark, conf, n) for n in names if tables.exists(spark, conf, n))
+
+
+def versions(spark: SparkSession, conf: Config, names) -> dict[str, int | None]:
+    """The current Delta version of each table (None: not written yet)."""
+    return {n: tables.version(spark, conf, n) for n in names}
+
+
+def rows_written(spark: SparkSession, conf: Config, before: dict[str, int | None]) -> int:
+    """Rows the commits made since ``before`` (:func:`versions`) wrote, from their metrics."""
+    return sum(tables.rows_written(spark, conf, n, v) for n, v in before.items())
 
 
 def completed(spark: SparkSession, conf: Config) -> set[str]:
@@ -97,10 +103,10 @@ def record(
             rows_in,
             rows_out,
             seconds,
-            dt.datetime.now(),
+            dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
         )
     ]
-    tables.append(spark.createDataFrame(row, SCHEMA), conf, STAGE_RUNS)
+    tables.append_rows(spark, conf, STAGE_RUNS, row, SCHEMA)
 
 
 def to_resume(todo: list[str], done: set[str], always: tuple[str, ...] = ("ingest",)) -> list[str]:

@@ -281,13 +281,14 @@ def run_stages(
                 f"stage {s.name} needs {', '.join(missing)}: run {', '.join(makers) or 'ingest'} first"
             )
         rows_in = progress.count_rows(spark, conf, s.reads)
+        before = progress.versions(spark, conf, s.writes)
         log.info(f"{prefix}[{i}/{len(todo)}] {s.name} ...")
         t0 = time.perf_counter()
         stage_conf = conf if s.name == "ingest" else with_run_date()
         with tracked(tracker, stage_conf, s.name, parent_id) as run:
             run["result"] = s.entry()(spark, stage_conf)
         seconds = time.perf_counter() - t0
-        rows_out = progress.count_rows(spark, conf, s.writes)
+        rows_out = progress.rows_written(spark, conf, before)
         progress.record(spark, conf, s.name, rows_in, rows_out, seconds)
         log.info(
             f"{prefix}[{i}/{len(todo)}] {s.name} done: rows in {rows_in:,}, out {rows_out:,}, {seconds:.1f}s"

@@ -86,8 +86,8 @@ def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, r
     print(f"smollm2 ({response_format}):", summary)
 
 
-def five_real_buyers(folder) -> list[str]:
-    """Copy the last 8 weeks of online_retail lines of 5 small real buyers into ``folder``."""
+def small_real_buyers(folder, n: int) -> list[str]:
+    """Copy the last 8 weeks of online_retail lines of ``n`` small real buyers into ``folder``."""
     import datetime as dt
 
     days = [dt.date(2011, 12, 9) - dt.timedelta(days=d) for d in range(56)]
@@ -103,7 +103,7 @@ def five_real_buyers(folder) -> list[str]:
             for row in reader:
                 if row["CustomerID"]:
                     lines.setdefault(row["CustomerID"], []).append(row)
-    buyers = sorted(c for c, rows in lines.items() if 3 <= len(rows) <= 8)[:5]  # e.g. "12367.0"
+    buyers = sorted(c for c, rows in lines.items() if 3 <= len(rows) <= 8)[:n]  # e.g. "12367.0"
     with gzip.open(folder / "2011-12-09.csv.gz", "wt", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
@@ -113,14 +113,15 @@ def five_real_buyers(folder) -> list[str]:
 
 
 @pytest.mark.real_data
-def test_smollm2_compresses_five_real_buyers_without_a_crash(spark, conf_factory, smollm2, tmp_path):
+def test_smollm2_compresses_three_real_buyers_without_a_crash(spark, conf_factory, smollm2, tmp_path):
     from core import tables
     from jobs import aggregate, compress, ingest, items
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    buyers = five_real_buyers(raw)
-    assert len(buyers) == 5
+    # Three buyers: each answer takes the model tens of seconds on 2 cores.
+    buyers = small_real_buyers(raw, 3)
+    assert len(buyers) == 3
     conf = conf_factory(
         [
             f"ingest.sources=[{{name: online_retail, format: online_retail, path: '{raw}', timezone: Europe/London}}]",
@@ -143,7 +144,7 @@ def test_smollm2_compresses_five_real_buyers_without_a_crash(spark, conf_factory
     digests = tables.read(spark, conf, compress.DIGESTS).collect()
     # Every buyer has a digest row, whatever the model answered; failures say why.
     assert sorted(d["user_id"] for d in digests) == sorted(buyers)
-    assert counts["users"] == 5
+    assert counts["users"] == 3
     for d in digests:
         assert d["mode"] == "llm" and d["digest_rows"]
         assert 0.0 <= d["fidelity"] <= 1.0
