@@ -38,6 +38,9 @@ class RunConf(_Strict):
     # "latest" = the last event date found in bronze.events.
     date: dt.date | Literal["latest"] = "latest"
     run_id: str | None = None
+    # Stages may start work that needs only the events in the background, beside the
+    # stages before them (a first run's training candidates, jobs/ranker.py).
+    early_work: bool = True
 
 
 class SparkConf(_Strict):

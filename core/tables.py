@@ -73,6 +73,13 @@ def _writer(df: DataFrame, conf: Config, partition_by: list[str] | None):
     return w
 
 
+def by_partition(df: DataFrame, partition_by: list[str]) -> DataFrame:
+    """``df`` with the rows of each partition value in one task, so that a write partitioned
+    by ``partition_by`` makes one file per value rather than one per task and value (a
+    year of events read in 8 tasks gave 2,440 small files, which every later read opened)."""
+    return df.repartition(*partition_by)
+
+
 def _save(writer, conf: Config, name: str) -> None:
     loc = location(conf, name)
     if conf.storage.catalog:

@@ -63,7 +63,7 @@ def build_asof_warehouse(
     if users is not None:
         events = events.join(users.select("user_id"), "user_id", "left_semi")
     items = asof_items(spark, conf, cut)
-    tables.overwrite(events, asof, "bronze.events", partition_by=["dt"])
+    tables.overwrite(tables.by_partition(events, ["dt"]), asof, "bronze.events", partition_by=["dt"])
     tables.overwrite(items, asof, "bronze.items")
     source = caches_from or conf
     for cache in SHARED_CACHES:

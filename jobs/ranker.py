@@ -5,7 +5,9 @@ earlier day labelled with what their buyers bought next -> a model in
 1. **Training day** ``T0``: the newest run date in ``gold.candidate_features`` at least
    ``ranker.label_days`` before the run date. When the warehouse holds none (a first
    run), the stages up to ``candidates`` run as of ``T0 = run date - label_days`` in a
-   warehouse of their own (``jobs/asof.py``) and their candidates join the history.
+   warehouse of their own (``jobs/asof.py``) and their candidates join the history. They
+   need only the events, so ``discovery pipeline`` starts them in the background right
+   after ingest, beside the day's own stages (:func:`early_work`, ``run.early_work``).
 2. **Labels**: a candidate is positive when its buyer purchased it in ``(T0, T0 +
    label_days]``, all on or before the run date: nothing after the run date is read, so
    in an as-of warehouse of the evaluation no test-period purchase reaches training.
@@ -30,6 +32,7 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -135,19 +138,40 @@ def training_day(spark: SparkSession, conf: Config, run_date: dt.date, days: int
     )
 
 
-def bootstrap_history(spark: SparkSession, conf: Config, day: dt.date) -> None:
-    """Run the stages up to ``candidates`` as of ``day`` in a warehouse of their own and add
-    that day's candidate features to this warehouse's history."""
+# As-of warehouses built in this process: root -> the version of bronze.events they were
+# built from (the early work of a first run builds one beside the stages before train).
+_built: dict[Path, int | None] = {}
 
+
+def _bootstrap_conf(conf: Config, day: dt.date) -> Config:
     root = Path(conf.storage.root).resolve() / "training" / f"asof_{day:%Y%m%d}"
-    asof = derive(
+    return derive(
         conf,
         [f"storage.root={root}", "storage.catalog=null", f"run.date={day}",
          f"run.run_id=train-{day:%Y%m%d}", "tracking.enabled=false"],
     )  # fmt: skip
-    log.info("train: no stored candidates old enough to learn from: building those of %s in %s", day, root)
+
+
+def build_training_day(spark: SparkSession, conf: Config, day: dt.date) -> None:
+    """Run the stages up to ``candidates`` as of ``day`` in a warehouse of their own
+    (``<storage.root>/training/asof_<day>``)."""
+    asof = _bootstrap_conf(conf, day)
+    events_version = tables.version(spark, conf, "bronze.events")
+    log.info("train: no stored candidates old enough to learn from: building those of %s in %s",
+             day, asof.storage.root)  # fmt: skip
     build_asof_warehouse(spark, conf, asof, day + dt.timedelta(days=1), None, caches_from=conf)
     run_asof_pipeline(spark, asof, last="candidates", label="training as of")
+    _built[Path(asof.storage.root)] = events_version
+
+
+def bootstrap_history(spark: SparkSession, conf: Config, day: dt.date) -> None:
+    """Add the candidate features of ``day`` to this warehouse's history, from an as-of
+    warehouse: the one this process built from the current events (the early work), or
+    one built now."""
+    asof = _bootstrap_conf(conf, day)
+    root = Path(asof.storage.root)
+    if root not in _built or _built[root] != tables.version(spark, conf, "bronze.events"):
+        build_training_day(spark, conf, day)
     feats = tables.read(spark, asof, FEATURES).filter(F.col("as_of") == F.lit(day))
     write_features(spark, conf, feats, day, prune=False)
 
@@ -330,13 +354,36 @@ def _no_quotas(rc: RankerConf, held_buyers: int) -> tuple[pd.DataFrame, tuple[fl
     return pd.DataFrame([row]), pair
 
 
+def young_model(spark: SparkSession, conf: Config, run_date: dt.date) -> dict | None:
+    """The newest model when it is younger than ``ranker.max_age_days`` (then no training)."""
+    current = latest_model(spark, conf, run_date)
+    if current is not None and (run_date - current["run_date"]).days < conf.ranker.max_age_days:
+        return current
+    return None
+
+
+def early_work(spark: SparkSession, conf: Config) -> Callable[[], None] | None:
+    """The stage's work that can start as soon as the events are in, beside the stages
+    before it (``jobs.stages.run_stages`` runs it in the background): on a first run, the
+    as-of stages that build the candidates to train on. None when training will not need
+    them (a young model, or stored candidates old enough)."""
+    run_date = resolve_run_date(spark, conf)
+    if young_model(spark, conf, run_date) is not None:
+        return None
+    days = label_days(spark, conf, run_date)
+    if training_day(spark, conf, run_date, days) is not None:
+        return None
+    day = run_date - dt.timedelta(days=days)
+    return lambda: build_training_day(spark, conf, day)
+
+
 def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     """Train a model unless a young enough one exists; returns its figures."""
 
     rc = conf.ranker
     run_date = resolve_run_date(spark, conf, tables.read(spark, conf, "bronze.events"))
-    current = latest_model(spark, conf, run_date)
-    if current is not None and (run_date - current["run_date"]).days < rc.max_age_days:
+    current = young_model(spark, conf, run_date)
+    if current is not None:
         log.info("train: model %s (run date %s) is younger than %d days: kept",
                  current["model_id"], current["run_date"], rc.max_age_days)  # fmt: skip
         return {"trained": 0}

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,10 +53,52 @@ class Stage:
     daily: bool = True
     # Tables of ``reads`` the stage does without when they are missing (it says so in its log).
     optional: tuple[str, ...] = ()
+    # The module has ``early_work(spark, conf)``: work that needs only the events, which
+    # :func:`run_stages` starts in the background beside the stages before this one.
+    early: bool = False
 
     def entry(self) -> Callable[[SparkSession, Config], object]:
         """The stage's ``run`` function (its module is imported on first use)."""
         return importlib.import_module(self.module).run
+
+    def early_work(self, spark: SparkSession, conf: Config) -> Callable[[], None] | None:
+        """The work to start early (None: nothing to do this run)."""
+        return importlib.import_module(self.module).early_work(spark, conf) if self.early else None
+
+
+class EarlyWork:
+    """A stage's early work in a thread of its own. Its Spark jobs form a job group of their
+    own, so that a failure of the stages beside it cancels them (:meth:`cancel`)."""
+
+    def __init__(self, spark: SparkSession, stage: str, work: Callable[[], None]) -> None:
+        self.spark = spark
+        self.stage = stage
+        self.group = f"early-{stage}-{uuid.uuid4().hex[:8]}"
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(work,), name=self.group, daemon=True)
+        self.thread.start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        # A job group of this thread's jobs only (a thread-local property of the context).
+        self.spark.sparkContext.setJobGroup(self.group, f"early work of stage {self.stage}", True)
+        try:
+            work()
+        except BaseException as e:  # handed to the stage that needs the work
+            self.error = e
+        finally:
+            self.spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+
+    def wait(self) -> None:
+        """Block until the work is done; raise what it raised."""
+        self.thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"the early work of stage {self.stage} failed: {self.error}") from self.error
+
+    def cancel(self) -> None:
+        """Stop the work's Spark jobs and wait for its thread to end."""
+        while self.thread.is_alive():  # each job it starts meanwhile is stopped too
+            self.spark.sparkContext.cancelJobGroup(self.group)
+            self.thread.join(timeout=1.0)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -182,6 +226,7 @@ STAGES: tuple[Stage, ...] = (
         "jobs.ranker",
         reads=("bronze.events", "gold.candidate_features"),
         writes=("gold.ranker_models",),
+        early=True,
     ),
     Stage(
         "rank",
@@ -272,7 +317,22 @@ def run_stages(
             dated.append(conf if fixed else derive(conf, [f"run.date={day}"]))
         return dated[0]
 
+    early: dict[str, EarlyWork] = {}
+
+    def start_early(pending: list[Stage]) -> None:
+        """Start the early work of the pending stages that have stages before them."""
+        if not conf.run.early_work:
+            return
+        for s in pending[1:]:
+            work = s.early_work(spark, with_run_date())
+            if work is not None:
+                log.info(f"{prefix}{s.name}: its early work runs in the background from now on")
+                early[s.name] = EarlyWork(spark, s.name, work)
+
     def run_one(s: Stage) -> None:
+        if s.name in early:
+            log.info(f"{prefix}{s.name}: waiting for its early work")
+            early.pop(s.name).wait()
         i = todo.index(s) + 1
         missing = [t for t in s.reads if t not in s.optional and not tables.exists(spark, conf, t)]
         if missing:
@@ -294,21 +354,25 @@ def run_stages(
             f"{prefix}[{i}/{len(todo)}] {s.name} done: rows in {rows_in:,}, out {rows_out:,}, {seconds:.1f}s"
         )
 
-    if not resume:
-        for s in todo:
+    try:
+        for s in [s for s in todo if s.name == "ingest"]:
             run_one(s)
-        return
-    for s in [s for s in todo if s.name == "ingest"]:
-        run_one(s)
-    rest = [s for s in todo if s.name != "ingest"]
-    remaining = progress.to_resume([s.name for s in rest], progress.completed(spark, conf), always=())
-    skipped = [s.name for s in rest[: len(rest) - len(remaining)]]
-    if skipped:
-        start = remaining[0] if remaining else "nothing left to run"
-        log.info(
-            f"{prefix}resume: {', '.join(skipped)} already complete for run date "
-            f"{progress.run_date(spark, conf)}; starting at {start} (--restart runs every stage)"
-        )
-    for s in rest:
-        if s.name in remaining:
+        rest = [s for s in todo if s.name != "ingest"]
+        if resume:
+            remaining = progress.to_resume([s.name for s in rest], progress.completed(spark, conf), always=())
+            skipped = [s.name for s in rest[: len(rest) - len(remaining)]]
+            if skipped:
+                start = remaining[0] if remaining else "nothing left to run"
+                log.info(
+                    f"{prefix}resume: {', '.join(skipped)} already complete for run date "
+                    f"{progress.run_date(spark, conf)}; starting at {start} (--restart runs every stage)"
+                )
+            rest = [s for s in rest if s.name in remaining]
+        if rest:
+            start_early(rest)
+        for s in rest:
             run_one(s)
+    except BaseException:
+        for work in early.values():
+            work.cancel()
+        raise

@@ -5,6 +5,8 @@ tables with small stand-in stages."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import pytest
 
@@ -19,7 +21,8 @@ DAY = dt.date(2026, 11, 24)
 @pytest.fixture
 def fake_dag(spark, monkeypatch):
     """Four stages: ingest -> a -> b -> c; c fails while ``state['fail_c']``."""
-    state = {"calls": [], "fail_c": True, "new_events": 2, "run_dates": [], "new_events_while_b": False}
+    state = {"calls": [], "fail_c": True, "new_events": 2, "run_dates": [], "new_events_while_b": False,
+             "b_started": threading.Event()}  # fmt: skip
 
     def ingest(spark_, conf):
         state["calls"].append("ingest")
@@ -40,6 +43,9 @@ def fake_dag(spark, monkeypatch):
 
     def b(spark_, conf):
         state["calls"].append("b")
+        state["b_started"].set()
+        if state.get("fail_b"):
+            raise RuntimeError("b failed")
         state["run_dates"].append(conf.run.date)
         if state["new_events_while_b"]:
             late = [("late", "u1", "I1", DAY + dt.timedelta(days=1))]
@@ -66,6 +72,10 @@ def fake_dag(spark, monkeypatch):
     class FakeStage(Stage):
         def entry(self):
             return functions[self.name]
+
+        def early_work(self, spark_, conf):
+            # state["early"]: c's early work (a function of spark and conf), when set
+            return state["early"](spark_, conf) if self.name == "c" and "early" in state else None
 
     monkeypatch.setattr(
         stages, "STAGES", tuple(FakeStage(n, f"fake.{n}", reads=r, writes=w) for n, (r, w) in io.items())
@@ -178,3 +188,79 @@ def test_rows_versions_and_last_day_come_from_the_delta_log(spark, conf_factory,
     assert tables.last_partition(spark, conf, name, "k") is None  # not a partition column
     tables.append_rows(spark, conf, name, [("h", 9, d1)], schema)
     assert tables.read(spark, conf, name).filter("k = 'h' and v = 9").count() == 1
+
+
+def _early(state, body):
+    """c's early work: ``body(spark)`` in the thread the runner gives it, recorded in state."""
+
+    def work_for(spark_, conf):
+        def work():
+            state["calls"].append("early start")
+            state["early_thread"] = threading.current_thread().name
+            body(spark_)
+            state["calls"].append("early done")
+
+        return work
+
+    state["early"] = work_for
+
+
+def test_early_work_runs_beside_the_stages_before_and_its_stage_waits_for_it(spark, conf_factory, fake_dag):
+    conf = conf_factory(["tracking.enabled=false"])
+    fake_dag["fail_c"] = False
+
+    def body(spark_):
+        # Only true when the work runs while the stages before c run (not before them,
+        # not inline at c): b starts meanwhile.
+        fake_dag["saw_b"] = fake_dag["b_started"].wait(timeout=120)
+        fake_dag["early_rows"] = spark_.range(1000).count()  # a Spark job from the thread
+
+    _early(fake_dag, body)
+    stages.run_stages(spark, conf, ["ingest", "a", "b", "c"])
+    calls = fake_dag["calls"]
+    assert fake_dag["saw_b"] and fake_dag["early_rows"] == 1000
+    assert fake_dag["early_thread"] != threading.current_thread().name
+    assert calls.index("early done") < calls.index("c")
+
+
+def test_without_early_work_the_work_is_the_stages_own(spark, conf_factory, fake_dag):
+    conf = conf_factory(["tracking.enabled=false", "run.early_work=false"])
+    fake_dag["fail_c"] = False
+    _early(fake_dag, lambda spark_: None)
+    stages.run_stages(spark, conf, ["ingest", "a", "b", "c"])
+    assert "early start" not in fake_dag["calls"]  # c's run does the work itself, if it needs it
+
+
+def test_a_failing_early_work_fails_its_stage_not_the_ones_before(spark, conf_factory, fake_dag):
+    conf = conf_factory(["tracking.enabled=false"])
+    fake_dag["fail_c"] = False
+
+    def body(spark_):
+        raise ValueError("no candidates to learn from")
+
+    _early(fake_dag, body)
+    with pytest.raises(RuntimeError, match="early work of stage c failed: no candidates to learn from"):
+        stages.run_stages(spark, conf, ["ingest", "a", "b", "c"])
+    assert [c for c in fake_dag["calls"] if not c.startswith("early")] == ["ingest", "a", "b"]
+
+
+def test_a_failing_stage_cancels_the_early_work(spark, conf_factory, fake_dag):
+    conf = conf_factory(["tracking.enabled=false"])
+    fake_dag["fail_b"] = True
+
+    def slow(rows):
+        for batch in rows:
+            time.sleep(300)  # far longer than the test may take
+            yield batch
+
+    def body(spark_):
+        # one task: the stages beside it keep a core
+        fake_dag["early_rows"] = spark_.range(1, numPartitions=1).mapInPandas(slow, "id long").count()
+
+    _early(fake_dag, body)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="b failed"):
+        stages.run_stages(spark, conf, ["ingest", "a", "b", "c"])
+    # b's failure stopped the work's Spark job (else: 300 s) and its thread ended
+    assert time.perf_counter() - t0 < 120 and "early_rows" not in fake_dag
+    assert not any(t.name.startswith("early-c-") for t in threading.enumerate())

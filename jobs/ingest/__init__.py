@@ -90,7 +90,7 @@ def ingest_source(spark: SparkSession, conf: Config, src: SourceConf, run_id: st
     accepted = by_reason.pop("", 0)
     quarantined = sum(by_reason.values())
 
-    events = staging.to_events(validated)
+    events = tables.by_partition(staging.to_events(validated), ["dt"])
     new_events = tables.merge_insert_new(
         events, conf, "bronze.events", keys=["event_id"], partition_by=["dt"]
     )
