@@ -59,6 +59,9 @@ def get_spark(conf: Config) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         # Delta's defaults keep every version; tiny local tables don't need auto-compaction.
         .config("spark.databricks.delta.snapshotPartitions", "2")
+        # No table-wide state (a Spark job) computed at every commit just for Delta's own
+        # usage statistics; the row counts the runner reports come from operation metrics.
+        .config("spark.databricks.delta.commitStats.collect", "false")
     )
     if sc.master.startswith("local"):
         # Python UDF workers: this interpreter (with pandas, pyarrow), not the python3 on
