@@ -127,12 +127,20 @@ def decayed_scores(run_date: dt.date, window_days: int, half_life_days: float, w
     return transform
 
 
+# Decimals kept of a factor's score before ranking and weighting (see top_factors).
+SCORE_DECIMALS = 9
+
+
 def top_factors(scored: DataFrame, n: int) -> DataFrame:
     """user_id, leaf_category, factor, score, rank, weight: the ``n`` best factors of each pair.
 
     Ranked by score, ties by value; ``weight = max(1, round(10 * score / top score))``.
+    Scores are rounded to ``SCORE_DECIMALS`` first: a sum of floating-point contributions
+    depends on the order Spark adds them in (the input's files and partitions), and equal
+    scores must tie, and a ratio of exactly x.5 round the same way, whatever that order.
     """
     by_pair = Window.partitionBy("user_id", "leaf_category")
+    scored = scored.withColumn("score", F.round("score", SCORE_DECIMALS))
     ranked = scored.withColumn(
         "rank", F.row_number().over(by_pair.orderBy(F.desc("score"), F.asc("factor")))
     ).filter(F.col("rank") <= n)

@@ -255,3 +255,21 @@ def test_llm_potential_and_fallback_for_rejected_answers(spark, warehouse, heuri
     assert got[("u2", C)]["cfv_text"] == "black:10|glass:9"
     # u1 mugs: every factor of the category (enamel, red) is u1's -> empty answer -> no row.
     assert ("u1", M) not in got
+
+
+def test_scores_equal_but_for_the_order_of_addition_tie_and_round_alike(spark):
+    """0.6 and 0.1 + 0.2 + 0.3 (0.6000000000000001) are one score: the tie goes to the
+    smaller value; 0.7 - 0.55 (0.1499999999999999) is a quarter of 0.6, so its weight is
+    round(2.5) = 3. Summed in another order (other input files), the same events must give
+    the same CFV."""
+    rows = [
+        ("u1", "cups", "b", 0.1 + 0.2 + 0.3),
+        ("u1", "cups", "a", 0.6),
+        ("u1", "cups", "c", 0.7 - 0.55),
+    ]
+    scored = spark.createDataFrame(rows, "user_id string, leaf_category string, factor string, score double")
+    got = [
+        (r["factor"], r["rank"], r["weight"])
+        for r in cfv_job.top_factors(scored, 3).orderBy("rank").collect()
+    ]
+    assert got == [("a", 1, 10), ("b", 2, 10), ("c", 3, 3)]
