@@ -370,11 +370,18 @@ def early_work(spark: SparkSession, conf: Config) -> Callable[[], None] | None:
     run_date = resolve_run_date(spark, conf)
     if young_model(spark, conf, run_date) is not None:
         return None
+    _, day, stored = training_window(spark, conf, run_date)
+    return None if stored else (lambda: build_training_day(spark, conf, day))
+
+
+def training_window(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[int, dt.date, bool]:
+    """(label days, the training day, whether the history already holds its candidates):
+    the newest stored day old enough, else ``run date - label days`` (to be built)."""
     days = label_days(spark, conf, run_date)
-    if training_day(spark, conf, run_date, days) is not None:
-        return None
-    day = run_date - dt.timedelta(days=days)
-    return lambda: build_training_day(spark, conf, day)
+    day = training_day(spark, conf, run_date, days)
+    if day is not None:
+        return days, day, True
+    return days, run_date - dt.timedelta(days=days), False
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, float]:
@@ -388,10 +395,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
                  current["model_id"], current["run_date"], rc.max_age_days)  # fmt: skip
         return {"trained": 0}
     t0 = time.perf_counter()
-    days = label_days(spark, conf, run_date)
-    day = training_day(spark, conf, run_date, days)
-    if day is None:
-        day = run_date - dt.timedelta(days=days)
+    days, day, stored = training_window(spark, conf, run_date)
+    if not stored:
         bootstrap_history(spark, conf, day)
     rows, bought = labelled(spark, conf, day, run_date, days)
     rows = rows.localCheckpoint()
