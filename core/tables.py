@@ -106,6 +106,17 @@ def delete_where(spark: SparkSession, conf: Config, name: str, condition: str) -
     _delta_table(spark, conf, name).delete(condition)
 
 
+def set_properties(spark: SparkSession, conf: Config, name: str, properties: dict[str, str]) -> None:
+    """Set table properties of ``name`` (one commit, only when one differs). Delta also
+    passes them to the Parquet writer of every later write, e.g. ``parquet.block.size``."""
+    table = location(conf, name) if conf.storage.catalog else f"delta.`{location(conf, name)}`"
+    current = spark.sql(f"DESCRIBE DETAIL {table}").collect()[0]["properties"] or {}
+    wanted = {k: str(v) for k, v in properties.items()}
+    if any(current.get(k) != v for k, v in wanted.items()):
+        pairs = ", ".join(f"'{k}' = '{v}'" for k, v in wanted.items())
+        spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({pairs})")
+
+
 def last_commit(spark: SparkSession, conf: Config, name: str):
     return _delta_table(spark, conf, name).history(1).collect()[0]
 

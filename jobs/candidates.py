@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 
 CANDIDATES = "gold.candidates"
 FEATURES = "gold.candidate_features"
+# Row groups of about 1 MB (2,000-3,000 candidate rows, some ten buyers; Spark's default is
+# 128 MB, a whole file here): the files are sorted by user, so a reader that wants a few
+# buyers (the nearline refresh) skips the other row groups by their user_id statistics:
+# 5 buyers in 0.05-0.09 s instead of 0.46-0.52 s on Online Retail.
+FEATURES_PROPERTIES = {"parquet.block.size": 1024 * 1024}
 # Weight of one event in the repeat and collaborative channels (and the ALS baseline's
 # confidence); other event types (search, cancel) count nothing.
 EVENT_WEIGHTS = {"purchase": 4.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 1.0}
@@ -607,16 +612,16 @@ def write_features(
     def columns(schema) -> list[tuple[str, str]]:
         return [(f.name, f.dataType.simpleString()) for f in schema]
 
-    if tables.exists(spark, conf, FEATURES) and columns(tables.read(spark, conf, FEATURES).schema) != columns(
-        feats.schema
-    ):
+    other = tables.exists(spark, conf, FEATURES) and columns(
+        tables.read(spark, conf, FEATURES).schema
+    ) != columns(feats.schema)
+    if other:
         log.warning("candidates: %s was written by another version (other columns): its history is dropped",
                     FEATURES)  # fmt: skip
-        tables.overwrite(feats, conf, FEATURES, partition_by=["as_of"])
-    elif tables.exists(spark, conf, FEATURES):
-        tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'")
-        if prune:
-            tables.delete_where(spark, conf, FEATURES, f"as_of < '{keep_from}'")
-    else:
-        tables.overwrite(feats, conf, FEATURES, partition_by=["as_of"])
+    if other or not tables.exists(spark, conf, FEATURES):
+        tables.overwrite(feats.limit(0), conf, FEATURES, partition_by=["as_of"])
+    tables.set_properties(spark, conf, FEATURES, FEATURES_PROPERTIES)
+    tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'")
+    if prune:
+        tables.delete_where(spark, conf, FEATURES, f"as_of < '{keep_from}'")
     kept.unpersist()

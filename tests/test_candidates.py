@@ -103,3 +103,35 @@ def test_the_spark_normalised_title_is_the_python_one(spark):
     df = spark.createDataFrame([(t,) for t in titles], "title string")
     got = [r[0] for r in df.select(features.normalised_title(F.col("title"))).collect()]
     assert got == [features.normalise_title(t) for t in titles]
+
+
+def test_the_features_are_stored_in_row_groups_by_user_so_a_lookup_skips_the_rest(
+    spark, conf_factory, monkeypatch
+):
+    import pyarrow.parquet as pq
+
+    from core import tables
+
+    conf = conf_factory(["tracking.enabled=false", "spark.shuffle_partitions=2"])
+    # A tiny row group, so that 2,000 rows make several of them (the real size is 1 MB).
+    monkeypatch.setattr(candidates, "FEATURES_PROPERTIES", {"parquet.block.size": 2048})
+    users = [f"u{i:03d}" for i in range(100)]
+    rows = [(u, f"i{j}", float(j), D) for j in range(20) for u in reversed(users)]
+    feats = spark.createDataFrame(rows, "user_id string, item_id string, score double, as_of date")
+    candidates.write_features(spark, conf, feats, D)
+
+    path = tables.location(conf, candidates.FEATURES)
+    ranges = []
+    for f in spark.read.format("delta").load(path).inputFiles():
+        meta = pq.ParquetFile(f.removeprefix("file:")).metadata
+        for g in range(meta.num_row_groups):
+            stats = meta.row_group(g).column(0).statistics  # user_id
+            ranges.append((stats.min, stats.max))
+    assert len(ranges) >= 4
+    # Sorted by user within each file: the row groups' user ranges do not overlap, so a
+    # reader of one buyer opens one or two of them.
+    ranges.sort()
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+    hits = [r for r in ranges if r[0] <= "u042" <= r[1]]
+    assert 1 <= len(hits) <= 2 and len(hits) < len(ranges) / 2
+    assert spark.read.format("delta").load(path).count() == len(rows)

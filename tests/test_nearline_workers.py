@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pandas as pd
-
 from jobs import nearline
 from udfs.embedding import spec_from_conf
 from udfs.nearline import RefreshSettings
@@ -19,15 +17,13 @@ from udfs.nearline import RefreshSettings
 def _workers_with_model(spark, spec, tasks: int) -> list[bool]:
     """For each of ``tasks`` Python workers: is the model already loaded in it?"""
 
-    def probe(batches):
+    def probe(records):
         from udfs import embedding
 
-        for pdf in batches:
-            yield pd.DataFrame({"loaded": [spec in embedding._MODELS] * len(pdf)})
+        return [spec in embedding._MODELS for _ in records]
 
-    return [
-        r["loaded"] for r in spark.range(0, tasks, 1, tasks).mapInPandas(probe, "loaded boolean").collect()
-    ]
+    # The same kind of job as the refresh's (RDD tasks, one per worker).
+    return spark.sparkContext.parallelize(range(tasks), tasks).mapPartitions(probe).collect()
 
 
 def test_keep_warm_keeps_the_model_past_sparks_idle_timeout(spark, conf_factory):

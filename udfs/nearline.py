@@ -1,8 +1,8 @@
 """The per-user work of a nearline refresh, on an executor: U2Q -> embed -> FAISS -> rank.
 
-:func:`refresh_users` runs inside ``mapInPandas`` over the triggered users of one
-micro-batch (their rows built on the driver by ``jobs.nearline.state``; the stream itself is ``jobs.nearline``). Everything heavy
-is loaded once per Python worker and kept: the embedding model (``udfs.embedding``), the
+:func:`refresh_users` runs in a Spark task over the triggered users of one micro-batch
+(their rows built on the driver by ``jobs.nearline.state``; the stream itself is
+``jobs.nearline``). Everything heavy is loaded once per Python worker and kept: the embedding model (``udfs.embedding``), the
 FAISS shard files (``udfs.vector_index.load_shard``) and the item table (a broadcast variable).
 
 Per user:
@@ -54,10 +54,10 @@ INPUT_COLUMNS = (
     "user_id", "buyer_type", "summary", "personal_json", "trend_json", "exploration_json", "searches_json",
     "history_json", "candidates_json",
 )  # fmt: skip
-OUTPUT_SCHEMA = (
-    "user_id string, items_json string, queries_json string, u2q_status string, u2q_model string, "
-    "u2q_error string, llm_latency_ms long, refresh_ms long"
-)
+OUTPUT_COLUMNS = (
+    "user_id", "items_json", "queries_json", "u2q_status", "u2q_model", "u2q_error", "llm_latency_ms",
+    "refresh_ms",
+)  # fmt: skip
 
 
 @dataclass
@@ -379,7 +379,7 @@ def _rank_all(frames: dict[str, pd.DataFrame], s: RefreshSettings, errors: dict[
 
 
 def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) -> pd.DataFrame:
-    """The ``mapInPandas`` body for one partition of triggered users (see the module docstring)."""
+    """The refresh of one partition of triggered users (see the module docstring)."""
     started = time.perf_counter()
     rows = [{k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else v) for k, v in r.items()}
             for r in pdf.to_dict("records")]  # fmt: skip
@@ -425,7 +425,7 @@ def refresh_users(pdf: pd.DataFrame, s: RefreshSettings, items: pd.DataFrame) ->
                 "refresh_ms": int((time.perf_counter() - started) * 1000),
             }  # fmt: skip
         )
-    return pd.DataFrame(out, columns=[c.split()[0] for c in OUTPUT_SCHEMA.split(", ")])
+    return pd.DataFrame(out, columns=list(OUTPUT_COLUMNS))
 
 
 def with_timeouts(call: CallSettings, timeout_s: float, max_retries: int) -> CallSettings:
@@ -433,10 +433,11 @@ def with_timeouts(call: CallSettings, timeout_s: float, max_retries: int) -> Cal
     return dataclasses.replace(call, timeout_s=timeout_s, max_retries=max_retries)
 
 
-def warm_up(pdf: pd.DataFrame, s: RefreshSettings) -> pd.DataFrame:
-    """Load the embedding model and every shard in this Python worker (before the first event)."""
+def warm_up(n: int, s: RefreshSettings) -> float:
+    """Load the embedding model and every shard in this Python worker (before the first
+    event); the seconds it took. ``n``: the records of the warm-up task (unused)."""
     started = time.perf_counter()
     encode(["warm up"], s.embedding)
     for path in s.shard_paths:
         load_shard(path)
-    return pd.DataFrame({"seconds": [time.perf_counter() - started] * len(pdf)})
+    return time.perf_counter() - started
