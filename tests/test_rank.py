@@ -175,3 +175,50 @@ def test_the_fit_with_held_out_buyers_survives_arrow_batches_of_one_kind(spark, 
     s = score(pdf, scores.model, list(FEATURE_COLUMNS))
     # It learned something: the bought new-category item (i4) outscores the own items.
     assert s[4] > s[:4].max()
+
+
+def test_a_small_warehouse_pools_earlier_days_each_with_its_own_labels(spark, store):
+    # Stored candidate days D0 (the training day), D0-1, D0-2, D0-4, D0-6; labels from the
+    # 2 days after each. Every buyer buys i1 the day after every stored day, and i2 only
+    # the day after D0.
+    d0, days = RUN - dt.timedelta(days=2), 2
+    stored = [d0 - dt.timedelta(days=n) for n in (0, 1, 2, 4, 6)]
+    users = [f"u{u:02d}" for u in range(40)]
+    feats = [(u, i, d) for d in stored for u in users for i in ("i1", "i2", "i3")]
+    tables.overwrite(spark.createDataFrame(feats, "user_id string, item_id string, as_of date"), store,
+                     ranker.FEATURES)  # fmt: skip
+    buys = [(u, i, "purchase", d + dt.timedelta(days=1)) for d in stored for u in users for i in ("i1",)]
+    buys += [(u, "i2", "purchase", d0 + dt.timedelta(days=1)) for u in users]
+    events = spark.createDataFrame(buys, "user_id string, item_id string, event_type string, dt date")
+    tables.overwrite(events, store, "bronze.events")
+
+    # Earlier days at least `days` apart from the next: D0-1 is skipped (its window overlaps).
+    assert ranker.earlier_days(spark, store, d0, days, 5) == stored[2:]
+    assert ranker.earlier_days(spark, store, d0, days, 1) == stored[2:3]
+
+    # Enough held-out buyers on D0 alone: one day, buyer ids untouched.
+    one = derive(store, ["ranker.min_holdout_buyers=1", "ranker.max_training_days=3"])
+    rows, bought, used = ranker.pooled(spark, one, d0, RUN, days)
+    assert used == [d0] and rows.count() == 120 and set(bought.toPandas()["bought"]) == {2}
+
+    # Too few: earlier days join, up to 3 days in all, each buyer-day a list of its own.
+    many = derive(store, ["ranker.min_holdout_buyers=1000", "ranker.max_training_days=3"])
+    rows, bought, used = ranker.pooled(spark, many, d0, RUN, days)
+    assert used == [d0, stored[2], stored[3]]
+    pdf = rows.toPandas()
+    assert len(pdf) == 360
+    label = pdf.set_index(["user_id", "item_id"])["label"]
+    assert label[("u03", "i1")] == 1 and label[("u03", "i2")] == 1 and label[("u03", "i3")] == 0
+    earlier = f"u03@{stored[2]}"
+    # i2 was bought after D0, outside this day's window: not a positive here.
+    assert label[(earlier, "i1")] == 1 and label[(earlier, "i2")] == 0
+    b = bought.toPandas().set_index("user_id")["bought"]
+    assert b["u03"] == 2 and b[earlier] == 1 and len(b) == 120
+    # A buyer is held out on every day or on none, and about a quarter are.
+    held = (
+        pdf.assign(buyer=pdf["user_id"].str.split("@").str[0])
+        .groupby("buyer")["is_holdout"]
+        .agg(["min", "max"])
+    )
+    assert (held["min"] == held["max"]).all() and 3 <= held["max"].sum() <= 20
+    assert ranker.held_out_buyers(many, rows) == 3 * int(held["max"].sum())
