@@ -391,11 +391,6 @@ class RankerConf(_Strict):
     # purchase; with fewer, their figures are noise (a recall's standard error is about
     # 0.3 / sqrt(buyers)): all trees are kept and the lists get no quotas.
     min_holdout_buyers: int = Field(100, ge=1)
-    # When the newest training day gives fewer such buyers, earlier stored days join the
-    # training rows (each with its own label window, the windows not overlapping; a buyer
-    # is held out on every day or on none), up to this many days in all. A warehouse with
-    # enough buyers trains on one day, as before.
-    max_training_days: int = Field(6, ge=1)
     objective: Literal["rank:ndcg", "rank:pairwise"] = "rank:ndcg"
     n_estimators: int = Field(300, ge=1)
     max_depth: int = Field(6, ge=1)

@@ -194,72 +194,16 @@ def labelled(
         .distinct()
     )
     feats = tables.read(spark, conf, FEATURES).filter(F.col("as_of") == F.lit(day))
-    rows = (
-        feats.join(purchases.withColumn("label", F.lit(1)), ["user_id", "item_id"], "left")
-        .fillna(0, ["label"])
-        .withColumn("is_holdout", _holdout(conf))
+    rows = feats.join(purchases.withColumn("label", F.lit(1)), ["user_id", "item_id"], "left").fillna(
+        0, ["label"]
     )
     bought = purchases.groupBy("user_id").agg(F.count("*").alias("bought"))
     return rows, bought
 
 
-def earlier_days(spark: SparkSession, conf: Config, day: dt.date, days: int, n: int) -> list[dt.date]:
-    """Up to ``n`` stored run dates before ``day``, newest first, each at least ``days``
-    before the one after it (so that their label windows do not overlap)."""
-    if n <= 0:
-        return []
-    stored = (
-        tables.read(spark, conf, FEATURES)
-        .filter(F.col("as_of") <= F.lit(day - dt.timedelta(days=days)))
-        .select("as_of")
-        .distinct()
-        .collect()
-    )
-    chosen: list[dt.date] = []
-    for d in sorted((r["as_of"] for r in stored), reverse=True):
-        if (chosen[-1] if chosen else day) - d >= dt.timedelta(days=days):
-            chosen.append(d)
-        if len(chosen) == n:
-            break
-    return chosen
-
-
-def pooled(
-    spark: SparkSession, conf: Config, day: dt.date, run_date: dt.date, days: int
-) -> tuple[DataFrame, DataFrame, list[dt.date]]:
-    """``labelled`` rows of ``day``, and of earlier stored days while the held-out buyers with
-    a purchase are fewer than ``ranker.min_holdout_buyers`` (at most ``ranker.max_training_days``
-    days). A buyer's rows of an earlier day form a list of their own: ``user_id`` becomes
-    ``<user_id>@<day>`` there, and ``is_holdout`` stays the buyer's."""
-    rc = conf.ranker
-    rows, bought = labelled(spark, conf, day, run_date, days)
-    used = [day]
-    held = held_out_buyers(conf, rows)
-    if held >= rc.min_holdout_buyers:
-        return rows, bought, used
-    for earlier in earlier_days(spark, conf, day, days, rc.max_training_days - 1):
-        more_rows, more_bought = labelled(spark, conf, earlier, run_date, days)
-        key = F.concat_ws("@", F.col("user_id"), F.lit(str(earlier)))
-        rows = rows.unionByName(more_rows.withColumn("user_id", key))
-        bought = bought.unionByName(more_bought.withColumn("user_id", key))
-        used.append(earlier)
-        held = held_out_buyers(conf, rows)
-        if held >= rc.min_holdout_buyers:
-            break
-    if len(used) > 1:
-        log.info("train: %d held-out buyers' lists with a purchase from %d days: %s", held, len(used),
-                 ", ".join(map(str, used)))  # fmt: skip
-    return rows, bought, used
-
-
 def _holdout(conf: Config):
     share = int(round(conf.ranker.holdout_share * 1000))
     return (F.abs(F.xxhash64("user_id", F.lit(conf.ranker.seed))) % 1000) < share
-
-
-def _is_holdout(conf: Config, rows: DataFrame):
-    """The rows' own ``is_holdout`` (set from the buyer by ``labelled``), else from ``user_id``."""
-    return F.col("is_holdout") if "is_holdout" in rows.columns else _holdout(conf)
 
 
 def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
@@ -271,7 +215,7 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
     with_pos = rows.groupBy("user_id").agg(F.max("label").alias("_any")).filter("_any > 0").select("user_id")
     # xgboost wants integer group ids in non-decreasing order within each partition.
     qids = with_pos.withColumn("qid", F.row_number().over(Window.orderBy("user_id")).cast("int"))
-    labelled_groups = rows.join(qids, "user_id").withColumn("is_holdout", _is_holdout(conf, rows))
+    labelled_groups = rows.join(qids, "user_id").withColumn("is_holdout", _holdout(conf))
     # xgboost.spark needs training and held-out rows in every task's partition (it fails on
     # a partition with one kind only, which small data can give): fewer tasks then, and no
     # early stopping at all with fewer than ranker.min_holdout_buyers held-out buyers.
@@ -333,7 +277,7 @@ def buyer_group(buckets: int):
 
 def held_out_buyers(conf: Config, rows: DataFrame) -> int:
     """Held-out buyers with a purchase among their candidates (the ones a fit can stop on)."""
-    return rows.filter(_is_holdout(conf, rows) & (F.col("label") > 0)).select("user_id").distinct().count()
+    return rows.filter(_holdout(conf) & (F.col("label") > 0)).select("user_id").distinct().count()
 
 
 def choose_quotas(
@@ -347,7 +291,7 @@ def choose_quotas(
     features = list(FEATURE_COLUMNS)
     grid = [(r, d) for r in rc.repeat_shares for d in rc.discovery_shares]
     k, cap = rc.choose_at_k, conf.rank.max_per_category
-    held = rows.filter(_is_holdout(conf, rows)).join(bought, "user_id")
+    held = rows.filter(_holdout(conf)).join(bought, "user_id")
 
     def per_bucket(pdf: pd.DataFrame) -> pd.DataFrame:
         """Every grid pair's recall and new-category hit for each buyer of one group."""
@@ -454,7 +398,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     days, day, stored = training_window(spark, conf, run_date)
     if not stored:
         bootstrap_history(spark, conf, day)
-    rows, bought, used = pooled(spark, conf, day, run_date, days)
+    rows, bought = labelled(spark, conf, day, run_date, days)
     rows = rows.localCheckpoint()
     stats = rows.agg(F.count("*"), F.countDistinct("user_id"), F.sum("label")).collect()[0]
     n_rows, n_users, n_pos = int(stats[0]), int(stats[1]), int(stats[2] or 0)
@@ -463,8 +407,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
             f"train: none of the {n_rows:,} candidates of {day} was bought in the {days} days after: "
             "nothing to learn from (more history, or a shorter ranker.label_days)"
         )
-    log.info("train: candidates of %s: %s rows, %s buyers' lists, %s bought in the next %d days; fitting "
-             "SparkXGBRanker", ", ".join(map(str, used)), f"{n_rows:,}", f"{n_users:,}", f"{n_pos:,}", days)  # fmt: skip
+    log.info("train: candidates of %s: %s rows, %s buyers, %s bought in the next %d days; fitting SparkXGBRanker",
+             day, f"{n_rows:,}", f"{n_users:,}", f"{n_pos:,}", days)  # fmt: skip
     model = fit(spark, conf, rows)
     # The explore head: the same features, trained on new-category candidates only.
     explore_rows = rows.filter(F.col("is_new_category") > 0)
@@ -487,7 +431,6 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     best_iteration = _best_iteration(model)
     meta = {
         "model_id": model_id, "features": list(FEATURE_COLUMNS), "train_as_of": str(day),
-        "training_days": [str(d) for d in used],
         "label_days": days, "run_date": str(run_date), "objective": rc.objective,
         "repeat_share": repeat_share, "discovery_share": discovery_share, "best_iteration": best_iteration,
         "explore_head": explore is not None, "explore_positives": n_explore,
