@@ -612,13 +612,12 @@ def write_features(
     def columns(schema) -> list[tuple[str, str]]:
         return [(f.name, f.dataType.simpleString()) for f in schema]
 
-    other = tables.exists(spark, conf, FEATURES) and columns(
-        tables.read(spark, conf, FEATURES).schema
-    ) != columns(feats.schema)
+    exists = tables.exists(spark, conf, FEATURES)
+    other = exists and columns(tables.read(spark, conf, FEATURES).schema) != columns(feats.schema)
     if other:
         log.warning("candidates: %s was written by another version (other columns): its history is dropped",
                     FEATURES)  # fmt: skip
-    if other or not tables.exists(spark, conf, FEATURES):
+    if other or not exists:
         tables.overwrite(feats.limit(0), conf, FEATURES, partition_by=["as_of"])
     tables.set_properties(spark, conf, FEATURES, FEATURES_PROPERTIES)
     tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'")

@@ -2,8 +2,9 @@
 
 :func:`refresh_users` runs in a Spark task over the triggered users of one micro-batch
 (their rows built on the driver by ``jobs.nearline.state``; the stream itself is
-``jobs.nearline``). Everything heavy is loaded once per Python worker and kept: the embedding model (``udfs.embedding``), the
-FAISS shard files (``udfs.vector_index.load_shard``) and the item table (a broadcast variable).
+``jobs.nearline``). Everything heavy is loaded once per Python worker and kept: the
+embedding model (``udfs.embedding``), the FAISS shard files
+(``udfs.vector_index.load_shard``) and the item table (a broadcast variable).
 
 Per user:
 
@@ -433,9 +434,9 @@ def with_timeouts(call: CallSettings, timeout_s: float, max_retries: int) -> Cal
     return dataclasses.replace(call, timeout_s=timeout_s, max_retries=max_retries)
 
 
-def warm_up(n: int, s: RefreshSettings) -> float:
+def warm_up(s: RefreshSettings) -> float:
     """Load the embedding model and every shard in this Python worker (before the first
-    event); the seconds it took. ``n``: the records of the warm-up task (unused)."""
+    event); the seconds it took."""
     started = time.perf_counter()
     encode(["warm up"], s.embedding)
     for path in s.shard_paths:

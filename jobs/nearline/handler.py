@@ -340,7 +340,5 @@ def warm_workers(spark: SparkSession, conf: Config, settings: RefreshSettings) -
     """Load the model and the shards in each Python worker (one partition per worker); seconds."""
     tasks = conf.nearline.tasks or spark.sparkContext.defaultParallelism
     t0 = time.perf_counter()
-    spark.sparkContext.parallelize(range(tasks), tasks).mapPartitions(
-        lambda part: [warm_up(len(list(part)), settings)]
-    ).collect()
+    spark.sparkContext.parallelize(range(tasks), tasks).mapPartitions(lambda _: [warm_up(settings)]).collect()
     return time.perf_counter() - t0
