@@ -76,6 +76,10 @@ def explain(spark: SparkSession, conf: Config, user_id: str) -> str:
     lines.append(f"\nlist (gold.recommendations, {len(listed)} items):")
     if listed:
         ranker, _ = load_model(spark, conf, run_date)
+        if ranker.order == "channels":
+            lines.append(
+                "  (ordered by the channels, not the model: it was trained on too few buyers to validate)"
+            )
         feats = {
             r["item_id"]: r
             for r in tables.read(spark, conf, FEATURES)

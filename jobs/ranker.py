@@ -21,6 +21,12 @@ earlier day labelled with what their buyers bought next -> a model in
    with the highest ``recall + discovery_weight x new-category hit`` (ties: more recall,
    then the smaller shares). ``rank`` uses the chosen shares unless ``rank.repeat_share`` /
    ``rank.discovery_share`` are set.
+5. **Order**: with fewer than ``ranker.min_holdout_buyers`` held-out buyers nothing can
+   tell whether the model orders better than the candidate channels do without training
+   (early stopping, the quotas and a comparison all need them): the lists then follow the
+   channel order (``udfs/ranking.py: channel_order``: the buyer's own items by the repeat
+   channel's score first) and no quotas; the model is still written, logged and used to
+   explain. Recorded as ``order`` in ``meta.json``.
 
 The stage does nothing while the newest model is younger than ``ranker.max_age_days``
 (``databricks.yml`` runs it weekly; ``discovery pipeline`` runs it when no model exists).
@@ -105,10 +111,24 @@ def load_model(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[Ra
             "train it again with `discovery train`"
         )
     explore = Path(row["path"]) / "explore.json"
+    meta = Path(row["path"]) / "meta.json"
+    order = json.loads(meta.read_text()).get("order", "model") if meta.exists() else "model"
     ranker = Ranker(
-        path.read_bytes(), explore.read_bytes() if explore.exists() else None, tuple(FEATURE_COLUMNS)
+        path.read_bytes(), explore.read_bytes() if explore.exists() else None, tuple(FEATURE_COLUMNS), order
     )
     return ranker, row
+
+
+def list_order(conf: Config, held_buyers: int) -> str:
+    """``"model"`` when the held-out buyers are enough to validate the model (early stopping,
+    quotas), else ``"channels"``: an order learned from so few buyers is not trusted over the
+    channels' own."""
+    if held_buyers >= conf.ranker.min_holdout_buyers:
+        return "model"
+    log.warning("train: %d held-out buyers with a purchase (ranker.min_holdout_buyers %d): the lists follow "
+                "the channel order (own items by repeat score first), not the model", held_buyers,
+                conf.ranker.min_holdout_buyers)  # fmt: skip
+    return "channels"
 
 
 def label_days(spark: SparkSession, conf: Config, run_date: dt.date) -> int:
@@ -417,9 +437,9 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     log.info("train: explore head %s (%s new-category purchases among the candidates)",
              "trained" if explore else "skipped", f"{n_explore:,}")  # fmt: skip
     ranker = Ranker(model, explore, tuple(FEATURE_COLUMNS))
-    grid, (repeat_share, discovery_share) = choose_quotas(
-        conf, rows, bought, ranker, held_out_buyers(conf, rows)
-    )
+    held_buyers = held_out_buyers(conf, rows)
+    grid, (repeat_share, discovery_share) = choose_quotas(conf, rows, bought, ranker, held_buyers)
+    order = list_order(conf, held_buyers)
     chosen = grid[grid["chosen"]].iloc[0]
     trained_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     model_id = f"{run_date:%Y%m%d}-{trained_at:%H%M%S%f}"
@@ -432,7 +452,8 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     meta = {
         "model_id": model_id, "features": list(FEATURE_COLUMNS), "train_as_of": str(day),
         "label_days": days, "run_date": str(run_date), "objective": rc.objective,
-        "repeat_share": repeat_share, "discovery_share": discovery_share, "best_iteration": best_iteration,
+        "order": order, "repeat_share": repeat_share, "discovery_share": discovery_share,
+        "best_iteration": best_iteration,
         "explore_head": explore is not None, "explore_positives": n_explore,
         "rows": n_rows, "users": n_users, "positives": n_pos,
     }  # fmt: skip
@@ -460,9 +481,10 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     else:
         tables.overwrite(frame, conf, MODELS)
     log.info(
-        "train: model %s from the candidates of %s (%s buyers, %s positives), %d trees; quotas from %d "
-        "held-out buyers: repeat share %.2f, discovery share %.2f (recall@%d %.3f, new-category hit %.3f); %.0fs",
-        model_id, day, f"{n_users:,}", f"{n_pos:,}", best_iteration + 1, int(chosen["users"]), repeat_share,
+        "train: model %s from the candidates of %s (%s buyers, %s positives), %d trees, lists in %s order; "
+        "quotas from %d held-out buyers: repeat share %.2f, discovery share %.2f (recall@%d %.3f, new-category "
+        "hit %.3f); %.0fs",
+        model_id, day, f"{n_users:,}", f"{n_pos:,}", best_iteration + 1, order, int(chosen["users"]), repeat_share,
         discovery_share, rc.choose_at_k, chosen["recall"], chosen["new_category_hit"], time.perf_counter() - t0,
     )  # fmt: skip
     return {"trained": 1, "rows": n_rows, "positives": n_pos, **meta_metrics(chosen)}

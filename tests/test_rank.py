@@ -4,6 +4,7 @@ shared per-buyer function lists, and a missing or mismatched model stops rank by
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,9 @@ def test_a_missing_model_file_or_other_features_stop_rank_with_the_models_path(s
     (folder / "model.json").write_bytes(_model(list(FEATURE_COLUMNS)))
     loaded, row = ranker.load_model(spark, store, RUN)
     assert row["model_id"] == "m1" and loaded.model.startswith(b"{") and loaded.explore is None
+    assert loaded.order == "model"  # no meta.json (an older model): its own order
+    (folder / "meta.json").write_text(json.dumps({"order": "channels"}))
+    assert ranker.load_model(spark, store, RUN)[0].order == "channels"
     # A model trained for a later run date is not used for an earlier one.
     with pytest.raises(ranker.RankerError, match="no ranker model"):
         ranker.load_model(spark, store, RUN - dt.timedelta(days=1))
@@ -155,6 +159,8 @@ def test_quotas_are_chosen_only_on_enough_held_out_buyers(spark, store):
     few = derive(conf, [f"ranker.min_holdout_buyers={held + 1}"])
     grid, chosen = ranker.choose_quotas(few, rows, bought, model, held)
     assert chosen == (1.0, 0.0) and len(grid) == 1 and grid["users"].iloc[0] == 0
+    # ... and the lists follow the channel order, not a model nothing could validate.
+    assert ranker.list_order(few, held) == "channels" and ranker.list_order(conf, held) == "model"
 
 
 def test_the_fit_with_held_out_buyers_survives_arrow_batches_of_one_kind(spark, store):

@@ -143,6 +143,48 @@ def test_the_model_scores_rows_from_its_own_feature_columns_and_ranks_each_user_
     assert list(zip(listed["user_id"], listed["item_id"], strict=True)) == [("u1", "b"), ("u2", "c")]
 
 
+def test_the_channel_order_puts_own_items_first_by_repeat_score_then_the_best_ranked_rest():
+    from udfs.features import FEATURE_COLUMNS
+    from udfs.ranking import CHANNELS, channel_order
+
+    nan = float("nan")
+    # item: repeat_score, then the other channels' ranks (collaborative, query, trend, bestseller)
+    spec = {
+        "own_weak": (0.5, 1, nan, nan, nan),   # own, proposed first by collaborative too
+        "own_strong": (9.0, nan, nan, nan, nan),
+        "collab_2": (nan, 2, nan, nan, nan),
+        "best_1": (nan, nan, nan, nan, 1),     # rank 1 of the bestseller channel
+        "query_3_trend_5": (nan, nan, 3, 5, nan),
+        "unranked": (nan, nan, nan, nan, nan),
+    }  # fmt: skip
+    rows = []
+    for item, (rep, *ranks) in spec.items():
+        row = dict.fromkeys(FEATURE_COLUMNS, nan)
+        row.update(repeat_score=rep, **{f"{c}_rank": r for c, r in zip(CHANNELS[1:], ranks, strict=True)})
+        row.update(user_id="u", item_id=item, own_events=float(rep == rep), is_new_category=0.0,
+                   leaf_category=item, norm_title=item)  # fmt: skip
+        rows.append(row)
+    c = pd.DataFrame(rows)
+    s = channel_order(c)
+    assert s[0] < s[1] and min(s[:2]) >= 2 > max(s[2:])
+    expected = ["own_strong", "own_weak", "best_1", "collab_2", "query_3_trend_5", "unranked"]
+    assert _items(fill(c, s, ListRules(top_k=6))) == expected
+    # A ranker in channel order ignores its model, which here prefers the last item.
+    import xgboost
+
+    x = np.zeros((2, len(FEATURE_COLUMNS)))
+    x[1, FEATURE_COLUMNS.index("n_channels")] = 1.0
+    booster = xgboost.train({"max_depth": 1}, xgboost.DMatrix(x, np.array([1.0, 0.0])), 3)
+    c["n_channels"] = 1.0
+    c.loc[c["item_id"] == "unranked", "n_channels"] = 0.0
+    model = bytes(booster.save_raw("json"))
+    assert _items(rank_users(c, Ranker(model, None, FEATURE_COLUMNS), ListRules(top_k=1))) == ["unranked"]
+    in_order = rank_users(c, Ranker(model, None, FEATURE_COLUMNS, order="channels"), ListRules(top_k=6))
+    assert _items(in_order) == expected
+    with pytest.raises(ValueError, match="order"):
+        Ranker(model, None, FEATURE_COLUMNS, order="learned")
+
+
 def test_the_shown_channel_is_repeat_for_an_own_item_else_the_one_ranking_it_highest():
     from udfs.ranking import shown_channel, with_reason
 

@@ -2,7 +2,10 @@
 (through ``applyInPandas``) and the nearline refresh call, so the two cannot drift.
 
 1. **Score**: the learned ranker (an xgboost ``Booster``) scores each candidate from the
-   model's own feature columns, in the order it was trained on.
+   model's own feature columns, in the order it was trained on; or, for a ranker whose
+   training had too few labelled buyers to validate a learned order (``order="channels"``,
+   see ``jobs/ranker.py``), the *channel order*: the buyer's own items first, by the repeat
+   channel's score, then the other candidates by their best rank in another channel.
 2. **Near-duplicates**: items with the same normalised title (the same product in another
    size or pack) count once; the best-scoring one is kept.
 3. **Slot-aware fill**, position by position in score order (ties by item id), so that
@@ -155,11 +158,35 @@ def fill(
 @dataclass(frozen=True)
 class Ranker:
     """A trained ranker: the general head, the explore head (None: the general one fills
-    the discovery slots too) and the feature columns both read, in order."""
+    the discovery slots too) and the feature columns both read, in order. ``order``:
+    ``"model"`` (the general head orders the list) or ``"channels"`` (:func:`channel_order`
+    does; the explore head, if any, still fills the reserved discovery slots)."""
 
     model: bytes
     explore: bytes | None
     features: tuple[str, ...]
+    order: str = "model"
+
+    def __post_init__(self):
+        if self.order not in ORDERS:
+            raise ValueError(f"Ranker.order must be one of {ORDERS}, not {self.order!r}")
+
+
+ORDERS = ("model", "channels")
+
+
+def channel_order(candidates: pd.DataFrame) -> np.ndarray:
+    """The untrained order: a score in [2, 3) for the buyer's own items (the repeat channel
+    proposed them), rising with the repeat channel's score; in (0, 1) for the rest, falling
+    with their best (lowest) rank in any other channel; 0 for a row no channel ranked."""
+    if candidates.empty:
+        return np.zeros(0)
+    repeat = candidates["repeat_score"].astype("float64").to_numpy()
+    others = candidates[[f"{c}_rank" for c in CHANNELS if c != "repeat"]].astype("float64")
+    best = others.min(axis=1, skipna=True).to_numpy()
+    own = ~np.isnan(repeat)
+    rest = np.where(np.isnan(best), 0.0, 1.0 / (1.0 + np.nan_to_num(best, nan=0.0)))
+    return np.where(own, 2.0 + np.clip(repeat, 0, None) / (1.0 + np.clip(repeat, 0, None)), rest)
 
 
 def shown_channel(row) -> str:
@@ -191,6 +218,9 @@ def with_reason(listed: pd.DataFrame) -> pd.DataFrame:
 def rank_users(candidates: pd.DataFrame, ranker: Ranker, rules: ListRules) -> pd.DataFrame:
     """The lists of every buyer in ``candidates`` (grouped by ``user_id``), each row with the
     channel it is shown as coming from and that channel's reason."""
-    general = score(candidates, ranker.model, list(ranker.features))
+    if ranker.order == "channels":
+        general = channel_order(candidates)
+    else:
+        general = score(candidates, ranker.model, list(ranker.features))
     explore = None if ranker.explore is None else score(candidates, ranker.explore, list(ranker.features))
     return with_reason(fill(candidates, general, rules, explore).reset_index(drop=True))
