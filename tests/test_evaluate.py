@@ -115,6 +115,9 @@ def evaluated(spark, tmp_path_factory):
             "evaluate.bootstrap_resamples=200",
             "rank.top_k=5",
             "q2i.k=10",
+            # The cuts are 11 days apart: the second cut's ranker (and the leakage rerun's)
+            # learns from the first cut's stored candidates; only the first builds its own.
+            f"ranker.label_days={(C2 - C1).days}",
             f"evaluate.report_dir={tmp / 'reports'}",
         ]
     )
