@@ -118,6 +118,7 @@ def evaluated(spark, tmp_path_factory):
             # The cuts are 11 days apart: the second cut's ranker (and the leakage rerun's)
             # learns from the first cut's stored candidates; only the first builds its own.
             f"ranker.label_days={(C2 - C1).days}",
+            "evaluate.tradeoff_steps=1",  # the curve's two ends: R = 0 and R = K
             f"evaluate.report_dir={tmp / 'reports'}",
         ]
     )
@@ -265,6 +266,22 @@ def test_k_larger_than_the_catalog_is_a_clear_error(spark, evaluated):
         evaluate.evaluate_cut(spark, big, events, evaluate.Window(C1, C1 + dt.timedelta(days=TEST_DAYS)), {})
 
 
+def test_the_tradeoff_curve_has_both_ends_for_each_cut_and_its_mix_starts_at_cooccurrence(spark, evaluated):
+    curve = tables.read(spark, evaluated.conf, evaluate.TRADEOFF).toPandas()
+    assert set(curve["cut"]) == {str(C1), str(C2)}
+    methods = {(m, r) for m in ("pipeline", "own+cooccurrence") for r in (0, 5)}
+    assert {(m, r) for m, r in zip(curve["method"], curve["repeat_slots"], strict=True)} == methods
+    s = evaluated.summary
+    for cut in (C1, C2):
+        at = curve[curve["cut"] == str(cut)].set_index(["method", "repeat_slots"])
+        # No repeat slot: the mix is the co-occurrence baseline's list, so its recall@5 too.
+        cooc = s[(s.metric == "recall") & (s.method == "cooccurrence") & (s.cut == str(cut)) & (s.k == 5)]
+        assert at.loc[("own+cooccurrence", 0), "recall"] == pytest.approx(cooc["value"].iloc[0])
+        # Every repeat slot: the buyer's own items first, which hit more than none of them.
+        assert at.loc[("own+cooccurrence", 5), "recall"] > at.loc[("own+cooccurrence", 0), "recall"]
+        assert (at["users"] == at["users"].iloc[0]).all()
+
+
 def test_report_and_plots_are_written(evaluated):
     import pathlib
 
@@ -273,7 +290,7 @@ def test_report_and_plots_are_written(evaluated):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "item_knn" in html and "data:image/png;base64," in html
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert f"cut_{C2:%Y%m%d}.png" in pngs and "k_sweep.png" in pngs
+    assert f"cut_{C2:%Y%m%d}.png" in pngs and "k_sweep.png" in pngs and "tradeoff.png" in pngs
     for png in pngs:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
