@@ -112,7 +112,10 @@ def load_model(spark: SparkSession, conf: Config, run_date: dt.date) -> tuple[Ra
         )
     explore = Path(row["path"]) / "explore.json"
     meta = Path(row["path"]) / "meta.json"
-    order = json.loads(meta.read_text()).get("order", "model") if meta.exists() else "model"
+    try:
+        order = json.loads(meta.read_text()).get("order", "model") if meta.exists() else "model"
+    except (ValueError, AttributeError) as e:
+        raise RankerError(f"rank: the ranker's {meta} is not a JSON object ({e}): train it again") from e
     ranker = Ranker(
         path.read_bytes(), explore.read_bytes() if explore.exists() else None, tuple(FEATURE_COLUMNS), order
     )
@@ -123,12 +126,7 @@ def list_order(conf: Config, held_buyers: int) -> str:
     """``"model"`` when the held-out buyers are enough to validate the model (early stopping,
     quotas), else ``"channels"``: an order learned from so few buyers is not trusted over the
     channels' own."""
-    if held_buyers >= conf.ranker.min_holdout_buyers:
-        return "model"
-    log.warning("train: %d held-out buyers with a purchase (ranker.min_holdout_buyers %d): the lists follow "
-                "the channel order (own items by repeat score first), not the model", held_buyers,
-                conf.ranker.min_holdout_buyers)  # fmt: skip
-    return "channels"
+    return "model" if held_buyers >= conf.ranker.min_holdout_buyers else "channels"
 
 
 def label_days(spark: SparkSession, conf: Config, run_date: dt.date) -> int:

@@ -184,9 +184,9 @@ def channel_order(candidates: pd.DataFrame) -> np.ndarray:
     repeat = candidates["repeat_score"].astype("float64").to_numpy()
     others = candidates[[f"{c}_rank" for c in CHANNELS if c != "repeat"]].astype("float64")
     best = others.min(axis=1, skipna=True).to_numpy()
-    own = ~np.isnan(repeat)
     rest = np.where(np.isnan(best), 0.0, 1.0 / (1.0 + np.nan_to_num(best, nan=0.0)))
-    return np.where(own, 2.0 + np.clip(repeat, 0, None) / (1.0 + np.clip(repeat, 0, None)), rest)
+    r = np.clip(np.nan_to_num(repeat, nan=0.0), 0, None)
+    return np.where(~np.isnan(repeat), 2.0 + r / (1.0 + r), rest)
 
 
 def shown_channel(row) -> str:
