@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core import tables  # noqa: E402
 from core.config import load_config  # noqa: E402
-from jobs import tables  # noqa: E402
 
 
 def main() -> None:
@@ -100,7 +100,8 @@ def main() -> None:
                 "base_url": server.base_url,
                 "model": "smollm2",
                 "api_key_env": None,
-                "max_tokens": 256,
+                # llama.cpp enforces the answer schema (and max_tokens follows its bounds)
+                "response_format": "json_object_schema",
             }
         variants = []
         for name, ep in endpoints.items():

@@ -110,7 +110,9 @@ class LLMEndpointConf(_Strict):
     # Name of the environment variable holding the API key; the key itself never goes in conf.
     api_key_env: str | None = "OPENAI_API_KEY"
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    max_tokens: int = Field(512, ge=1)
+    # None: each request's from its answer schema's bounds (udfs.llm.agent.max_tokens_for);
+    # a number caps it, and a request whose schema allows longer answers is refused.
+    max_tokens: int | None = Field(None, ge=1)
     # json_object: {"type": "json_object"}; json_schema: the agent's schema, strict (OpenAI,
     # vLLM); json_object_schema: {"type": "json_object", "schema": ...} (llama.cpp's server,
     # grammar-constrained); none: no response_format (for servers that reject it).

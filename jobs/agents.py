@@ -56,14 +56,16 @@ from pyspark.sql import types as T
 from core import tables
 from core.config import Config, ConfigError, LLMEndpointConf, LLMRuntimeConf
 from prompts import Prompt, load_prompt
-from udfs.llm.agent import Agent, parse_answer, request_hash, spark_schema
-from udfs.llm.client import CallSettings, Secret, call_all
+from udfs.llm.agent import Agent, spark_schema
+from udfs.llm.client import CallSettings, Secret, agent_request, answer_parser, call_all
 from udfs.llm.ratelimit import NoRateLimit, RateLimitServer, RemoteRateLimiter
 
 log = logging.getLogger(__name__)
 
 RESPONSES_TABLE = "silver.llm_responses"
 HEURISTIC = "heuristic"
+# Answers that are used (and not sent again): whole, or cut off and completed (partial).
+USABLE = ("ok", "partial")
 
 RESPONSE_SCHEMA = T.StructType(
     [
@@ -118,6 +120,7 @@ class AgentRun:
         row = self.output.agg(
             F.count(F.lit(1)).alias("rows"),
             F.sum(F.when(F.col("status") == "ok", 1).otherwise(0)).alias("ok"),
+            F.sum(F.when(F.col("status") == "partial", 1).otherwise(0)).alias("partial"),
             F.sum(F.when(F.col("status") == "failed", 1).otherwise(0)).alias("failed"),
             F.sum(F.when(F.col("status") == "heuristic", 1).otherwise(0)).alias("heuristic"),
             F.sum("input_tokens").alias("input_tokens"),
@@ -128,7 +131,9 @@ class AgentRun:
         return out
 
 
-def call_settings(endpoint: LLMEndpointConf, runtime: LLMRuntimeConf, agent: Agent) -> CallSettings:
+def call_settings(
+    endpoint: LLMEndpointConf, runtime: LLMRuntimeConf, agent: Agent, endpoint_name: str = "default"
+) -> CallSettings:
     """Settings for the executors; reads the API key from the environment, on the driver."""
     if endpoint.api_key_env:
         key = os.environ.get(endpoint.api_key_env)
@@ -139,30 +144,21 @@ def call_settings(endpoint: LLMEndpointConf, runtime: LLMRuntimeConf, agent: Age
             )
     else:
         key = "not-needed"  # local servers (llama.cpp, vLLM, Ollama) accept any key
-    if endpoint.response_format == "json_object":
-        response_format: dict[str, Any] | None = {"type": "json_object"}
-    elif endpoint.response_format == "json_schema":
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": agent.name, "schema": agent.json_schema(), "strict": True},
-        }
-    elif endpoint.response_format == "json_object_schema":
-        response_format = {"type": "json_object", "schema": agent.json_schema()}
-    else:
-        response_format = None
     return CallSettings(
         base_url=endpoint.base_url,
         model=endpoint.model,
         api_key=Secret(key),
         temperature=endpoint.temperature,
         max_tokens=endpoint.max_tokens,
-        response_format=response_format,
+        response_format=endpoint.response_format,
         max_in_flight=runtime.max_in_flight,
         timeout_s=runtime.timeout_s,
         max_retries=runtime.max_retries,
         backoff_initial_s=runtime.backoff_initial_s,
         backoff_max_s=runtime.backoff_max_s,
         repair=runtime.repair,
+        agent=agent.name,
+        endpoint=endpoint_name,
     )
 
 
@@ -236,7 +232,7 @@ def _render(
         _key_fields(inputs, key_columns)
         + [
             T.StructField("cache_key", T.StringType()),
-            T.StructField("messages_json", T.StringType()),
+            T.StructField("body_json", T.StringType()),
             T.StructField("input_json", T.StringType()),
         ]
     )
@@ -247,12 +243,12 @@ def _render(
             rows = []
             for row in pdf.to_dict("records"):
                 row = {k: (None if _is_missing(v) else v) for k, v in row.items()}
-                messages = agent.messages(prompt, row, context)
+                key, body = agent_request(agent, prompt, settings, row, context)
                 rows.append(
                     {
                         **{k: row[k] for k in key_columns},
-                        "cache_key": request_hash(settings.body(messages)),
-                        "messages_json": json.dumps(messages, ensure_ascii=False),
+                        "cache_key": key,
+                        "body_json": json.dumps(body, ensure_ascii=False),
                         "input_json": json.dumps(
                             {c: row.get(c) for c in agent.input_columns}, ensure_ascii=False, default=str
                         ),
@@ -284,13 +280,10 @@ def _caller(
             if pdf.empty:
                 continue
             inputs = dict(zip(pdf["cache_key"], pdf["input_json"], strict=True))
-            requests = [
-                (k, json.loads(m)) for k, m in zip(pdf["cache_key"], pdf["messages_json"], strict=True)
-            ]
+            requests = [(k, json.loads(b)) for k, b in zip(pdf["cache_key"], pdf["body_json"], strict=True)]
 
             def parse_for(key: str, inputs: dict = inputs):
-                row = json.loads(inputs[key])
-                return lambda text: parse_answer(text, agent, row, context).model_dump(mode="json")
+                return answer_parser(agent, prompt, json.loads(inputs[key]), context)
 
             limiter = (
                 RemoteRateLimiter(limiter_address, *limits_per_task) if limiter_address else NoRateLimit()
@@ -314,8 +307,9 @@ def _caller(
 
 
 def _best_answers(responses: DataFrame) -> DataFrame:
-    """One response per key: an ok one if any, else the latest failure."""
-    rank = F.struct((F.col("status") == "ok").cast("int"), F.col("answered_at"))
+    """One response per key: an ok one if any, else a partial one, else the latest failure."""
+    usable = F.when(F.col("status") == "ok", 2).when(F.col("status") == "partial", 1).otherwise(0)
+    rank = F.struct(usable, F.col("answered_at"))
     cols = [c for c in RESPONSE_SCHEMA.fieldNames() if c != "cache_key"]
     return (
         responses.groupBy("cache_key")
@@ -337,18 +331,18 @@ def _run_llm(
     endpoint = conf.llm.endpoint_of(agent.name)
     runtime = conf.llm.runtime
     prompt = load_prompt(agent.name, agent_conf.prompt_version)
-    settings = call_settings(endpoint, runtime, agent)
+    settings = call_settings(endpoint, runtime, agent, agent_conf.endpoint)
     run_id = conf.run.run_id or uuid.uuid4().hex[:12]
 
     rendered = _render(inputs, agent, prompt, settings, key_columns, context).persist()
     run.inputs = rendered.count()
-    requests = rendered.select("cache_key", "messages_json", "input_json").dropDuplicates(["cache_key"])
+    requests = rendered.select("cache_key", "body_json", "input_json").dropDuplicates(["cache_key"])
     run.distinct_requests = requests.count()
 
     if tables.exists(spark, conf, RESPONSES_TABLE):
         done = tables.read(spark, conf, RESPONSES_TABLE)
         if runtime.retry_failed:
-            done = done.filter(F.col("status") == "ok")
+            done = done.filter(F.col("status").isin(*USABLE))
         todo = requests.join(done.select("cache_key").distinct(), "cache_key", "left_anti")
     else:
         todo = requests
@@ -398,7 +392,7 @@ def _run_llm(
         if tables.exists(spark, conf, RESPONSES_TABLE)
         else spark.createDataFrame([], RESPONSE_SCHEMA)
     )
-    joined = rendered.drop("messages_json", "input_json").join(best, "cache_key", "left")
+    joined = rendered.drop("body_json", "input_json").join(best, "cache_key", "left")
     # A key with no answer at all can only mean an answer was lost: say so, keep the row.
     joined = joined.withColumns(
         {
@@ -414,7 +408,8 @@ def _run_llm(
 
 
 def with_heuristic_fallback(answers: DataFrame, heuristic: DataFrame, key_columns: list[str]) -> DataFrame:
-    """``answers`` (an LLM run's output) where every row whose answer is not ``ok`` carries
+    """``answers`` (an LLM run's output) where every row whose answer is not usable (``ok``, or
+    ``partial``: cut off, its complete items kept and the rest filled by the heuristic) carries
     the heuristic's ``output`` and ``prompt_version`` instead, with ``model = 'heuristic'``;
     ``status`` and the error columns stay as the LLM call left them, so a failure still
     shows. The one meaning of a fallback row: ``status`` tells what happened to the call,
@@ -422,7 +417,7 @@ def with_heuristic_fallback(answers: DataFrame, heuristic: DataFrame, key_column
     fb = heuristic.select(
         *key_columns, F.col("output").alias("_fb_output"), F.col("prompt_version").alias("_fb_version")
     )
-    ok = F.col("status") == "ok"
+    ok = F.col("status").isin(*USABLE)
     return (
         answers.join(fb, key_columns, "left")
         .withColumn("output", F.when(ok, F.col("output")).otherwise(F.col("_fb_output")))

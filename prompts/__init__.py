@@ -6,6 +6,9 @@ One file per agent and version: ``prompts/<agent>/<version>.yaml`` with the keys
 ``system``   the system message;
 ``user``     the user message, a ``string.Template`` (``$title``, ``${categories}``);
 ``repair``   optional: the message sent after an invalid answer (``$error`` is the reason).
+``example``  optional: an example answer (YAML), shown where the templates say ``$example``
+             and never accepted as an answer (``copied_example``); placeholders such as
+             ``<a category from the list>`` make it one no check can pass either.
 
 Inputs taken from data are untrusted: templates put them between ``<input>`` tags and the
 runtime strips those tags from the values, so data cannot close the delimiter.
@@ -20,10 +23,12 @@ Example
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
 from string import Template
+from typing import Any
 
 import yaml
 
@@ -46,10 +51,13 @@ class Prompt:
     system: str
     user: str
     repair: str = DEFAULT_REPAIR
+    example: Any = None
 
     def render(self, **values: object) -> tuple[str, str]:
         """The system and user message texts with ``values`` filled in (delimiters stripped)."""
         clean = {k: _DELIMITER.sub("", "" if v is None else str(v)) for k, v in values.items()}
+        if self.example is not None:
+            clean.setdefault("example", json.dumps(self.example, ensure_ascii=False))
         try:
             return Template(self.system).substitute(clean), Template(self.user).substitute(clean)
         except KeyError as e:
@@ -99,4 +107,5 @@ def load_prompt(agent: str, version: str | None = None) -> Prompt:
         system=str(data["system"]),
         user=str(data["user"]),
         repair=str(data.get("repair") or DEFAULT_REPAIR),
+        example=data.get("example"),
     )

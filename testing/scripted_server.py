@@ -353,6 +353,9 @@ class ScriptedLLMServer:
         ``Retry-After`` value of 429 answers.
     hang_s : float
         How long the ``hang`` fault waits before answering normally.
+    max_output_tokens : int, optional
+        The server's own cap on an answer's tokens (4 characters each); with the request's
+        ``max_tokens``, the smaller cuts a longer answer off (``finish_reason: length``).
 
     Attributes
     ----------
@@ -396,6 +399,7 @@ class ScriptedLLMServer:
         record_bodies: bool = True,
         retry_after_s: float = 0.2,
         hang_s: float = 30.0,
+        max_output_tokens: int | None = None,
     ):
         if cap_mode not in ("queue", "reject"):
             raise ValueError(f"cap_mode must be 'queue' or 'reject', not {cap_mode!r}")
@@ -423,6 +427,7 @@ class ScriptedLLMServer:
         self.record_bodies = record_bodies
         self.retry_after_s = retry_after_s
         self.hang_s = hang_s
+        self.max_output_tokens = max_output_tokens
 
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(concurrency_cap) if concurrency_cap else None
@@ -580,6 +585,15 @@ class ScriptedLLMServer:
             for text in _content_parts_text(m.get("content"))
         )
         prompt_tokens = estimate_tokens(prompt_chars)
+        # As a real server does: generation stops at the request's max_tokens or the server's
+        # own limit (llama.cpp's --n-predict), 4 characters a token here, cutting the answer
+        # off mid-way, with finish_reason "length".
+        finish_reason = "stop"
+        asked = body.get("max_tokens")
+        limits = [n for n in (asked if isinstance(asked, int) else None, self.max_output_tokens) if n]
+        limit = min(limits) if limits else None
+        if limit and estimate_tokens(len(content)) > limit:
+            content, finish_reason = content[: 4 * limit], "length"
         completion_tokens = estimate_tokens(len(content))
         model = body.get("model") if isinstance(body.get("model"), str) else self.model
         return {
@@ -592,7 +606,7 @@ class ScriptedLLMServer:
                     "index": 0,
                     "message": {"role": "assistant", "content": content},
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": {

@@ -383,11 +383,15 @@ def test_operational_figures_count_only_this_runs_answers(spark, conf_factory):
     rows = [
         answer("a", "ok", 100, 1000, "evaluate-20250308-smollm2"),
         answer("b", "not_json", 300, 3000, "evaluate-20250308-smollm2"),
+        answer("d", "partial", 200, 2000, "evaluate-20250308-smollm2"),  # cut off, items kept
         # seeded from the previous cut's cache: not this run's cost
         answer("c", "ok", 5000, 90000, "evaluate-20250225-smollm2"),
     ]
     tables.overwrite(spark.createDataFrame(rows, RESPONSE_SCHEMA), asof, RESPONSES_TABLE)
     figures = evaluate.ops_figures(spark, asof, users=2)
-    # 1 of 2 answers parsed; (100 + 300) tokens over 2 users; one failure
-    assert figures["parse_success"] == 0.5 and figures["tokens_per_user"] == 200.0
+    # 2 of 3 answers usable (one of them partial); (100 + 300 + 200) tokens over 2 users; one failure
+    assert figures["parse_success"] == pytest.approx(2 / 3) and figures["partial_share"] == pytest.approx(
+        1 / 3
+    )
+    assert figures["tokens_per_user"] == 300.0
     assert figures["failures"] == 1.0 and figures["latency_p95_ms"] <= 3000

@@ -166,3 +166,133 @@ def test_agent_registry():
     assert get("item_profile") is ip.AGENT
     with pytest.raises(KeyError, match="known: item_profile"):
         get("nope")
+
+
+# --- bounded answers, cut-off answers, copied examples --------------------------------
+
+
+def test_token_bound_of_a_hand_worked_schema():
+    from udfs.llm.agent import max_tokens_for, token_bound
+
+    schema = {
+        "type": "object",
+        "properties": {
+            # key 5 chars -> 1 + 4; maxItems 2 x (item + 2), each item 30 chars -> 10 + 2
+            "names": {"type": "array", "maxItems": 2, "items": {"type": "string", "maxLength": 30}},
+            # key 4 chars -> 1 + 4; the longest value '"large"' is 7 chars -> 2 + 2
+            "size": {"enum": ["small", "large"]},
+        },
+    }
+    # 2 (braces) + (5 + 2 + 2 * 14) + (5 + 4) = 46
+    assert token_bound(schema) == 46
+    assert max_tokens_for(schema) == int(46 * 1.25) + 16
+    unbounded = {"type": "object", "properties": {"names": {"type": "array", "items": {"type": "string"}}}}
+    assert token_bound(unbounded) is None and max_tokens_for(unbounded) is None
+
+
+def _settings(max_tokens):
+    from udfs.llm.client import CallSettings
+
+    return CallSettings(
+        base_url="http://127.0.0.1:1", model="m", api_key=Secret("k"), temperature=0.0,
+        max_tokens=max_tokens, response_format="json_object_schema", max_in_flight=1, timeout_s=1.0,
+        max_retries=0, backoff_initial_s=0.1, backoff_max_s=0.1, repair=False, agent="item_profile",
+        endpoint="local",
+    )  # fmt: skip
+
+
+def test_max_tokens_comes_from_the_schema_and_a_schema_that_cannot_fit_is_refused():
+    from udfs.llm.agent import max_tokens_for
+
+    schema = ip.AGENT.schema_for({}, CTX)
+    body = _settings(None).body([{"role": "user", "content": "x"}], schema)
+    assert body["max_tokens"] == max_tokens_for(schema) > 100
+    # The schema goes out with the category vocabulary as an enum (grammar servers enforce it).
+    sent = body["response_format"]["schema"]
+    assert sent["properties"]["leaf_category"]["enum"] == sorted(CTX["categories"])
+    assert _settings(5000).body([], schema)["max_tokens"] == 5000
+    with pytest.raises(ValueError, match=r"llm.endpoints.local.max_tokens = 50, so it could be cut off"):
+        _settings(50).body([], schema)
+    with pytest.raises(ValueError, match="no maximum"):
+        _settings(None).body([], {"type": "object", "properties": {"t": {"type": "string"}}})
+
+
+def test_closed_prefixes_end_after_complete_list_items():
+    from udfs.llm.agent import closed_prefixes
+
+    text = 'Sure: {"q": [{"a": "x}]"}, {"a": "y"}, {"a": "z'
+    assert closed_prefixes(text) == ['{"q": [{"a": "x}]"}, {"a": "y"}]}', '{"q": [{"a": "x}]"}]}']
+    assert closed_prefixes('{"p": ["red", "blu') == ['{"p": ["red"]}']
+    assert closed_prefixes('{"q": [1, 2]}') == []  # complete: nothing was cut off
+    assert closed_prefixes("no json here") == []
+
+
+U2Q_ROW = {
+    "buyer_type": "gift shop",
+    "summary": "",
+    "personal_json": json.dumps([
+        {"category": "mugs", "share": 0.7, "long_term": [{"factor": "enamel"}], "recent": [], "potential": []},
+    ]),
+    "trend_json": json.dumps([
+        {"trend_query_id": "t", "query": "paper lamps", "category": "lamps", "selling_points": [], "growth": 1.0},
+    ]),
+    "exploration_json": json.dumps([
+        {"category": "candles", "from_category": "mugs", "buyers_share": 0.3, "factors": ["scented"]},
+    ]),
+}  # fmt: skip
+U2Q_CTX = {"counts": {"personal": 2, "trend": 1, "exploration": 1}}
+
+
+def test_an_answer_cut_off_keeps_its_complete_queries_and_the_heuristic_adds_the_rest():
+    from udfs.agents import u2q
+    from udfs.llm.agent import Salvaged, read_answer
+
+    q1 = {"kind": "personal", "query": "enamel mugs for cafes", "category": "mugs", "reason": "You buy mugs"}
+    q2 = {"kind": "exploration", "query": "soy candles", "category": "candles", "reason": "New for you"}
+    text = json.dumps({"queries": [q1, q2, dict(q1, query="white enamel mugs")]})
+    cut = text[: text.index("white enamel") + 5]  # inside the third query
+    answer = read_answer(cut, u2q.AGENT, U2Q_ROW, U2Q_CTX)
+    assert isinstance(answer, Salvaged) and answer.kept == 2
+    got = [(q.kind, q.query) for q in answer.output.queries]
+    # the two complete queries first, then the heuristic's for what was not answered:
+    # one more personal query and the trend query (the exploration one was answered)
+    assert got == [("personal", "enamel mugs for cafes"), ("exploration", "soy candles"),
+                   ("personal", "enamel mugs"), ("trend", "paper lamps")]  # fmt: skip
+    assert "2 complete item(s) kept, 2 added by the heuristic" in answer.note
+    # Nothing complete to keep: still a failure.
+    with pytest.raises(AnswerError) as e:
+        read_answer('{"queries": [{"kind": "pers', u2q.AGENT, U2Q_ROW, U2Q_CTX)
+    assert e.value.kind == "not_json"
+
+
+def test_the_prompts_example_is_rejected_as_a_copy():
+    from udfs.agents import u2q
+
+    prompt = load_prompt("u2q")
+    example = prompt.example
+    assert json.dumps(example) in prompt.render(**u2q.template_values(U2Q_ROW, U2Q_CTX))[0].replace("\n", "")
+    with pytest.raises(AnswerError) as e:
+        parse_answer(json.dumps(example), u2q.AGENT, U2Q_ROW, U2Q_CTX, example)
+    assert e.value.kind == "copied_example"
+    # one real query beside the example's one: still a copy
+    real = {"kind": "trend", "query": "paper lamps", "category": "lamps", "reason": "Rising"}
+    with pytest.raises(AnswerError, match="example"):
+        parse_answer(
+            json.dumps({"queries": [real, *example["queries"]]}), u2q.AGENT, U2Q_ROW, U2Q_CTX, example
+        )
+    assert parse_answer(json.dumps({"queries": [real]}), u2q.AGENT, U2Q_ROW, U2Q_CTX, example).queries
+
+
+def test_u2q_schema_carries_this_buyers_counts_and_categories():
+    from udfs.agents import u2q
+
+    schema = u2q.AGENT.schema_for(U2Q_ROW, U2Q_CTX)
+    assert schema["properties"]["queries"]["maxItems"] == 4
+    query = schema["$defs"]["DemandQuery"]["properties"]
+    assert query["category"]["enum"] == ["candles", "lamps", "mugs"]
+    assert query["kind"]["enum"] == ["exploration", "personal", "trend"]
+    # a buyer with no trend and no adjacent category: only personal queries can be asked
+    alone = dict(U2Q_ROW, trend_json="[]", exploration_json="[]")
+    schema = u2q.AGENT.schema_for(alone, U2Q_CTX)
+    assert schema["properties"]["queries"]["maxItems"] == 2
+    assert schema["$defs"]["DemandQuery"]["properties"]["kind"]["enum"] == ["personal"]

@@ -142,7 +142,9 @@ def test_ok_rows_carry_the_answer_the_server_gave(spark, conf_factory):
         assert row["status"] == "ok" and row["model"] == "scripted-model" and row["prompt_version"] == "v1"
     body = bodies[0]
     assert body["model"] == "scripted-model" and body["response_format"] == {"type": "json_object"}
-    assert body["temperature"] == 0.0 and body["max_tokens"] == 512
+    # max_tokens from the answer schema's bounds (a short title, 6 factors, a category of the
+    # vocabulary), not a fixed number
+    assert body["temperature"] == 0.0 and body["max_tokens"] == 299
 
 
 def test_second_run_sends_nothing_and_gives_identical_output(spark, conf_factory):
@@ -358,3 +360,77 @@ def test_output_columns(spark, conf_factory):
         "cache_key",
     ]
     assert run.output.filter(F.col("status") == "heuristic").count() == 1
+
+
+def _buyer(user_id: str) -> dict:
+    personal = [
+        {
+            "category": "mugs",
+            "share": 0.6,
+            "long_term": [{"factor": "enamel"}],
+            "recent": [],
+            "potential": [],
+        },
+        {"category": "bags", "share": 0.4, "long_term": [{"factor": "jute"}], "recent": [], "potential": []},
+    ]
+    trend = [{"trend_query_id": "t1", "query": "paper lamps for spring", "category": "lamps",
+              "selling_points": ["paper"], "growth": 1.4}]  # fmt: skip
+    explore = [{"category": "candles", "from_category": "mugs", "buyers_share": 0.3, "factors": ["scented"]}]
+    return {"user_id": user_id, "buyer_type": "gift shop", "summary": f"{user_id}: buys mugs and bags",
+            "personal_json": json.dumps(personal), "trend_json": json.dumps(trend),
+            "exploration_json": json.dumps(explore)}  # fmt: skip
+
+
+def test_u2q_answer_cut_off_keeps_its_complete_queries_and_a_copied_example_is_rejected(spark, conf_factory):
+    from prompts import load_prompt
+    from udfs.agents import u2q
+
+    def q(kind, query, category):
+        return {"kind": kind, "query": query, "category": category, "reason": f"because of {query}"}
+
+    long_answer = json.dumps({"queries": [
+        q("personal", "white enamel mugs for a cafe", "mugs"), q("personal", "blue enamel mugs", "mugs"),
+        q("personal", "natural jute shopping bags", "bags"), q("trend", "paper lamps for the spring window", "lamps"),
+        q("trend", "folding paper lamps", "lamps"), q("exploration", "scented soy candles", "candles"),
+        q("exploration", "tea light candles in bulk", "candles"),
+    ]})  # fmt: skip
+    # The server stops generating inside the fourth query (4 characters a token).
+    cut_tokens = (long_answer.index("paper lamps for the spring") + 8) // 4
+    example = json.dumps(load_prompt("u2q").example)
+
+    def responder(body):
+        return example if "copycat" in body["messages"][1]["content"] else long_answer
+
+    inputs = spark.createDataFrame([_buyer("cut-off"), _buyer("copycat")])
+    context = {"counts": u2q.DEFAULT_COUNTS}
+    with ScriptedLLMServer(responder=responder, max_output_tokens=cut_tokens) as server:
+        conf = llm_conf(conf_factory, server, "llm.agents.u2q.backend=openai")
+        run = run_agent(inputs, u2q.AGENT, conf, ["user_id"], context)
+        out = rows_by_id_of(run.output, "user_id")
+        sent = list(server.bodies)
+    cut = out["cut-off"]
+    assert (cut["status"], cut["error_class"], cut["model"]) == ("partial", "cut_off", "scripted-model")
+    queries = [(x["kind"], x["query"]) for x in cut["output"]["queries"]]
+    # the three complete queries, then the heuristic's trend and exploration queries
+    heuristic = u2q.AGENT.heuristic(_buyer("cut-off"), context).queries
+    assert queries == [
+        ("personal", "white enamel mugs for a cafe"), ("personal", "blue enamel mugs"),
+        ("personal", "natural jute shopping bags"),
+        *[(h.kind, h.query) for h in heuristic if h.kind != "personal"],
+    ]  # fmt: skip
+    assert [k for k, _ in queries[3:]] == ["trend", "exploration"]
+    assert "3 complete item(s) kept, 2 added by the heuristic" in cut["error_message"]
+    copy = out["copycat"]
+    # answered with the example twice (answer and repair): failed, the heuristic's queries kept
+    assert (copy["status"], copy["error_class"], copy["model"]) == ("failed", "copied_example", "heuristic")
+    fallback = u2q.AGENT.heuristic(_buyer("copycat"), context).queries
+    assert [x["query"] for x in copy["output"]["queries"]] == [h.query for h in fallback]
+    assert run.summary()["partial"] == 1 and len(sent) == 3  # the cut-off answer is not repaired
+    # The request carried this buyer's bounds: 7 queries at most, its categories only.
+    schema = sent[0]["response_format"]
+    assert schema == {"type": "json_object"}  # the default format sends no schema
+    assert sent[0]["max_tokens"] > cut_tokens
+
+
+def rows_by_id_of(df, key):
+    return {r[key]: r for r in df.collect()}

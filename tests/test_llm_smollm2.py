@@ -58,7 +58,6 @@ def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, r
             f"llm.endpoints.default.base_url={smollm2.base_url}",
             "llm.endpoints.default.model=smollm2",
             "llm.endpoints.default.api_key_env=null",
-            "llm.endpoints.default.max_tokens=160",
             f"llm.endpoints.default.response_format={response_format}",
             "llm.runtime.timeout_s=120",
             "llm.runtime.max_in_flight=1",
@@ -131,7 +130,6 @@ def test_smollm2_compresses_three_real_buyers_without_a_crash(spark, conf_factor
             f"llm.endpoints.default.base_url={smollm2.base_url}",
             "llm.endpoints.default.model=smollm2",
             "llm.endpoints.default.api_key_env=null",
-            "llm.endpoints.default.max_tokens=300",
             "llm.endpoints.default.response_format=json_object",
             "llm.runtime.timeout_s=180",
             "llm.runtime.max_in_flight=1",
@@ -155,3 +153,32 @@ def test_smollm2_compresses_three_real_buyers_without_a_crash(spark, conf_factor
     print(
         "smollm2 compress:", [(d["user_id"], d["status"], d["error_class"], d["fidelity"]) for d in digests]
     )
+
+
+def test_llama_cpp_turns_every_bound_of_the_u2q_schema_into_grammar():
+    """The keywords the request schemas use (enum, maxItems, maxLength, minLength, $ref)
+    reach llama.cpp's grammar as hard limits, so a grammar-constrained model cannot write
+    more queries, longer strings or other categories than the prompt asks for."""
+    import json
+
+    grammar = pytest.importorskip("llama_cpp.llama_grammar", reason="llama-cpp-python (local-llm extra)")
+    from udfs.agents import u2q
+
+    row = {
+        "buyer_type": "gift shop", "summary": "",
+        "personal_json": json.dumps([{"category": "mugs", "share": 1.0, "long_term": [], "recent": [], "potential": []}]),
+        "trend_json": "[]",
+        "exploration_json": json.dumps([{"category": "candles", "from_category": "mugs", "buyers_share": 0.3, "factors": []}]),
+    }  # fmt: skip
+    schema = u2q.AGENT.schema_for(row, {"counts": {"personal": 2, "trend": 2, "exploration": 1}})
+    rules = dict(
+        line.split(" ::= ", 1)
+        for line in grammar.json_schema_to_gbnf(json.dumps(schema)).splitlines()
+        if line
+    )
+    # at most 2 + 1 queries (no trend candidate): one required-free list of up to 3 items
+    assert rules["queries"].count("queries-item") == 3
+    assert rules["DemandQuery-category"] == '"\\"candles\\"" | "\\"mugs\\""'
+    assert rules["DemandQuery-kind"] == '"\\"exploration\\"" | "\\"personal\\""'
+    # a query is 2 to 120 characters: two required, 118 optional
+    assert rules["DemandQuery-query"].count("char") == 120 and rules["DemandQuery-query"].count("?") == 118

@@ -43,8 +43,7 @@ from prompts import Prompt
 from udfs.agents import u2q
 from udfs.embedding import EmbeddingSpec, encode
 from udfs.features import FEATURE_COLUMNS, ITEM_FEATURES, dynamic_score, normalise_title
-from udfs.llm.agent import parse_answer, request_hash
-from udfs.llm.client import CallSettings, call_all
+from udfs.llm.client import CallSettings, agent_request, answer_parser, call_all
 from udfs.llm.ratelimit import NoRateLimit
 from udfs.ranking import CHANNELS, ListRules, Ranker, rank_users
 from udfs.vector_index import load_shard, merge_topk
@@ -98,21 +97,21 @@ def _llm_answers(
     assert s.call is not None and s.prompt is not None
     keys, requests, by_key = {}, [], {}
     for row in rows:
-        messages = u2q.AGENT.messages(s.prompt, row, context)
-        key = request_hash(s.call.body(messages))
+        key, body = agent_request(u2q.AGENT, s.prompt, s.call, row, context)
         keys[row["user_id"]] = key
         by_key[key] = row
-        requests.append((key, messages))
+        requests.append((key, body))
 
     def parse_for(key: str):
-        return lambda text: parse_answer(text, u2q.AGENT, by_key[key], context).model_dump(mode="json")
+        return answer_parser(u2q.AGENT, s.prompt, by_key[key], context)
 
     results = asyncio.run(call_all(s.call, NoRateLimit(), requests, parse_for, s.prompt.render_repair))
     by_result = {r.cache_key: r for r in results}
     out = {}
     for user_id, key in keys.items():
         r = by_result[key]
-        queries = json.loads(r.output_json)["queries"] if r.status == "ok" and r.output_json else None
+        usable = r.status in ("ok", "partial") and r.output_json
+        queries = json.loads(r.output_json)["queries"] if usable else None
         error = None if r.status == "ok" else f"{r.error_class}: {r.error_message or ''}"[:300]
         out[user_id] = (r.status, queries, error, r.latency_ms)
     return out
@@ -130,8 +129,8 @@ def demand_queries(rows: list[dict], s: RefreshSettings) -> dict[str, dict]:
                         "error": None, "latency_ms": 0}  # fmt: skip
             continue
         status, queries, error, latency = answers[uid]
-        if status == "ok":
-            out[uid] = {"queries": queries, "status": "ok", "model": s.call.model, "error": None,
+        if queries is not None:  # ok, or partial (cut off, completed by the heuristic)
+            out[uid] = {"queries": queries, "status": status, "model": s.call.model, "error": error,
                         "latency_ms": latency}  # fmt: skip
         else:  # the heuristic's queries, as the batch job does
             out[uid] = {"queries": _heuristic(row, context), "status": "failed", "model": "heuristic",

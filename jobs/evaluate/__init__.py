@@ -207,7 +207,8 @@ def pipeline_recs(spark: SparkSession, asof: Config, method: str) -> DataFrame:
 
 
 def ops_figures(spark: SparkSession, asof: Config, users: int) -> dict[str, float]:
-    """Parse success, tokens per user, latency p50/p95 and failures of the LLM answers
+    """Parse success (ok or partial), the partial share, tokens per user, latency p50/p95
+    and failures of the LLM answers
     this as-of run asked for (its ``run.run_id``; answers found in the cache seeded from an
     earlier cut cost nothing and are not counted); empty for a heuristic run."""
 
@@ -217,7 +218,8 @@ def ops_figures(spark: SparkSession, asof: Config, users: int) -> dict[str, floa
     row = answers.agg(
         F.count("*").alias("n"),
         F.sum((F.col("status") == "ok").cast("int")).alias("ok"),
-        F.sum((F.col("status") != "ok").cast("int")).alias("failed"),
+        F.sum((F.col("status") == "partial").cast("int")).alias("partial"),
+        F.sum((~F.col("status").isin("ok", "partial")).cast("int")).alias("failed"),
         F.sum(F.coalesce("input_tokens", F.lit(0)) + F.coalesce("output_tokens", F.lit(0))).alias("tokens"),
         F.percentile_approx("latency_ms", 0.5).alias("p50"),
         F.percentile_approx("latency_ms", 0.95).alias("p95"),
@@ -225,7 +227,8 @@ def ops_figures(spark: SparkSession, asof: Config, users: int) -> dict[str, floa
     if not row["n"]:
         return {}
     return {
-        "parse_success": row["ok"] / row["n"],
+        "parse_success": (row["ok"] + row["partial"]) / row["n"],
+        "partial_share": row["partial"] / row["n"],
         "tokens_per_user": (row["tokens"] or 0) / max(users, 1),
         "latency_p50_ms": float(row["p50"]) if row["p50"] is not None else float("nan"),
         "latency_p95_ms": float(row["p95"]) if row["p95"] is not None else float("nan"),

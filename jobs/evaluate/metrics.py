@@ -107,7 +107,14 @@ QUALITY_METRICS = (
     "discovery_precision",
 )
 # Operational figures of a pipeline variant's LLM answers (point values, no interval).
-OPS_METRICS = ("parse_success", "tokens_per_user", "latency_p50_ms", "latency_p95_ms", "failures")
+OPS_METRICS = (
+    "parse_success",
+    "partial_share",
+    "tokens_per_user",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "failures",
+)
 # The summary of ``evaluate`` (a single k), and its per-user table.
 METRICS = (
     "recall",

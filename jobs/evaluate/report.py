@@ -145,7 +145,12 @@ METRICS: dict[str, Metric] = {
     ),
     "reason_share": Metric("reason share", "rate", "Share of a list's items that come with a stated reason."),
     # operational point values of the language-model variants
-    "parse_success": Metric("parse ok", "rate", "Share of the model's replies that parsed."),
+    "parse_success": Metric(
+        "parse ok", "rate", "Share of the model's replies that parsed (whole or partial)."
+    ),
+    "partial_share": Metric(
+        "partial", "rate", "Share of the model's replies cut off, their complete items kept."
+    ),
     "tokens_per_user": Metric("tokens/user", "dec1", "Tokens spent per user."),
     "latency_p50_ms": Metric("p50 ms", "int", "Median latency of a call, in milliseconds."),
     "latency_p95_ms": Metric("p95 ms", "int", "95th-percentile latency of a call, in milliseconds."),

@@ -305,7 +305,12 @@ def settings_from_conf(spark: SparkSession, conf: Config) -> RefreshSettings:
     if agent_conf.backend != "heuristic":
         prompt = load_prompt(u2q.AGENT.name, agent_conf.prompt_version)
         call = with_timeouts(
-            call_settings(conf.llm.endpoint_of(u2q.AGENT.name), conf.llm.runtime, u2q.AGENT),
+            call_settings(
+                conf.llm.endpoint_of(u2q.AGENT.name),
+                conf.llm.runtime,
+                u2q.AGENT,
+                conf.llm.agent(u2q.AGENT.name).endpoint,
+            ),
             conf.nearline.llm_timeout_s,
             conf.nearline.llm_max_retries,
         )

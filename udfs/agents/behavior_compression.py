@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.categories import load_rules, vocabulary
 from udfs.agents.item_profile import _WORD_KIND
-from udfs.llm.agent import Agent, AnswerError, Context, Row
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema
 
 WEEK = re.compile(r"^\d{4}-W(0[1-9]|[1-4]\d|5[0-3])$")
 
@@ -279,6 +279,18 @@ def context(category_rules: str = "categories.yaml", max_factors: int = 5) -> di
     return {"categories": vocabulary(load_rules(category_rules)), "max_factors": max_factors}
 
 
+def request_schema(row: Row, context: Context) -> dict[str, object]:
+    """The answer's schema for this log: one row per (week, category) pair with a line (the
+    number the prompt asks for), weeks and categories from the lists given."""
+    pairs = {(r["week"], r["category"]) for r in rows_from_text(row.get("raw_text") or "", 0)}
+    return narrowed_schema(BehaviorDigest, {
+        "rows": {"maxItems": max(1, len(pairs))},
+        "DigestRow.week": enum_or_string(json.loads(row.get("weeks_json") or "[]"), 10),
+        "DigestRow.category": enum_or_string(c for _, c in pairs),
+        "DigestRow.factors": {"maxItems": int(context.get("max_factors", 5))},
+    })  # fmt: skip
+
+
 AGENT = Agent(
     name="behavior_compression",
     output_model=BehaviorDigest,
@@ -287,6 +299,7 @@ AGENT = Agent(
     heuristic=heuristic,
     heuristic_version="h1",
     check=check,
+    request_schema=request_schema,
 )
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.categories import CategoryRules, load_rules, match_category, vocabulary
-from udfs.llm.agent import Agent, AnswerError, Context, Row
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema
 
 FactorKind = Literal[
     "style",
@@ -216,6 +216,11 @@ def context(category_rules: str = "categories.yaml") -> dict[str, object]:
     return {"categories": vocabulary(rules), "rules": rules}
 
 
+def request_schema(row: Row, context: Context) -> dict[str, object]:
+    """The answer's schema with the category vocabulary as an enum."""
+    return narrowed_schema(ItemProfile, {"leaf_category": enum_or_string(context["categories"])})
+
+
 AGENT = Agent(
     name="item_profile",
     output_model=ItemProfile,
@@ -225,4 +230,5 @@ AGENT = Agent(
     heuristic_version="h1",
     check=check,
     image_column="image_url",
+    request_schema=request_schema,
 )

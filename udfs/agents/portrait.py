@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema
 
 BUYER_TYPES = (
     "wholesaler / reseller",
@@ -325,6 +325,20 @@ def context(portrait_conf: Any) -> dict[str, Any]:
     return portrait_conf.model_dump()
 
 
+def request_schema(row: Row, context: Context) -> dict[str, object]:
+    """The answer's schema with the limits the prompt states: main categories from the
+    buyer's own (at most ``top_categories``), the two vocabularies, 1 to 5 intents of at
+    most 80 characters."""
+    own = [c["category"] for c in _facts(row).get("categories") or []]
+    return narrowed_schema(Portrait, {
+        "main_categories": {"maxItems": int(context.get("top_categories", 3))},
+        "CategoryShare.category": enum_or_string(own),
+        "buyer_type": {"enum": list(BUYER_TYPES)},
+        "dropshipper": {"enum": list(DROPSHIPPER_TYPES)},
+        "core_intents": {"maxItems": 5, "items": {"type": "string", "minLength": 1, "maxLength": 80}},
+    })  # fmt: skip
+
+
 AGENT = Agent(
     name="portrait",
     output_model=Portrait,
@@ -333,4 +347,5 @@ AGENT = Agent(
     heuristic=heuristic,
     heuristic_version="h1",
     check=check,
+    request_schema=request_schema,
 )

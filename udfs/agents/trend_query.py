@@ -34,7 +34,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row
+from udfs.llm.agent import Agent, AnswerError, Context, Row, narrowed_schema
 
 DOC_CHARS = 600  # of each document's text shown to the model
 
@@ -155,6 +155,18 @@ def heuristic(row: Row, context: Context) -> TrendQueries:
     return TrendQueries(selling_points=points[:5] or [seed[:60] or "trend"], queries=queries[:limit])
 
 
+def request_schema(row: Row, context: Context) -> dict[str, object]:
+    """The answer's schema with the prompt's limits: 1 to 5 selling points of at most 60
+    characters, 1 to ``max_queries`` queries of at most 140."""
+
+    def strings(n: int, chars: int) -> dict[str, object]:
+        return {"maxItems": n, "items": {"type": "string", "minLength": 1, "maxLength": chars}}
+
+    return narrowed_schema(
+        TrendQueries, {"selling_points": strings(5, 60), "queries": strings(int(context["max_queries"]), 140)}
+    )
+
+
 AGENT = Agent(
     name="trend_query",
     output_model=TrendQueries,
@@ -163,4 +175,5 @@ AGENT = Agent(
     heuristic=heuristic,
     heuristic_version="h1",
     check=check,
+    request_schema=request_schema,
 )

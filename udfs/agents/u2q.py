@@ -26,7 +26,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema
 
 KINDS = ("personal", "trend", "exploration")
 
@@ -42,6 +42,15 @@ class DemandQuery(BaseModel):
 class UserQueries(BaseModel):
     model_config = ConfigDict(extra="forbid")
     queries: list[DemandQuery] = Field(max_length=20)
+
+
+DEFAULT_COUNTS = {"personal": 3, "trend": 2, "exploration": 2}
+
+
+def asked(context: Context) -> dict[str, int]:
+    """Queries of each kind asked for (``context["counts"]``, else the defaults)."""
+    counts = context.get("counts", {})
+    return {k: int(counts.get(k, DEFAULT_COUNTS[k])) for k in KINDS}
 
 
 def _json(row: Row, column: str) -> list:
@@ -62,7 +71,6 @@ def _factors(items: list[dict], n: int) -> str:
 
 
 def template_values(row: Row, context: Context) -> dict[str, object]:
-    counts = context.get("counts", {})
     personal = "\n".join(
         f"- {c['category']} ({c['share']:.0%} of spend): long-term {_factors(c['long_term'], 5) or '-'}; "
         f"recent {_factors(c['recent'], 3) or '-'}; buyers like them add {_factors(c['potential'], 3) or '-'}"
@@ -83,9 +91,7 @@ def template_values(row: Row, context: Context) -> dict[str, object]:
         "personal": personal or "(none)",
         "trends": trends or "(none)",
         "exploration": explore or "(none)",
-        "n_personal": int(counts.get("personal", 3)),
-        "n_trend": int(counts.get("trend", 2)),
-        "n_exploration": int(counts.get("exploration", 2)),
+        **{f"n_{kind}": n for kind, n in asked(context).items()},
     }
 
 
@@ -94,7 +100,7 @@ _SPACES = re.compile(r"\s+")
 
 def check(answer: UserQueries, row: Row, context: Context) -> None:
     """Counts per kind at most as configured; categories from the kind's candidates."""
-    counts = context.get("counts", {})
+    n_asked = asked(context)
     allowed = allowed_categories(row)
     seen: set[str] = set()
     per_kind = dict.fromkeys(KINDS, 0)
@@ -111,8 +117,8 @@ def check(answer: UserQueries, row: Row, context: Context) -> None:
             raise AnswerError("out_of_vocabulary", f"query {q.query!r} is repeated")
         seen.add(key)
     for kind, n in per_kind.items():
-        if n > int(counts.get(kind, 3)):
-            raise AnswerError("out_of_vocabulary", f"{n} {kind} queries, at most {counts.get(kind)} allowed")
+        if n > n_asked[kind]:
+            raise AnswerError("out_of_vocabulary", f"{n} {kind} queries, at most {n_asked[kind]} allowed")
 
 
 def heuristic(row: Row, context: Context) -> UserQueries:
@@ -124,8 +130,7 @@ def heuristic(row: Row, context: Context) -> UserQueries:
     - trend: the trend queries as they are;
     - exploration: ``"<popular factor> <category>"`` of the adjacent categories.
     """
-    counts = context.get("counts", {})
-    n_personal, n_trend, n_explore = (int(counts.get(k, d)) for k, d in zip(KINDS, (3, 2, 2), strict=True))
+    n_personal, n_trend, n_explore = asked(context).values()
     out: list[DemandQuery] = []
     seen: set[str] = set()
 
@@ -160,6 +165,34 @@ def heuristic(row: Row, context: Context) -> UserQueries:
     return UserQueries(queries=out)
 
 
+def request_schema(row: Row, context: Context) -> dict[str, object]:
+    """The answer's schema for this buyer: as many queries as asked of the kinds that have
+    candidates, categories from those candidates."""
+    allowed, n = allowed_categories(row), asked(context)
+    kinds = [k for k in KINDS if n[k] and allowed[k]]
+    return narrowed_schema(UserQueries, {
+        "queries": {"maxItems": sum(n[k] for k in kinds)},
+        "DemandQuery.kind": enum_or_string(kinds, 11),
+        "DemandQuery.category": enum_or_string({c for k in kinds for c in allowed[k]}),
+    })  # fmt: skip
+
+
+def complete(answer: UserQueries, row: Row, context: Context) -> UserQueries:
+    """An answer cut off part-way, filled up to the asked count of each kind with the
+    heuristic's queries of that kind (none repeated)."""
+    n = asked(context)
+    have = {k: sum(q.kind == k for q in answer.queries) for k in KINDS}
+    seen = {_SPACES.sub(" ", q.query.strip().lower()) for q in answer.queries}
+    out = list(answer.queries)
+    for q in heuristic(row, context).queries:
+        key = _SPACES.sub(" ", q.query.strip().lower())
+        if have[q.kind] < n[q.kind] and key not in seen:
+            out.append(q)
+            have[q.kind] += 1
+            seen.add(key)
+    return UserQueries(queries=out)
+
+
 AGENT = Agent(
     name="u2q",
     output_model=UserQueries,
@@ -168,4 +201,6 @@ AGENT = Agent(
     heuristic=heuristic,
     heuristic_version="h1",
     check=check,
+    request_schema=request_schema,
+    complete=complete,
 )

@@ -36,7 +36,8 @@ Context = Mapping[str, Any]
 
 
 class AnswerError(ValueError):
-    """An answer that cannot be used. ``kind``: not_json, wrong_schema or out_of_vocabulary."""
+    """An answer that cannot be used. ``kind``: not_json, wrong_schema, out_of_vocabulary
+    or copied_example (the prompt's own example given back)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -58,6 +59,13 @@ class Agent:
     check : optional ``(answer, row, context) -> None`` raising :class:`AnswerError`
         (kind ``out_of_vocabulary``) for answers the schema alone cannot reject.
     image_column : optional column with an image URL, sent as an ``image_url`` content part.
+    request_schema : optional ``(row, context) -> JSON schema`` of the answer to this one
+        request, with exactly the limits the prompt states for it (item counts, category
+        enums); sent to grammar-constrained servers and the source of ``max_tokens``.
+        Default: the output model's schema.
+    complete : optional ``(salvaged answer, row, context) -> answer``: fills an answer that
+        was cut off inside a list (its complete items kept) up to what was asked, e.g. from
+        the heuristic. Without it a cut-off answer fails as ``not_json``.
     """
 
     name: str
@@ -68,6 +76,8 @@ class Agent:
     heuristic_version: str = "h1"
     check: Callable[[BaseModel, Row, Context], None] | None = None
     image_column: str | None = None
+    request_schema: Callable[[Row, Context], dict[str, Any]] | None = None
+    complete: Callable[[BaseModel, Row, Context], BaseModel] | None = None
 
     def messages(self, prompt: Prompt, row: Row, context: Context) -> list[dict[str, Any]]:
         """Chat messages for one input: a system message and a user message.
@@ -88,6 +98,10 @@ class Agent:
 
     def json_schema(self) -> dict[str, Any]:
         return self.output_model.model_json_schema()
+
+    def schema_for(self, row: Row, context: Context) -> dict[str, Any]:
+        """The JSON schema of the answer to one request (see ``request_schema``)."""
+        return self.request_schema(row, context) if self.request_schema else self.json_schema()
 
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
@@ -110,21 +124,232 @@ def extract_json(text: str) -> Any:
     raise AnswerError("not_json", f"answer is not JSON: {snippet!r}")
 
 
-def parse_answer(text: str, agent: Agent, row: Row, context: Context) -> BaseModel:
-    """Validate an LLM answer against the agent's schema and vocabulary."""
+def parse_answer(text: str, agent: Agent, row: Row, context: Context, example: Any = None) -> BaseModel:
+    """Validate an LLM answer against the agent's schema and vocabulary; ``example``: the
+    prompt's example answer, which an answer may not copy (``copied_example``)."""
     value = extract_json(text)
     if not isinstance(value, dict):
         raise AnswerError("wrong_schema", f"expected a JSON object, got {type(value).__name__}")
+    _not_copied(value, example)
     try:
         answer = agent.output_model.model_validate(value)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors()[:5]
-        )
-        raise AnswerError("wrong_schema", problems) from None
+        raise AnswerError("wrong_schema", _problems(e)) from None
     if agent.check is not None:
         agent.check(answer, row, context)
     return answer
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in e.errors()[:5]
+    )
+
+
+def _not_copied(value: dict[str, Any], example: Any) -> None:
+    if example is not None and copies_example(value, example):
+        raise AnswerError("copied_example", "the answer repeats the prompt's example instead of answering")
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, str):
+        return " ".join(value.lower().split())
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def copies_example(value: dict[str, Any], example: Any) -> bool:
+    """Whether an answer is the prompt's example, or holds one of the example's list items
+    (a query, a row) in the same field."""
+    if not isinstance(example, dict):
+        return _canonical(value) == _canonical(example)
+    if _canonical(value) == _canonical(example):
+        return True
+    for field, items in example.items():
+        if isinstance(items, list) and isinstance(value.get(field), list):
+            given = {_canonical(item) for item in items}
+            if any(_canonical(item) in given for item in value[field]):
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class Salvaged:
+    """An answer cut off inside a list (e.g. at ``max_tokens``): ``output`` holds its
+    complete, valid items, completed by the agent's ``complete`` (the heuristic's items for
+    the rest); ``note`` says how many were kept. Stored with status ``partial``."""
+
+    output: BaseModel
+    kept: int
+    note: str
+
+
+def closed_prefixes(text: str) -> list[str]:
+    """The JSON object at the start of a cut-off answer, closed after each complete list
+    item (longest first): ``{"q": [{"a": 1}, {"a": 2}, {"a"`` gives ``{"q": [{"a": 1},
+    {"a": 2}]}`` and ``{"q": [{"a": 1}]}``. Empty when the object is complete or none starts."""
+    start = text.find("{")
+    if start < 0:
+        return []
+    stack: list[str] = []
+    cuts: list[str] = []
+    in_string = escaped = False
+
+    def cut(end: int) -> None:
+        closing = "".join("]" if c == "[" else "}" for c in reversed(stack))
+        cuts.append(text[start:end] + closing)
+
+    for i in range(start, len(text)):
+        c = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+                if stack[-1] == "[":  # a string item of a list ends here
+                    cut(i + 1)
+        elif c == '"':
+            in_string = True
+        elif c in "{[":
+            stack.append(c)
+        elif c in "}]":
+            if not stack or stack.pop() != ("{" if c == "}" else "["):
+                return []  # not JSON: nothing to salvage
+            if not stack:
+                return []  # the object is complete: not cut off
+            if stack[-1] == "[":  # an object or list item of a list ends here
+                cut(i + 1)
+    return cuts[::-1]
+
+
+def _items(answer: BaseModel) -> int:
+    return sum(len(v) for v in answer.model_dump().values() if isinstance(v, list))
+
+
+def salvage(text: str, agent: Agent, row: Row, context: Context, example: Any = None) -> Salvaged | None:
+    """The complete, valid items of an answer cut off inside a list, completed by the agent
+    (see :class:`Salvaged`); None when the agent cannot complete one or no item survives."""
+    if agent.complete is None:
+        return None
+    for prefix in closed_prefixes(text):
+        value = json.loads(prefix)
+        _not_copied(value, example)
+        answer = _valid_items(agent, value)
+        if answer is None or _items(answer) == 0:
+            continue
+        if agent.check is not None:
+            agent.check(answer, row, context)
+        kept = _items(answer)
+        done = agent.complete(answer, row, context)
+        note = f"answer cut off: {kept} complete item(s) kept, {_items(done) - kept} added by the heuristic"
+        return Salvaged(done, kept, note)
+    return None
+
+
+def _valid_items(agent: Agent, value: dict[str, Any]) -> BaseModel | None:
+    """The model of ``value``, leaving out list items that break the schema (the last one,
+    cut off mid-way, typically); None if something else is wrong."""
+    for _ in range(3):
+        try:
+            return agent.output_model.model_validate(value)
+        except ValidationError as e:
+            bad = {(err["loc"][0], err["loc"][1]) for err in e.errors()
+                   if len(err["loc"]) >= 2 and isinstance(err["loc"][1], int)}  # fmt: skip
+            if not bad:
+                return None
+            value = {
+                k: [x for i, x in enumerate(v) if (k, i) not in bad] if isinstance(v, list) else v
+                for k, v in value.items()
+            }
+    return None
+
+
+def read_answer(
+    text: str, agent: Agent, row: Row, context: Context, example: Any = None
+) -> BaseModel | Salvaged:
+    """:func:`parse_answer`, or for an answer cut off inside a list its salvaged items
+    (:func:`salvage`); raises :class:`AnswerError` when neither works."""
+    try:
+        return parse_answer(text, agent, row, context, example)
+    except AnswerError as e:
+        if e.kind != "not_json":
+            raise
+        salvaged = salvage(text or "", agent, row, context, example)
+        if salvaged is None:
+            raise
+        return salvaged
+
+
+def narrowed_schema(model: type[BaseModel], limits: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of ``model`` with extra keywords on some fields: ``limits`` maps
+    ``"field"`` (of the model) or ``"Model.field"`` (of a nested model, as named in
+    ``$defs``) to keywords such as ``{"enum": [...]}``, ``{"maxItems": 3}`` or, for a list
+    of strings, ``{"items": {"type": "string", "maxLength": 60}}``."""
+    schema = model.model_json_schema()
+    for path, keywords in limits.items():
+        *owner, field = path.split(".")
+        target = schema["$defs"][owner[0]] if owner else schema
+        target["properties"][field].update(keywords)
+    return schema
+
+
+def enum_or_string(values: Any, max_length: int = 80) -> dict[str, Any]:
+    """``{"enum": values}``, or a bounded string where no value is known (an empty enum
+    would allow no answer at all)."""
+    values = sorted({str(v) for v in values if v})
+    return {"enum": values} if values else {"type": "string", "maxLength": max_length}
+
+
+# Tokens an answer may take, from its schema's bounds: a string of n characters at most
+# n / 3 + 2 tokens (English text averages about 4 characters a token), a number 8, every
+# key, bracket and separator counted, each property with room for a line break and indent.
+CHARS_PER_TOKEN = 3
+MARGIN = 1.25
+
+
+def token_bound(schema: dict[str, Any]) -> int | None:
+    """An upper bound of the tokens of an answer that follows ``schema`` (JSON schema, with
+    ``$defs``), or None when some string or list in it has no maximum length."""
+    defs = schema.get("$defs", {})
+
+    def bound(s: dict[str, Any]) -> int | None:
+        if "$ref" in s:
+            return bound(defs[s["$ref"].rsplit("/", 1)[-1]])
+        for key in ("anyOf", "oneOf"):
+            if key in s:
+                parts = [bound(x) for x in s[key]]
+                return None if None in parts else max(parts)
+        if "enum" in s or "const" in s:
+            values = s.get("enum", [s.get("const")])
+            return max(len(json.dumps(v)) for v in values) // CHARS_PER_TOKEN + 2 if values else 2
+        kind = s.get("type")
+        if kind == "string":
+            return s["maxLength"] // CHARS_PER_TOKEN + 2 if "maxLength" in s else None
+        if kind in ("integer", "number"):
+            return 8
+        if kind in ("boolean", "null"):
+            return 2
+        if kind == "array":
+            item = bound(s.get("items", {}))
+            return None if item is None or "maxItems" not in s else 2 + s["maxItems"] * (item + 2)
+        if kind == "object":
+            total = 2
+            for name, prop in s.get("properties", {}).items():
+                value = bound(prop)
+                if value is None:
+                    return None
+                total += len(name) // CHARS_PER_TOKEN + 4 + value
+            return total
+        return None
+
+    return bound(schema)
+
+
+def max_tokens_for(schema: dict[str, Any]) -> int | None:
+    """``max_tokens`` that lets any answer within the schema's bounds finish (with a margin)."""
+    b = token_bound(schema)
+    return None if b is None else int(b * MARGIN) + 16
 
 
 def request_hash(body: Mapping[str, Any]) -> str:

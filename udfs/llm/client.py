@@ -33,7 +33,18 @@ from core.retry import (
     scrub,
     status_class,
 )
-from udfs.llm.agent import AnswerError, estimate_tokens
+from prompts import Prompt
+from udfs.llm.agent import (
+    Agent,
+    AnswerError,
+    Context,
+    Row,
+    Salvaged,
+    estimate_tokens,
+    max_tokens_for,
+    read_answer,
+    request_hash,
+)
 
 # Error classes written to the output rows.
 
@@ -46,31 +57,80 @@ class CallSettings:
     model: str
     api_key: Secret
     temperature: float
-    max_tokens: int
-    response_format: dict[str, Any] | None
+    max_tokens: int | None  # None: derived from each request's answer schema
+    response_format: str  # json_object | json_schema | json_object_schema | none
     max_in_flight: int
     timeout_s: float
     max_retries: int
     backoff_initial_s: float
     backoff_max_s: float
     repair: bool
+    agent: str = "agent"  # names the schema sent and the errors
+    endpoint: str = "default"
 
     @property
     def max_attempts(self) -> int:
         """Upper bound of requests for one input: retries, twice if a repair is made."""
         return (self.max_retries + 1) * (2 if self.repair else 1)
 
-    def body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """The chat-completions request body (also what the cache key hashes)."""
+    def output_tokens(self, schema: dict[str, Any] | None) -> int:
+        """``max_tokens`` of a request whose answer follows ``schema``: the endpoint's, or
+        derived from the schema's bounds; a schema whose answers may not fit is refused."""
+        bound = max_tokens_for(schema) if schema is not None else None
+        where = f"llm.endpoints.{self.endpoint}.max_tokens"
+        if self.max_tokens is None:
+            if bound is None:
+                raise ValueError(
+                    f"{self.agent}: its answer schema sets no maximum on some list or string, so "
+                    f"max_tokens cannot be derived from it: set {where}"
+                )
+            return bound
+        if bound is not None and bound > self.max_tokens:
+            raise ValueError(
+                f"{self.agent}: an answer within its schema's bounds may take {bound} tokens (with "
+                f"a margin), more than {where} = {self.max_tokens}, so it could be cut off: raise "
+                "it, leave it unset (derived from the schema), or ask for fewer or shorter items"
+            )
+        return self.max_tokens
+
+    def body(self, messages: list[dict[str, Any]], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The chat-completions request body (also what the cache key hashes); ``schema``:
+        the JSON schema of this request's answer (sent as the response format's schema)."""
         body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.output_tokens(schema),
         }
-        if self.response_format:
-            body["response_format"] = self.response_format
+        if self.response_format == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        elif self.response_format == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": self.agent, "schema": schema, "strict": True},
+            }
+        elif self.response_format == "json_object_schema":
+            body["response_format"] = {"type": "json_object", "schema": schema}
         return body
+
+
+def agent_request(
+    agent: Agent, prompt: Prompt, settings: CallSettings, row: Row, context: Context
+) -> tuple[str, dict[str, Any]]:
+    """(cache key, request body) of one input: the rendered messages and the answer schema
+    of this input; the key is the hash of exactly what is sent."""
+    body = settings.body(agent.messages(prompt, row, context), agent.schema_for(row, context))
+    return request_hash(body), body
+
+
+def answer_parser(agent: Agent, prompt: Prompt, row: Row, context: Context) -> Callable[[str], Any]:
+    """``parse(text)`` for :meth:`Caller.call`: the answer as JSON, or a salvaged one."""
+
+    def parse(text: str) -> Any:
+        answer = read_answer(text, agent, row, context, prompt.example)
+        return answer if isinstance(answer, Salvaged) else answer.model_dump(mode="json")
+
+    return parse
 
 
 class Secret:
@@ -96,7 +156,7 @@ class Secret:
 @dataclass
 class CallResult:
     cache_key: str
-    status: str  # ok | failed
+    status: str  # ok | partial (cut off, salvaged) | failed
     output_json: str | None
     raw_output: str | None
     error_class: str | None
@@ -152,11 +212,11 @@ class Caller:
         await self.client.close()
         await self.limiter.close()
 
-    async def _send(self, messages: list[dict[str, Any]], tally: dict[str, int]) -> tuple[str, dict]:
+    async def _send(self, body: dict[str, Any], tally: dict[str, int]) -> str:
         """One answer text, retrying transient failures; raises _Failure when out of attempts."""
         s = self.settings
-        body = s.body(messages)
-        budget_tokens = estimate_tokens(messages) + s.max_tokens
+        messages = body["messages"]
+        budget_tokens = estimate_tokens(messages) + body["max_tokens"]
         for retry in range(s.max_retries + 1):
             await self.limiter.acquire(budget_tokens)
             tally["attempts"] += 1
@@ -171,7 +231,7 @@ class Caller:
                 usage = response.usage
                 tally["input_tokens"] += usage.prompt_tokens if usage else estimate_tokens(messages)
                 tally["output_tokens"] += usage.completion_tokens if usage else max(1, len(text) // 4)
-                return text, body
+                return text
             except _Failure as f:
                 err_class, retryable, delay, message = f.error_class, True, None, str(f)
             except Exception as e:  # noqa: BLE001 - every failure becomes a row
@@ -186,11 +246,14 @@ class Caller:
     async def call(
         self,
         cache_key: str,
-        messages: list[dict[str, Any]],
+        body: dict[str, Any],
         parse: Callable[[str], Any],
         repair_message: Callable[[str], str],
     ) -> CallResult:
-        """Answer one request: send, validate, repair once; never raises for a bad answer."""
+        """Answer one request (its body as :meth:`CallSettings.body` built it): send,
+        validate, repair once; never raises for a bad answer. ``parse(text)`` gives the
+        output, a :class:`~udfs.llm.agent.Salvaged` one (status ``partial``) or raises
+        :class:`~udfs.llm.agent.AnswerError`."""
         tally = {"attempts": 0, "input_tokens": 0, "output_tokens": 0}
         started = time.perf_counter()
         text: str | None = None
@@ -209,45 +272,50 @@ class Caller:
                 attempts=tally["attempts"],
             )
 
-        conversation = list(messages)
+        request = body
         for phase in ("answer", "repair"):
             try:
-                text, _ = await self._send(conversation, tally)
+                text = await self._send(request, tally)
             except _Failure as f:
                 return result("failed", err=f.error_class, msg=str(f))
             try:
-                return result("ok", output=parse(text))
+                parsed = parse(text)
             except AnswerError as e:
                 if phase == "repair" or not self.settings.repair:
                     return result("failed", err=e.kind, msg=str(e)[:500])
-                conversation = [
-                    *messages,
+                request = dict(body, messages=[
+                    *body["messages"],
                     {"role": "assistant", "content": text},
                     {"role": "user", "content": repair_message(str(e)[:300])},
-                ]
+                ])  # fmt: skip
+                continue
+            if isinstance(parsed, Salvaged):
+                output = parsed.output.model_dump(mode="json")
+                return result("partial", output=output, err="cut_off", msg=parsed.note)
+            return result("ok", output=parsed)
         raise AssertionError("unreachable")
 
 
 async def call_all(
     settings: CallSettings,
     limiter: Any,
-    requests: list[tuple[str, list[dict[str, Any]]]],
+    requests: list[tuple[str, dict[str, Any]]],
     parse_for: Callable[[str], Callable[[str], Any]],
     repair_message: Callable[[str], str],
 ) -> list[CallResult]:
-    """Answer ``(cache_key, messages)`` requests with at most ``max_in_flight`` at once.
+    """Answer ``(cache_key, body)`` requests with at most ``max_in_flight`` at once.
 
     Duplicate keys are sent once. Results come back in the order of the distinct keys.
     """
-    distinct: dict[str, list[dict[str, Any]]] = {}
-    for key, messages in requests:
-        distinct.setdefault(key, messages)
+    distinct: dict[str, dict[str, Any]] = {}
+    for key, body in requests:
+        distinct.setdefault(key, body)
     caller = Caller(settings, limiter)
     gate = asyncio.Semaphore(settings.max_in_flight)
 
-    async def one(key: str, messages: list[dict[str, Any]]) -> CallResult:
+    async def one(key: str, body: dict[str, Any]) -> CallResult:
         async with gate:
-            return await caller.call(key, messages, parse_for(key), repair_message)
+            return await caller.call(key, body, parse_for(key), repair_message)
 
     try:
         return list(await asyncio.gather(*(one(k, m) for k, m in distinct.items())))

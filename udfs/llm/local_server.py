@@ -58,7 +58,7 @@ class LlamaCppServer:
         model_path: str,
         alias: str = "smollm2",
         port: int = 0,
-        n_ctx: int = 2048,
+        n_ctx: int = 8192,
         n_threads: int | None = None,
         start_timeout_s: float = 120.0,
         log_path: str | None = None,
