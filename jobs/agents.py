@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -101,6 +101,8 @@ META_COLUMNS = [
     "answered_at",
     "cache_key",
 ]
+# The accounting columns the output tables of the agent jobs keep (items, portraits).
+KEPT_META_COLUMNS = ("status", "error_class", "model", "prompt_version", "input_tokens", "output_tokens")
 
 
 @dataclass
@@ -129,6 +131,17 @@ class AgentRun:
         out = {k: int(row[k] or 0) for k in row.asDict()}
         out.update(agent=self.agent, backend=self.backend, cached=self.cached, sent=self.sent)
         return out
+
+
+def output_source() -> Column:
+    """Who wrote a row's ``output``: ``llm`` (an ok answer), ``heuristic`` (the heuristic
+    backend) or ``heuristic_fallback`` (a failed answer, carrying the heuristic's)."""
+    status = F.col("status")
+    return (
+        F.when(status.isin(*USABLE), "llm")
+        .when(status == HEURISTIC, HEURISTIC)
+        .otherwise("heuristic_fallback")
+    )
 
 
 def call_settings(

@@ -30,7 +30,7 @@ from pyspark.sql.window import Window
 from core import tables
 from core.categories import category_from_text
 from core.config import Config
-from jobs.agents import run_agent
+from jobs.agents import KEPT_META_COLUMNS, output_source, run_agent
 from udfs.agents import item_profile
 
 log = logging.getLogger(__name__)
@@ -72,16 +72,8 @@ def _profile_columns(agent_output: DataFrame) -> DataFrame:
         out["short_title"].alias("short_title"),
         out["leaf_category"].alias("agent_category"),
         out["decision_factors"].alias("decision_factors"),
-        F.when(F.col("status") == "ok", "llm")
-        .when(F.col("status") == "heuristic", "heuristic")
-        .otherwise("heuristic_fallback")
-        .alias("profile_source"),
-        "status",
-        "error_class",
-        "model",
-        "prompt_version",
-        "input_tokens",
-        "output_tokens",
+        output_source().alias("profile_source"),
+        *KEPT_META_COLUMNS,
         F.coalesce(F.col("answered_at"), F.current_timestamp()).alias("profiled_at"),
     )
 
@@ -133,12 +125,7 @@ def profile_items(todo: DataFrame, conf: Config, context: dict) -> DataFrame:
             "short_title",
             "decision_factors",
             "profile_source",
-            "status",
-            "error_class",
-            "model",
-            "prompt_version",
-            "input_tokens",
-            "output_tokens",
+            *KEPT_META_COLUMNS,
             "profiled_at",
             "input_hash",
         )  # fmt: skip

@@ -40,7 +40,7 @@ from core.categories import load_rules
 from core.config import Config
 from core.rundate import resolve_run_date
 from jobs import cfv as cfv_job
-from jobs.agents import run_agent
+from jobs.agents import KEPT_META_COLUMNS, output_source, run_agent
 from udfs.agents import portrait
 
 log = logging.getLogger(__name__)
@@ -208,16 +208,8 @@ def _portrait_columns(agent_output: DataFrame, run_date: dt.date) -> DataFrame:
         out["core_intents"].alias("core_intents"),
         out["profile"].alias("profile"),
         out["summary"].alias("summary"),
-        F.when(F.col("status") == "ok", "llm")
-        .when(F.col("status") == "heuristic", "heuristic")
-        .otherwise("heuristic_fallback")
-        .alias("portrait_source"),
-        "status",
-        "error_class",
-        "model",
-        "prompt_version",
-        "input_tokens",
-        "output_tokens",
+        output_source().alias("portrait_source"),
+        *KEPT_META_COLUMNS,
     )
 
 

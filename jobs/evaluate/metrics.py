@@ -93,19 +93,11 @@ PER_USER_METRICS = (
     "novelty",
     "reason_share",
 )
-# Per-user metrics where a higher value is a better list (a verdict reads better / worse);
-# the others describe a list (length, repeat share, width, ...).
-QUALITY_METRICS = (
-    "recall",
-    "hit",
-    "ndcg",
-    "recall_repeat",
-    "recall_new_item",
-    "recall_new_category",
-    "new_item_hit",
-    "new_category_hit",
-    "discovery_precision",
-)
+# Per-user metrics that describe a list (length, repeat share, width, ...) ...
+DESCRIPTIVE_METRICS = ("list_length", "has_list", "repeat_share", "discovery_slots", "category_width",
+                       "intra_list_diversity", "novelty", "reason_share")  # fmt: skip
+# ... and the others, where a higher value is a better list (a verdict reads better / worse).
+QUALITY_METRICS = tuple(m for m in PER_USER_METRICS if m not in DESCRIPTIVE_METRICS)
 # Operational figures of a pipeline variant's LLM answers (point values, no interval).
 OPS_METRICS = (
     "parse_success",

@@ -503,26 +503,39 @@ def _bars(ax, summary: pd.DataFrame, cut: str, k: int, metrics: Sequence[str], r
     return True
 
 
-def _plot_cut(summary: pd.DataFrame, cut: str, n_cuts: int, k: int, reference: str, path: Path) -> None:
+def _plot_bars(
+    summary: pd.DataFrame,
+    cut: str,
+    k: int,
+    metrics: Sequence[str],
+    reference: str,
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    no_data: str,
+) -> None:
+    """One figure of ``_bars`` (or the ``no_data`` message) with its title, saved to ``path``."""
     fig = Figure(figsize=(12, 5.5))
     ax = fig.subplots()
-    if _bars(ax, summary, cut, k, PLOT_METRICS, reference):
-        ax.set_ylabel("per-user mean (bars: 95 % interval)")
+    if _bars(ax, summary, cut, k, metrics, reference):
+        ax.set_ylabel(ylabel)
     else:
-        _no_data(ax, f"no values at K={k}")
-    ax.set_title(f"Main metrics at K={k}, {_section_title(cut, n_cuts)}")
+        _no_data(ax, no_data)
+    ax.set_title(title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def _plot_cut(summary: pd.DataFrame, cut: str, n_cuts: int, k: int, reference: str, path: Path) -> None:
+    _plot_bars(summary, cut, k, PLOT_METRICS, reference, path,
+               title=f"Main metrics at K={k}, {_section_title(cut, n_cuts)}",
+               ylabel="per-user mean (bars: 95 % interval)", no_data=f"no values at K={k}")  # fmt: skip
 
 
 def _plot_repeat_explore(summary: pd.DataFrame, k: int, reference: str, path: Path) -> None:
-    fig = Figure(figsize=(12, 5.5))
-    ax = fig.subplots()
-    if _bars(ax, summary, MEAN, k, REPEAT_EXPLORE_PLOT_METRICS, reference):
-        ax.set_ylabel("recall (bars: 95 % interval)")
-    else:
-        _no_data(ax, f"no repeat / explore recall at K={k}")
-    ax.set_title(f"Recall of repeat, new-item and new-category purchases at K={k}, mean over cuts")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _plot_bars(summary, MEAN, k, REPEAT_EXPLORE_PLOT_METRICS, reference, path,
+               title=f"Recall of repeat, new-item and new-category purchases at K={k}, mean over cuts",
+               ylabel="recall (bars: 95 % interval)", no_data=f"no repeat / explore recall at K={k}")  # fmt: skip
 
 
 def _plot_k_sweep(summary: pd.DataFrame, reference: str, path: Path) -> None:

@@ -97,9 +97,11 @@ def read_text_table(spark: SparkSession, files: list[str], columns: list[str], h
     )
 
 
-def _raw(columns: list[str]) -> Column:
-    """The record as text: the line itself when malformed, else its fields as JSON."""
-    return F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*columns)))
+def _origin(src: SourceConf, columns: list[str]) -> list[Column]:
+    """The staged columns saying where a record came from: ``source``, ``source_file`` and
+    ``raw``, the record as text (the line itself when malformed, else its fields as JSON)."""
+    raw = F.coalesce(F.col(CORRUPT), F.to_json(F.struct(*columns)))
+    return [F.lit(src.name).alias("source"), F.col("source_file"), raw.alias("raw")]
 
 
 def _number(c: Column, kind: str) -> Column:
@@ -133,9 +135,7 @@ def online_retail(spark: SparkSession, src: SourceConf, files: list[str]) -> Dat
         .when(_unparseable((F.col("Quantity"), qty), (F.col("UnitPrice"), price)), "unparseable_number")
     )
     staged = raw.select(
-        F.lit(src.name).alias("source"),
-        "source_file",
-        _raw(ONLINE_RETAIL_COLUMNS).alias("raw"),
+        *_origin(src, ONLINE_RETAIL_COLUMNS),
         # CustomerID is written as a float ("17850.0").
         F.regexp_replace(blank_to_null(F.col("CustomerID")), r"\.0+$", "").alias("user_id"),
         stock.alias("item_id"),
@@ -173,9 +173,7 @@ def taobao_userbehavior(spark: SparkSession, src: SourceConf, files: list[str]) 
     mapping = F.create_map(*[F.lit(x) for kv in TAOBAO_EVENT_TYPES.items() for x in kv])
     category = blank_to_null(F.col("category_id"))
     staged = raw.select(
-        F.lit(src.name).alias("source"),
-        "source_file",
-        _raw(TAOBAO_COLUMNS).alias("raw"),
+        *_origin(src, TAOBAO_COLUMNS),
         blank_to_null(F.col("user_id")).alias("user_id"),
         blank_to_null(F.col("item_id")).alias("item_id"),
         F.coalesce(mapping[behavior], behavior).alias("event_type"),
@@ -261,9 +259,7 @@ def generic_frame(df: DataFrame, src: SourceConf) -> DataFrame:
     amount = _number(F.col("amount"), "double")
     price = _number(F.col("price"), "double")
     staged = df.select(
-        F.lit(src.name).alias("source"),
-        "source_file",
-        _raw(data_cols).alias("raw"),
+        *_origin(src, data_cols),
         blank_to_null(F.col("event_id")).alias("event_key"),
         blank_to_null(F.col("user_id")).alias("user_id"),
         blank_to_null(F.col("item_id")).alias("item_id"),

@@ -65,8 +65,11 @@ def factor_activity(
     )
 
 
-def _lift(r: Column, b: Column, r_total: Column, b_total: Column, vocab: Column) -> Column:
-    return ((r + 1) / (r_total + vocab)) / ((b + 1) / (b_total + vocab))
+def _lift() -> Column:
+    """The smoothed lift of the module docstring, from a row's ``recent_weight``,
+    ``baseline_weight``, category totals ``_r_total``, ``_b_total`` and ``_vocab``."""
+    r, b, vocab = F.col("recent_weight"), F.col("baseline_weight"), F.col("_vocab")
+    return ((r + 1) / (F.col("_r_total") + vocab)) / ((b + 1) / (F.col("_b_total") + vocab))
 
 
 def category_trends(
@@ -109,16 +112,7 @@ def _rank_rising(
         per_factor.withColumn("_r_total", F.sum("recent_weight").over(totals))
         .withColumn("_b_total", F.sum("baseline_weight").over(totals))
         .withColumn("_vocab", F.count("*").over(totals))
-        .withColumn(
-            "lift",
-            _lift(
-                F.col("recent_weight"),
-                F.col("baseline_weight"),
-                F.col("_r_total"),
-                F.col("_b_total"),
-                F.col("_vocab"),
-            ),
-        )  # fmt: skip
+        .withColumn("lift", _lift())
         .withColumn("recent_share", F.col("recent_weight") / F.col("_r_total"))
         .withColumn(
             "baseline_share",
@@ -385,16 +379,7 @@ def weekly_notes(
         per_week.filter(F.col("week_start") >= F.lit(keep_from))
         .join(cat_week, ["leaf_category", "week_start"])
         .join(vocab, "leaf_category")
-        .withColumn(
-            "lift",
-            _lift(
-                F.col("recent_weight"),
-                F.col("baseline_weight"),
-                F.col("_r_total"),
-                F.col("_b_total"),
-                F.col("_vocab"),
-            ),
-        )  # fmt: skip
+        .withColumn("lift", _lift())
         # A category's first week has nothing to rise against.
         .filter(
             (F.col("recent_weight") >= min_support) & (F.col("lift") >= min_lift) & (F.col("_b_total") > 0)

@@ -23,11 +23,9 @@ PotentialFactors(factors=[FactorWeight(factor='floral', weight=10)])
 
 from __future__ import annotations
 
-import json
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row
+from udfs.llm.agent import Agent, AnswerError, Context, Row, json_list
 
 
 class FactorWeight(BaseModel):
@@ -41,20 +39,16 @@ class PotentialFactors(BaseModel):
     factors: list[FactorWeight] = Field(max_length=10)
 
 
-def _list(row: Row, column: str) -> list:
-    return json.loads(row.get(column) or "[]")
-
-
 def vocabulary(row: Row) -> list[str]:
     """The category's factor values given in the row, most common first."""
-    return [v["factor"] for v in _list(row, "vocabulary_json")]
+    return [v["factor"] for v in json_list(row, "vocabulary_json")]
 
 
 def user_factors(row: Row) -> set[str]:
     """Every factor the user already has in the category (touched, long-term, recent)."""
-    own = set(_list(row, "user_factors_json"))
-    own.update(f["factor"] for f in _list(row, "long_term_json"))
-    own.update(f["factor"] for f in _list(row, "recent_json"))
+    own = set(json_list(row, "user_factors_json"))
+    own.update(f["factor"] for f in json_list(row, "long_term_json"))
+    own.update(f["factor"] for f in json_list(row, "recent_json"))
     return own
 
 
@@ -64,11 +58,11 @@ def _pairs(items: list[dict], key: str) -> str:
 
 def template_values(row: Row, context: Context) -> dict[str, object]:
     own = user_factors(row)
-    popular = [v for v in _list(row, "vocabulary_json") if v["factor"] not in own]
+    popular = [v for v in json_list(row, "vocabulary_json") if v["factor"] not in own]
     return {
         "category": row.get("leaf_category") or "",
-        "long_term": _pairs(_list(row, "long_term_json"), "weight"),
-        "recent": _pairs(_list(row, "recent_json"), "weight"),
+        "long_term": _pairs(json_list(row, "long_term_json"), "weight"),
+        "recent": _pairs(json_list(row, "recent_json"), "weight"),
         "candidates": _pairs(popular, "buyers"),
         "max_factors": context.get("max_factors", 5),
     }
@@ -100,7 +94,7 @@ def heuristic(row: Row, context: Context) -> PotentialFactors:
     return PotentialFactors(
         factors=[
             FactorWeight(factor=f["factor"], weight=int(f["weight"]))
-            for f in _list(row, "heuristic_json")[:limit]
+            for f in json_list(row, "heuristic_json")[:limit]
         ]
     )
 

@@ -29,12 +29,11 @@ Example
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row, narrowed_schema
+from udfs.llm.agent import Agent, AnswerError, Context, Row, json_list, narrowed_schema
 
 DOC_CHARS = 600  # of each document's text shown to the model
 
@@ -57,10 +56,6 @@ def trend_year(day: dt.date) -> int:
     return day.year + 1 if day.month >= 10 else day.year
 
 
-def _json(row: Row, column: str) -> list:
-    return json.loads(row.get(column) or "[]")
-
-
 def _category(row: Row) -> str:
     return row.get("leaf_category") or row.get("seed_text") or ""
 
@@ -68,11 +63,11 @@ def _category(row: Row) -> str:
 def template_values(row: Row, context: Context) -> dict[str, object]:
     as_of = dt.date.fromisoformat(str(context["as_of"]))
     rising = "; ".join(
-        f"{r['factor']} ({r['factor_kind']}, {r['growth']:+.0%})" for r in _json(row, "rising_json")
+        f"{r['factor']} ({r['factor_kind']}, {r['growth']:+.0%})" for r in json_list(row, "rising_json")
     )
     docs = "\n".join(
         f"[{i}] {d.get('title') or ''}: {(d.get('text') or '')[:DOC_CHARS]}"
-        for i, d in enumerate(_json(row, "documents_json"), 1)
+        for i, d in enumerate(json_list(row, "documents_json"), 1)
     )
     growth = row.get("growth")
     return {
@@ -133,7 +128,7 @@ def heuristic(row: Row, context: Context) -> TrendQueries:
     year, when = trend_year(as_of), season(as_of)
     category = _category(row)
     seed = row.get("seed_text") or category
-    rising = _json(row, "rising_json")
+    rising = json_list(row, "rising_json")
     # "red colour", "owl theme"; a factor that names its kind already ("pack of 3") as it is
     points = [
         (r["factor"] if r["factor_kind"] in r["factor"].split() else f"{r['factor']} {r['factor_kind']}")[:60]

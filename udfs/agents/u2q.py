@@ -21,12 +21,11 @@ kind, single-line queries of at most 120 characters, no query twice.
 
 from __future__ import annotations
 
-import json
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, json_list, narrowed_schema
 
 KINDS = ("personal", "trend", "exploration")
 
@@ -53,16 +52,12 @@ def asked(context: Context) -> dict[str, int]:
     return {k: int(counts.get(k, DEFAULT_COUNTS[k])) for k in KINDS}
 
 
-def _json(row: Row, column: str) -> list:
-    return json.loads(row.get(column) or "[]")
-
-
 def allowed_categories(row: Row) -> dict[str, set[str]]:
     """Per kind, the categories a query of that kind may target."""
     return {
-        "personal": {c["category"] for c in _json(row, "personal_json")},
-        "trend": {t["category"] for t in _json(row, "trend_json") if t.get("category")},
-        "exploration": {e["category"] for e in _json(row, "exploration_json")},
+        "personal": {c["category"] for c in json_list(row, "personal_json")},
+        "trend": {t["category"] for t in json_list(row, "trend_json") if t.get("category")},
+        "exploration": {e["category"] for e in json_list(row, "exploration_json")},
     }
 
 
@@ -74,16 +69,16 @@ def template_values(row: Row, context: Context) -> dict[str, object]:
     personal = "\n".join(
         f"- {c['category']} ({c['share']:.0%} of spend): long-term {_factors(c['long_term'], 5) or '-'}; "
         f"recent {_factors(c['recent'], 3) or '-'}; buyers like them add {_factors(c['potential'], 3) or '-'}"
-        for c in _json(row, "personal_json")
+        for c in json_list(row, "personal_json")
     )
     trends = "\n".join(
         f"- [{t['category']}] {t['query']} (selling points: {', '.join(t['selling_points'][:3])})"
-        for t in _json(row, "trend_json")
+        for t in json_list(row, "trend_json")
     )
     explore = "\n".join(
         f"- {e['category']}: {e['buyers_share']:.0%} of {e['from_category']} buyers also buy it; "
         f"popular: {', '.join(e['factors'][:3]) or '-'}"
-        for e in _json(row, "exploration_json")
+        for e in json_list(row, "exploration_json")
     )
     return {
         "buyer_type": row.get("buyer_type") or "unknown",
@@ -140,7 +135,7 @@ def heuristic(row: Row, context: Context) -> UserQueries:
             seen.add(query.lower())
             out.append(DemandQuery(kind=kind, query=query, category=category, reason=reason[:200]))
 
-    personal = _json(row, "personal_json")
+    personal = json_list(row, "personal_json")
     with_potential = [c for c in personal if c["potential"]]
     n_known = n_personal - 1 if with_potential and n_personal > 1 else n_personal
     for c in personal[:n_known]:
@@ -154,11 +149,11 @@ def heuristic(row: Row, context: Context) -> UserQueries:
         p = c["potential"][0]["factor"]
         add("personal", f"{p} {c['category']}", c["category"],
             f"Buyers of {c['category']} with your taste also choose {p}")  # fmt: skip
-    for t in _json(row, "trend_json")[:n_trend]:
+    for t in json_list(row, "trend_json")[:n_trend]:
         points = ", ".join(t["selling_points"][:2])
         add("trend", t["query"], t["category"],
             f"Rising in {t['category']}" + (f": {points}" if points else ""))  # fmt: skip
-    for e in _json(row, "exploration_json")[:n_explore]:
+    for e in json_list(row, "exploration_json")[:n_explore]:
         factor = e["factors"][0] if e["factors"] else "best selling"
         add("exploration", f"{factor} {e['category']}", e["category"],
             f"New for you: {e['buyers_share']:.0%} of {e['from_category']} buyers also buy {e['category']}")  # fmt: skip

@@ -104,6 +104,11 @@ class Agent:
         return self.request_schema(row, context) if self.request_schema else self.json_schema()
 
 
+def json_list(row: Row, column: str) -> list:
+    """The JSON array in ``row[column]``; an empty list where the column is null or empty."""
+    return json.loads(row.get(column) or "[]")
+
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 
