@@ -296,3 +296,13 @@ def test_u2q_schema_carries_this_buyers_counts_and_categories():
     schema = u2q.AGENT.schema_for(alone, U2Q_CTX)
     assert schema["properties"]["queries"]["maxItems"] == 2
     assert schema["$defs"]["DemandQuery"]["properties"]["kind"]["enum"] == ["personal"]
+
+
+def test_a_cut_off_answer_that_is_not_json_before_the_cut_is_a_failure_not_a_crash():
+    from udfs.agents import u2q
+    from udfs.llm.agent import read_answer
+
+    text = '{"queries": [{"kind": "personal", "query": "mugs", "category": tru}, {"kind'
+    with pytest.raises(AnswerError) as e:
+        read_answer(text, u2q.AGENT, U2Q_ROW, U2Q_CTX)
+    assert e.value.kind == "not_json"

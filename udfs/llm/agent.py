@@ -165,10 +165,10 @@ def _canonical(value: Any) -> str:
 def copies_example(value: dict[str, Any], example: Any) -> bool:
     """Whether an answer is the prompt's example, or holds one of the example's list items
     (a query, a row) in the same field."""
-    if not isinstance(example, dict):
-        return _canonical(value) == _canonical(example)
     if _canonical(value) == _canonical(example):
         return True
+    if not isinstance(example, dict):
+        return False
     for field, items in example.items():
         if isinstance(items, list) and isinstance(value.get(field), list):
             given = {_canonical(item) for item in items}
@@ -238,7 +238,10 @@ def salvage(text: str, agent: Agent, row: Row, context: Context, example: Any = 
     if agent.complete is None:
         return None
     for prefix in closed_prefixes(text):
-        value = json.loads(prefix)
+        try:
+            value = json.loads(prefix)
+        except ValueError:  # e.g. a bare word cut off before the list's next item
+            continue
         _not_copied(value, example)
         answer = _valid_items(agent, value)
         if answer is None or _items(answer) == 0:
