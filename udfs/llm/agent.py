@@ -16,7 +16,9 @@ Example
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -294,12 +296,18 @@ def narrowed_schema(model: type[BaseModel], limits: Mapping[str, Mapping[str, An
     ``"field"`` (of the model) or ``"Model.field"`` (of a nested model, as named in
     ``$defs``) to keywords such as ``{"enum": [...]}``, ``{"maxItems": 3}`` or, for a list
     of strings, ``{"items": {"type": "string", "maxLength": 60}}``."""
-    schema = model.model_json_schema()
+    schema = copy.deepcopy(_model_schema(model))
     for path, keywords in limits.items():
         *owner, field = path.split(".")
         target = schema["$defs"][owner[0]] if owner else schema
         target["properties"][field].update(keywords)
     return schema
+
+
+@functools.lru_cache(maxsize=32)
+def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    # Built once per model and process: narrowed_schema runs for every request.
+    return model.model_json_schema()
 
 
 def enum_or_string(values: Any, max_length: int = 80) -> dict[str, Any]:
