@@ -132,20 +132,24 @@ def profile_items(todo: DataFrame, conf: Config, context: dict) -> DataFrame:
     )
 
 
-def run(spark: SparkSession, conf: Config) -> dict[str, int]:
-    """Profile new and changed items; returns counts (items, profiled, unchanged, failed)."""
-    context = item_profile.context(conf.aggregate.category_rules)
-    rules = context["rules"]
+def catalog(spark: SparkSession, conf: Config, rules) -> DataFrame:
+    """``bronze.items`` with ``rule_category``, ``price_band`` and ``input_hash``: the rows to profile."""
     items = tables.read(spark, conf, "bronze.items").select(
         "item_id", "title", "price", "leaf_category", "image_url"
     )
-    items = (
+    return (
         items.withColumn(
             "rule_category", F.coalesce(category_from_text(F.col("title"), rules), F.lit(rules.fallback))
         )
         .transform(price_bands)
         .withColumn("input_hash", input_hash())
     )
+
+
+def run(spark: SparkSession, conf: Config) -> dict[str, int]:
+    """Profile new and changed items; returns counts (items, profiled, unchanged, failed)."""
+    context = item_profile.context(conf.aggregate.category_rules)
+    items = catalog(spark, conf, context["rules"])
     if tables.exists(spark, conf, PROFILES):
         known = tables.read(spark, conf, PROFILES).select(
             "item_id",

@@ -222,27 +222,34 @@ def portraits(inputs: DataFrame, conf: Config, run_date: dt.date) -> DataFrame:
 # --- entry point ------------------------------------------------------------------------
 
 
-def run(spark: SparkSession, conf: Config) -> dict[str, int]:
-    """Write ``gold.portraits`` (whole table); returns counts (users, failed)."""
-    events = tables.read(spark, conf, "bronze.events")
-    run_date = resolve_run_date(spark, conf, events)
-    backend = conf.llm.agent(portrait.AGENT.name).backend
+def agent_inputs(spark: SparkSession, conf: Config, events: DataFrame, run_date: dt.date) -> DataFrame:
+    """The agent's input rows (:func:`portrait_inputs`) from the warehouse's tables: one
+    per user with long-term activity; the digests when ``gold.behavior_digests`` exists."""
     digests = (
         tables.read(spark, conf, "gold.behavior_digests")
         if tables.exists(spark, conf, "gold.behavior_digests")
         else None
     )
-    log.info(
-        f"portrait: run date {run_date}, backend {backend}, "
-        f"digests {'from gold.behavior_digests' if digests is not None else 'not available'}",
-    )
     windows = tables.read(spark, conf, "silver.user_windows").filter(F.col("window") == "long_term")
-    inputs = portrait_inputs(
+    return portrait_inputs(
         category_shares(windows, conf.cfv.event_weights),
         order_stats(events, run_date, conf.aggregate.windows.long_term),
         top_factors_by_category(long_term_cfv(spark, conf, run_date)),
         digests,
-    ).persist()
+    )
+
+
+def run(spark: SparkSession, conf: Config) -> dict[str, int]:
+    """Write ``gold.portraits`` (whole table); returns counts (users, failed)."""
+    events = tables.read(spark, conf, "bronze.events")
+    run_date = resolve_run_date(spark, conf, events)
+    backend = conf.llm.agent(portrait.AGENT.name).backend
+    digests = tables.exists(spark, conf, "gold.behavior_digests")
+    log.info(
+        f"portrait: run date {run_date}, backend {backend}, "
+        f"digests {'from gold.behavior_digests' if digests else 'not available'}",
+    )
+    inputs = agent_inputs(spark, conf, events, run_date).persist()
     tables.overwrite(portraits(inputs, conf, run_date), conf, PORTRAITS)
     inputs.unpersist()
     stats = (

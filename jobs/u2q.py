@@ -9,7 +9,8 @@ Candidates are computed in Spark, one row per user with a portrait:
   categories also buy: for a main category ``a`` (share ``s_a``) and a category ``b``,
   ``s_a x buyers(a and b) / buyers(a)`` over the long-term window, with at least
   ``u2q.min_copurchase_buyers`` buyers of both; each with the factors most buyers of ``b``
-  choose (long-term CFV).
+  choose (long-term CFV) and the title-word phrase of ``b``'s busiest items
+  (``gold.category_phrases``, written by the trends stage; ``jobs.phrases``).
 
 The ``u2q`` agent (``udfs/agents/u2q.py``: LLM or heuristic) turns them into queries with
 a target category and a reason; a failed LLM answer keeps the heuristic's queries
@@ -132,9 +133,11 @@ def popular_factors(cfv: DataFrame, n: int = 3) -> DataFrame:
 
 def exploration_candidates(
     portraits: DataFrame, user_categories: DataFrame, copurchase: DataFrame, factors: DataFrame, n: int,
-    excluded: tuple[str, ...] = (),
+    excluded: tuple[str, ...] = (), category_phrases: DataFrame | None = None,
 ) -> DataFrame:  # fmt: skip
-    """user_id, exploration: [{category, from_category, buyers_share, factors}], best first."""
+    """user_id, exploration: [{category, from_category, buyers_share, factors, phrase}], best
+    first; ``phrase``: the title words of the category's busiest items (``category_phrases``:
+    category, phrase; null without)."""
     mains = portraits.select("user_id", F.explode("main_categories").alias("m")).select(
         "user_id", F.col("m.category").alias("from_category"), F.col("m.share").alias("share")
     )
@@ -157,9 +160,13 @@ def exploration_candidates(
         .filter(F.col("_r") <= n)
         .join(factors, "category", "left")
     )
+    if category_phrases is None:
+        picked = picked.withColumn("phrase", F.lit(None).cast("string"))
+    else:
+        picked = picked.join(category_phrases.select("category", "phrase"), "category", "left")
     item = F.struct(
         "category", "from_category", F.round("buyers_share", 4).alias("buyers_share"),
-        F.coalesce("factors", F.array().cast("array<string>")).alias("factors"),
+        F.coalesce("factors", F.array().cast("array<string>")).alias("factors"), "phrase",
     )  # fmt: skip
     return picked.groupBy("user_id").agg(
         F.transform(F.array_sort(F.collect_list(F.struct("_r", item.alias("e")))), lambda x: x["e"]).alias(
@@ -186,6 +193,13 @@ def agent_inputs(spark: SparkSession, conf: Config) -> DataFrame:
         if tables.exists(spark, conf, "gold.trend_queries")
         else None
     )
+    phrases = (
+        tables.read(spark, conf, "gold.category_phrases")
+        .filter(F.col("factor").isNull())
+        .select(F.col("leaf_category").alias("category"), "phrase")
+        if tables.exists(spark, conf, "gold.category_phrases")
+        else None
+    )
     personal = personal_candidates(portraits, cfv, uc.top_categories)
     explore = exploration_candidates(
         portraits,
@@ -194,6 +208,7 @@ def agent_inputs(spark: SparkSession, conf: Config) -> DataFrame:
         popular_factors(cfv),
         uc.exploration_candidates,
         excluded,
+        phrases,
     )
     rows = (
         portraits.select("user_id", "buyer_type", "summary")
@@ -216,12 +231,16 @@ def agent_inputs(spark: SparkSession, conf: Config) -> DataFrame:
     )
 
 
+def agent_context(conf: Config) -> dict:
+    """The agent's context: the queries of each kind asked for (``u2q.personal`` ...)."""
+    uc = conf.u2q
+    return {"counts": {"personal": uc.personal, "trend": uc.trend, "exploration": uc.exploration}}
+
+
 def generate(conf: Config, inputs: DataFrame) -> DataFrame:
     """The agent's output per user; a failed LLM answer carries the heuristic's
     (``jobs.agents.with_heuristic_fallback``)."""
-    uc = conf.u2q
-    context = {"counts": {"personal": uc.personal, "trend": uc.trend, "exploration": uc.exploration}}
-    return run_agent(inputs, u2q.AGENT, conf, ["user_id"], context).output
+    return run_agent(inputs, u2q.AGENT, conf, ["user_id"], agent_context(conf)).output
 
 
 def run(spark: SparkSession, conf: Config) -> dict[str, int]:

@@ -17,7 +17,7 @@ Example
 -------
 >>> prompt = load_prompt("item_profile")           # the latest version
 >>> prompt.version
-'v1'
+'v2'
 >>> system, user = prompt.render(title="RED HEART T-LIGHT HOLDER", categories="candles")
 """
 

@@ -104,7 +104,7 @@ def test_llm_failures_fall_back_to_the_heuristic_and_are_retried(spark, conf_fac
                 assert r["category_source"] == "rules_v1"
             else:
                 assert r["profile_source"] == "llm" and r["model"] == "scripted-model"
-                assert r["category_source"] == "llm" and r["prompt_version"] == "v1"
+                assert r["category_source"] == "llm" and r["prompt_version"] == "v2"
 
         server.faults = None
         second = items_job.run(spark, conf)

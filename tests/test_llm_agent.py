@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import pytest
 from pyspark.sql import types as T
@@ -30,18 +31,39 @@ GOOD = {
 
 
 def test_latest_prompt_version_and_its_text():
-    assert versions("item_profile")[-1] == "v1"
+    assert versions("item_profile")[-1] == "v2"
     prompt = load_prompt("item_profile")
-    assert prompt.version == "v1"
+    assert prompt.version == "v2"
     system, user = prompt.render(title="RED MUG", price="1.00", price_band="mid", categories="mugs and cups")
     assert "<input>RED MUG</input>" in user and "mugs and cups" in user
     assert "JSON" in system
 
 
+@pytest.mark.parametrize("agent", ["item_profile", "portrait", "trend_query", "u2q"])
+def test_each_prompt_example_is_placeholders_and_a_copy_of_it_is_rejected(agent):
+    prompt = load_prompt(agent)
+    shown = json.dumps(prompt.example, ensure_ascii=False)
+    # every string the example shows is a <placeholder>, so no real answer can equal it
+    strings = re.findall(r'"([^"]*)"', shown)
+    values = [s for s in strings if s not in _keys(prompt.example)]
+    assert values and all(v.startswith("<") and v.endswith(">") for v in values), values
+    with pytest.raises(AnswerError) as e:
+        parse_answer(shown, get(agent), {}, {}, prompt.example)
+    assert e.value.kind == "copied_example"
+
+
+def _keys(value) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
 def test_prompt_errors_name_the_problem():
     with pytest.raises(PromptError, match="no prompts for agent 'nope'"):
         load_prompt("nope")
-    with pytest.raises(PromptError, match=r"item_profile/v9 not found \(versions: v1\)"):
+    with pytest.raises(PromptError, match=r"item_profile/v9 not found \(versions: v1, v2\)"):
         load_prompt("item_profile", "v9")
     with pytest.raises(PromptError, match=r"no value for \$price"):
         load_prompt("item_profile").render(title="x", categories="y")

@@ -139,7 +139,7 @@ def test_ok_rows_carry_the_answer_the_server_gave(spark, conf_factory):
         assert [(f["kind"], f["value"]) for f in got["decision_factors"]] == [
             (f.kind, f.value) for f in want.decision_factors
         ]
-        assert row["status"] == "ok" and row["model"] == "scripted-model" and row["prompt_version"] == "v1"
+        assert row["status"] == "ok" and row["model"] == "scripted-model" and row["prompt_version"] == "v2"
     body = bodies[0]
     assert body["model"] == "scripted-model" and body["response_format"] == {"type": "json_object"}
     # max_tokens from the answer schema's bounds (a short title, 6 factors, a category of the

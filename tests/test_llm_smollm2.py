@@ -70,7 +70,7 @@ def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, r
 
     assert sorted(r["item_id"] for r in out) == sorted(r[0] for r in real_items(5))
     for r in out:
-        assert r["model"] == "smollm2" and r["prompt_version"] == "v1"
+        assert r["model"] == "smollm2" and r["prompt_version"] == "v2"
         assert 1 <= r["attempts"] <= 2 * (conf.llm.runtime.max_retries + 1)
         assert r["input_tokens"] > 100  # real usage from the server: the prompt is ~380 tokens
         if r["status"] == "ok":

@@ -253,7 +253,7 @@ def test_llm_portraits_and_fallback_for_out_of_vocabulary(spark, warehouse, heur
     assert shares(xmas) == shares(heuristic["xmas"])
     for user in USERS - {"xmas"}:
         r = rows[user]
-        assert r["status"] == "ok" and r["model"] == "scripted-portrait" and r["prompt_version"] == "v1"
+        assert r["status"] == "ok" and r["model"] == "scripted-portrait" and r["prompt_version"] == "v2"
         assert r["buyer_type"] == "specialist retailer" and r["portrait_source"] == "llm"
     # The scripted model copies the first category and its rounded share: small 35%.
     assert shares(rows["small"]) == [(CANDLES, 0.35)]

@@ -182,21 +182,33 @@ def agent_row(**over):
 CTX = {"as_of": "2011-06-01", "max_queries": 3}
 
 
-def test_heuristic_writes_one_topic_per_query():
-    got = tq.heuristic(agent_row(), CTX)
-    assert got.queries == ["red mugs 2011 trend", "owl mugs 2011 trend"]
+def test_heuristic_writes_one_topic_per_query_from_title_words():
+    phrases = {"category_phrase": "mug cup set", "factor_phrases_json": json.dumps({"red": "red spotty mug"})}
+    got = tq.heuristic(agent_row(**phrases), CTX)
+    # red: its own items' phrase (already naming it); owl: no phrase of its own, so the
+    # category's, with the factor in front
+    assert got.queries == ["red spotty mug", "owl mug cup set"]
     assert got.selling_points == ["red colour", "owl theme"]
-    # from October on a query names the next year
-    assert tq.heuristic(agent_row(), {**CTX, "as_of": "2011-10-15"}).queries[0] == "red mugs 2012 trend"
-    # a term seed: its own query, then the season's (two months ahead); its term leads the selling points
-    term = tq.heuristic(agent_row(seed_kind="growth_term", seed_text="owl"), CTX)
-    assert term.queries == ["owl mugs 2011 trend", "new owl mugs for summer"]
+    # a term seed: its items' phrase (else the category's) with the term, then term and
+    # category; its term leads the selling points
+    term = tq.heuristic(agent_row(seed_kind="growth_term", seed_text="owl", **phrases), CTX)
+    assert term.queries == ["owl mug cup set", "owl mugs"]
     assert term.selling_points == ["owl theme", "red colour"]
     # the same trend from two seeds is the same text, so normalisation merges it
     assert term.queries[0] in got.queries
-    assert tq.season(dt.date(2011, 10, 15)) == "winter"
-    bare = tq.heuristic(agent_row(rising_json="[]"), CTX)
-    assert bare.queries == ["mugs 2011 trend, new styles"] and bare.selling_points == ["mugs"]
+    # a term already in the phrase (as the start of a word) is not repeated
+    assert tq.with_term("wood", "wooden star decoration") == "wooden star decoration"
+    assert tq.with_term("pack of 4", "paper cases") == "pack of 4 paper cases"
+    bare = tq.heuristic(agent_row(rising_json="[]", **phrases), CTX)
+    assert bare.queries == ["mug cup set"] and bare.selling_points == ["mugs"]
+
+
+def test_heuristic_without_title_words_names_factor_and_category():
+    # items known only by id (no phrase): "<factor> <category>", no year or template words
+    got = tq.heuristic(agent_row(), CTX)
+    assert got.queries == ["red mugs", "owl mugs"]
+    assert tq.heuristic(agent_row(seed_kind="growth_term", seed_text="owl"), CTX).queries == ["owl mugs"]
+    assert tq.heuristic(agent_row(rising_json="[]"), CTX).queries == ["mugs"]
 
 
 def test_check_rejects_too_many_repeated_and_delimited_queries():
@@ -370,9 +382,18 @@ def test_trends_job_heuristic_end_to_end(spark, trend_warehouse):
         len(rows) == counts["trend_queries"]
         and sum(r.cluster_size for r in rows) == counts["generated_queries"]
     )
+    # the heuristic's words come from the titles: the category's two mugs share "ceramic
+    # mug" (owl, dog, red and green are in one of them only); its owl items add "owl"
+    phrases = {
+        (r.leaf_category, r.factor): r.phrase for r in tables.read(spark, conf, tj.CATEGORY_PHRASES).collect()
+    }
+    assert phrases[("mugs and cups", None)] == "ceramic mug"
+    assert phrases[("mugs and cups", "owl")] == "owl ceramic mug"
     # the category seed and the owl seed wrote the same trend: one row with both seeds
-    owl = next(r for r in rows if r.query == "owl mugs and cups 2012 trend")
-    assert set(owl.seeds) == {"mugs and cups", "owl"} and owl.cluster_size >= 2
+    owl = next(r for r in rows if r.query == "owl ceramic mug")
+    # (and the red seed's: the only red mug is the owl mug, "red owl ceramic mug")
+    assert set(owl.seeds) == {"mugs and cups", "owl", "red"} and owl.cluster_size >= 3
+    assert "red owl ceramic mug" in owl.member_queries
     assert owl.leaf_category == "mugs and cups" and "owl theme" in owl.selling_points
     assert "owl" in owl.doc_ids and "future" not in {d for r in rows for d in r.doc_ids}
     assert owl.sources == ["notes"] and {r.model for r in rows} == {"heuristic"}

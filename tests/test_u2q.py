@@ -36,10 +36,11 @@ def test_exploration_picks_adjacent_categories_the_user_never_touched(spark):
         "from_category string, category string, buyers_share double",
     )
     factors = spark.createDataFrame([("b", ["red", "owl"])], "category string, factors array<string>")
-    [row] = uj.exploration_candidates(portraits, uc, co, factors, 2, ("other",)).collect()
-    got = [(e.category, e.from_category, e.buyers_share, list(e.factors)) for e in row.exploration]
+    phrases = spark.createDataFrame([("b", "owl lunch bag")], "category string, phrase string")
+    [row] = uj.exploration_candidates(portraits, uc, co, factors, 2, ("other",), phrases).collect()
+    got = [(e.category, e.from_category, e.buyers_share, list(e.factors), e.phrase) for e in row.exploration]
     # b: max(0.8 x 0.5 from a, 0.2 x 0.9 from d) = 0.4 via a; c: 0.8 x 0.25 = 0.2; e is the user's own
-    assert got == [("b", "a", 0.5, ["red", "owl"]), ("c", "a", 0.25, [])]
+    assert got == [("b", "a", 0.5, ["red", "owl"], "owl lunch bag"), ("c", "a", 0.25, [], None)]
 
 
 def agent_row(**over):
@@ -81,6 +82,19 @@ def test_heuristic_queries_of_three_kinds_with_reasons():
     reasons = [q.reason for q in u2q.heuristic(agent_row(), CTX).queries]
     assert reasons[0] == "You buy bags (34% of your spend), choosing retrospot, jumbo"
     assert reasons[4] == "New for you: 77% of bags buyers also buy cards and wrap"
+
+
+def test_heuristic_exploration_query_is_the_categorys_phrase():
+    explore = [
+        {"category": "cards and wrap", "from_category": "bags", "buyers_share": 0.77, "factors": ["vintage"],
+         "phrase": "vintage christmas wrap"},
+        {"category": "toys", "from_category": "bags", "buyers_share": 0.5, "factors": [], "phrase": None},
+    ]  # fmt: skip
+    got = u2q.heuristic(agent_row(exploration_json=json.dumps(explore)), CTX).queries
+    # the phrase of the category's busiest items; without one (no title words, no factor) the category
+    assert [(q.query, q.category) for q in got if q.kind == "exploration"] == [
+        ("vintage christmas wrap", "cards and wrap"), ("toys", "toys"),
+    ]  # fmt: skip
 
 
 def test_heuristic_for_a_user_with_no_history_is_empty_not_an_error():

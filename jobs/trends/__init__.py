@@ -11,7 +11,10 @@ The source's five steps, as of the run date:
    (cosine of embeddings, at least ``trends.min_relevance``, published within
    ``trends.document_days``);
 4. the ``trend_query`` agent (LLM or heuristic) writes selling points and long-form
-   queries per seed; a failed LLM answer keeps the heuristic's, marked ``failed``;
+   queries per seed; a failed LLM answer keeps the heuristic's, marked ``failed``. The
+   heuristic's queries are made of title words (``jobs.phrases``): the phrases of each
+   category's items and of its items per factor -> ``gold.category_phrases`` (also read
+   by u2q for its exploration queries);
 5. normalisation: every query is embedded and clustered (``udfs.clustering``: leaders
    at cosine >= ``trends.cluster_threshold``); each cluster becomes one row of
    ``gold.trend_queries`` (its query is the member nearest the cluster's centre) with
@@ -41,6 +44,7 @@ from core import tables
 from core.categories import UNKNOWN_CATEGORY, load_rules
 from core.config import Config
 from core.rundate import resolve_run_date
+from jobs import phrases
 from jobs.agents import run_agent
 from jobs.embed import embed_texts
 from jobs.trends import signals
@@ -53,6 +57,7 @@ log = logging.getLogger(__name__)
 SEEDS = "silver.trend_seeds"
 CATEGORY_TRENDS = "gold.category_trends"
 TREND_QUERIES = "gold.trend_queries"
+CATEGORY_PHRASES = "gold.category_phrases"
 
 TREND_QUERY_SCHEMA = T.StructType(
     [
@@ -134,26 +139,77 @@ def retrieve(
     return out
 
 
-def agent_inputs(spark: SparkSession, seeds: DataFrame, retrieved: dict[str, list[dict]]) -> DataFrame:
-    """The trend_query agent's input rows: the seeds with ``rising_json`` and ``documents_json``."""
+def category_phrases(activity: DataFrame, titles: DataFrame, run_date: dt.date, recent_weeks: int,
+                     min_length: int) -> DataFrame:  # fmt: skip
+    """leaf_category, factor, phrase, words, items (``jobs.phrases``): per category the
+    phrase of its items weighted by their activity in the trend span (``factor`` null), and
+    per (category, factor) that of its items with the factor, by their recent activity."""
+    words = phrases.title_words(titles, min_length)
+    recent = activity.filter(F.col("dt") > F.lit(run_date - dt.timedelta(days=7 * recent_weeks)))
+    by_factor = phrases.phrases(recent, words, ["leaf_category", "factor"])
+    by_category = phrases.phrases(activity.dropDuplicates(["event_id"]), words, ["leaf_category"])
+    return by_category.withColumn("factor", F.lit(None).cast("string")).unionByName(by_factor)
+
+
+def agent_inputs(
+    spark: SparkSession,
+    seeds: DataFrame,
+    retrieved: dict[str, list[dict]],
+    phrase_table: DataFrame | None = None,
+) -> DataFrame:
+    """The trend_query agent's input rows: the seeds with ``rising_json``, ``documents_json``,
+    ``category_phrase`` and ``factor_phrases_json`` ({factor: phrase} of the seed's category)."""
     docs = spark.createDataFrame(
         [(k, json.dumps(v, ensure_ascii=False)) for k, v in retrieved.items()] or [("", "[]")],
         "seed_id string, documents_json string",
     )
     rising = F.to_json(F.transform("rising", lambda r: r))
-    return (
+    rows = (
         seeds.join(docs, "seed_id", "left")
         .withColumn("rising_json", rising)
         .withColumn("documents_json", F.coalesce("documents_json", F.lit("[]")))
     )
+    if phrase_table is None:
+        return rows.withColumn("category_phrase", F.lit(None).cast("string")).withColumn(
+            "factor_phrases_json", F.lit("{}")
+        )
+    own = phrase_table.filter(F.col("factor").isNull()).select(
+        "leaf_category", F.col("phrase").alias("category_phrase")
+    )
+    by_factor = (
+        phrase_table.filter(F.col("factor").isNotNull())
+        .groupBy("leaf_category")
+        .agg(F.to_json(F.map_from_entries(F.collect_list(F.struct("factor", "phrase")))).alias("_fp"))
+    )
+    return (
+        rows.join(own, "leaf_category", "left")
+        .join(by_factor, "leaf_category", "left")
+        .withColumn("factor_phrases_json", F.coalesce("_fp", F.lit("{}")))
+        .drop("_fp")
+    )
+
+
+def agent_context(conf: Config, run_date: dt.date) -> dict:
+    """The agent's context: the run date and ``trends.queries_per_seed``."""
+    return {"as_of": run_date.isoformat(), "max_queries": conf.trends.queries_per_seed}
+
+
+def stored_agent_inputs(spark: SparkSession, conf: Config, run_date: dt.date) -> DataFrame:
+    """The agent's input rows rebuilt from a warehouse the trends stage has run in (its
+    seeds, documents and phrases as of ``run_date``): for benchmarks of the agent."""
+    seeds = tables.read(spark, conf, SEEDS)
+    retrieved = retrieve(spark, conf, seeds, tables.read(spark, conf, "bronze.trend_documents"), run_date)
+    phrase_table = (
+        tables.read(spark, conf, CATEGORY_PHRASES) if tables.exists(spark, conf, CATEGORY_PHRASES) else None
+    )
+    return agent_inputs(spark, seeds, retrieved, phrase_table)
 
 
 def generate(conf: Config, inputs: DataFrame, run_date: dt.date) -> DataFrame:
     """seed_id, output (TrendQueries), status, error_class, model, prompt_version, ...: one
     row per seed; a failed LLM answer carries the heuristic's output, model and prompt
     version (``status`` stays ``failed`` so the failure shows; ``jobs.agents``)."""
-    context = {"as_of": run_date.isoformat(), "max_queries": conf.trends.queries_per_seed}
-    return run_agent(inputs, trend_query.AGENT, conf, ["seed_id"], context).output
+    return run_agent(inputs, trend_query.AGENT, conf, ["seed_id"], agent_context(conf, run_date)).output
 
 
 def query_growth(query: str, rising: list, seed_growth: float | None) -> float | None:
@@ -304,12 +360,20 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
         ],
         derived=derived,
     )
-    activity.unpersist()
     retrieved = retrieve(spark, conf, seeds, load.documents, run_date)
     with_docs = sum(1 for v in retrieved.values() if v)
     _stage("retrieval", started, seeds_with_documents=with_docs)
 
-    inputs = agent_inputs(spark, seeds, retrieved)
+    phrase_rows = category_phrases(
+        activity, titles, run_date, tc.recent_weeks, conf.aggregate.min_term_length
+    ).withColumn("as_of", F.lit(run_date))
+    tables.overwrite(phrase_rows, conf, CATEGORY_PHRASES)
+    phrase_table = tables.read(spark, conf, CATEGORY_PHRASES)
+    activity.unpersist()
+    n_phrases = phrase_table.count()
+    _stage("phrases", started, phrases=n_phrases)
+
+    inputs = agent_inputs(spark, seeds, retrieved, phrase_table)
     answers = generate(conf, inputs, run_date)
     generated = (
         answers.join(
@@ -364,6 +428,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     _stage("trend queries", started, generated=len(rows), clusters=n_out)
     return {
         "category_trends": n_trends,
+        "category_phrases": n_phrases,
         "seeds": len(seed_list),
         "documents": load.documents.count(),
         "generated_queries": len(rows),

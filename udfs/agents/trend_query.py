@@ -9,7 +9,10 @@ Input columns (one row per seed, built by ``jobs.trends``):
   (may be null for a term whose items are unknown), ``growth`` (may be null);
 - ``rising_json``: the category's rising factors ``[{factor_kind, factor, growth}]``;
 - ``documents_json``: the retrieved trend documents ``[{doc_id, source, title, text}]``
-  (untrusted text: delimited in the prompt, never obeyed).
+  (untrusted text: delimited in the prompt, never obeyed);
+- ``category_phrase``, ``factor_phrases_json``: the title-word phrases of the category's
+  items and ``{factor: phrase}`` of its items per factor (``gold.category_phrases``; may
+  be null / ``{}``): what the heuristic's queries are made of.
 
 Context: ``as_of`` (ISO date), ``max_queries``.
 
@@ -21,14 +24,16 @@ Example
 >>> row = {"seed_kind": "category", "seed_text": "christmas decorations",
 ...        "leaf_category": "christmas decorations", "growth": 1.5,
 ...        "rising_json": '[{"factor_kind": "material", "factor": "wood", "growth": 2.1}]',
-...        "documents_json": "[]"}
+...        "documents_json": "[]", "category_phrase": "christmas tree wreath",
+...        "factor_phrases_json": '{"wood": "star hanging decoration"}'}
 >>> heuristic(row, {"as_of": "2011-11-01", "max_queries": 2}).queries
-['wood christmas decorations 2012 trend']
+['wood star hanging decoration']
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,41 +116,57 @@ def check(answer: TrendQueries, row: Row, context: Context) -> None:
             raise AnswerError("out_of_vocabulary", f"selling point {p[:60]!r} must have 1 to 60 characters")
 
 
-def heuristic(row: Row, context: Context) -> TrendQueries:
-    """Template queries, one topic each, so that two seeds naming the same trend write
-    the same query (and normalisation merges them):
+def with_term(term: str, phrase: str | None) -> str | None:
+    """``phrase`` with ``term`` in front, unless each of the term's words is in it already
+    (as a word or the start of one: "wood" in "wooden star decoration")."""
+    if not phrase:
+        return None
+    words = phrase.lower().split()
+    missing = [w for w in term.lower().split() if not any(p.startswith(w) or w.startswith(p) for p in words)]
+    return f"{term} {phrase}" if missing else phrase
 
-    - a category seed: ``"<factor> <category> <year> trend"`` per rising factor, strongest
-      first (``"<category> <year> trend, new styles"`` without any);
-    - a term seed: ``"<term> <category> <year> trend"``, then
-      ``"new <term> <category> for <season>"``.
+
+def heuristic(row: Row, context: Context) -> TrendQueries:
+    """Queries made of the words of the items the trend is about (``jobs.phrases``), one
+    topic each, so that two seeds naming the same trend write the same query (and
+    normalisation merges them):
+
+    - a category seed: per rising factor, strongest first, the phrase of the category's
+      items with that factor (else the category's phrase), the factor in front when the
+      phrase lacks it ("wood star christmas decoration"); without a rising factor the
+      category's phrase. Without title words (items known only by id): "<factor> <category>";
+    - a term seed: the phrase of the term's items in the category (else the category's),
+      with the term, then ``"<term> <category>"``.
 
     Selling points: the rising factors as "<factor> <kind>" (a term seed's own term first);
     without any, the seed itself.
     """
-    as_of = dt.date.fromisoformat(str(context["as_of"]))
     limit = int(context.get("max_queries", 3))
-    year, when = trend_year(as_of), season(as_of)
     category = _category(row)
     seed = row.get("seed_text") or category
     rising = json_list(row, "rising_json")
+    own_phrase = row.get("category_phrase") or None
+    by_factor = json.loads(row.get("factor_phrases_json") or "{}")
     # "red colour", "owl theme"; a factor that names its kind already ("pack of 3") as it is
     points = [
         (r["factor"] if r["factor_kind"] in r["factor"].split() else f"{r['factor']} {r['factor_kind']}")[:60]
         for r in rising
     ]
     if row.get("seed_kind") == "category" or seed == category:
-        candidates = [f"{r['factor']} {category} {year} trend" for r in rising]
-        candidates = candidates or [f"{category} {year} trend, new styles"]
+        candidates = [
+            with_term(r["factor"], by_factor.get(r["factor"]) or own_phrase) or f"{r['factor']} {category}"
+            for r in rising
+        ]
+        candidates = candidates or [own_phrase or category]
     else:
         topic = seed if category in ("", seed) else f"{seed} {category}"
-        candidates = [f"{topic} {year} trend", f"new {topic} for {when}"]
+        candidates = [with_term(seed, by_factor.get(seed) or own_phrase) or topic, topic]
         own = [p for p in points if p.split(" ")[0] == seed]
         points = own + [p for p in points if p not in own] if own else [seed[:60]] + points
     queries: list[str] = []
     for q in candidates:
         q = _SPACES.sub(" ", q).strip()[:140]
-        if _norm(q) not in {_norm(x) for x in queries}:
+        if q and _norm(q) not in {_norm(x) for x in queries}:
             queries.append(q)
     return TrendQueries(selling_points=points[:5] or [seed[:60] or "trend"], queries=queries[:limit])
 
@@ -165,10 +186,19 @@ def request_schema(row: Row, context: Context) -> dict[str, object]:
 AGENT = Agent(
     name="trend_query",
     output_model=TrendQueries,
-    input_columns=("seed_kind", "seed_text", "leaf_category", "growth", "rising_json", "documents_json"),
+    input_columns=(
+        "seed_kind",
+        "seed_text",
+        "leaf_category",
+        "growth",
+        "rising_json",
+        "documents_json",
+        "category_phrase",
+        "factor_phrases_json",
+    ),  # fmt: skip
     template_values=template_values,
     heuristic=heuristic,
-    heuristic_version="h1",
+    heuristic_version="h2",
     check=check,
     request_schema=request_schema,
 )

@@ -12,7 +12,8 @@ three kinds, each with a target category and a one-line reason:
 Input columns (one row per user, built by ``jobs.u2q.agent_inputs``): ``buyer_type``,
 ``summary``, ``personal_json`` ([{category, share, long_term, recent, potential}]),
 ``trend_json`` ([{trend_query_id, query, category, selling_points, growth}]),
-``exploration_json`` ([{category, from_category, buyers_share, factors}]).
+``exploration_json`` ([{category, from_category, buyers_share, factors, phrase}]; ``phrase``
+may be absent).
 Context: ``counts`` ({personal, trend, exploration}: queries of each kind).
 
 The check: kinds and counts as configured, every category one of the candidates of its
@@ -123,7 +124,8 @@ def heuristic(row: Row, context: Context) -> UserQueries:
       top categories; the last slot, where a category has potential factors, is
       ``"<potential factor> <category>"`` (a new factor in a known category);
     - trend: the trend queries as they are;
-    - exploration: ``"<popular factor> <category>"`` of the adjacent categories.
+    - exploration: the title-word phrase of the adjacent category's busiest items
+      (``phrase``, ``jobs.phrases``), else ``"<popular factor> <category>"``.
     """
     n_personal, n_trend, n_explore = asked(context).values()
     out: list[DemandQuery] = []
@@ -154,8 +156,8 @@ def heuristic(row: Row, context: Context) -> UserQueries:
         add("trend", t["query"], t["category"],
             f"Rising in {t['category']}" + (f": {points}" if points else ""))  # fmt: skip
     for e in json_list(row, "exploration_json")[:n_explore]:
-        factor = e["factors"][0] if e["factors"] else "best selling"
-        add("exploration", f"{factor} {e['category']}", e["category"],
+        query = e.get("phrase") or (f"{e['factors'][0]} {e['category']}" if e["factors"] else e["category"])
+        add("exploration", query, e["category"],
             f"New for you: {e['buyers_share']:.0%} of {e['from_category']} buyers also buy {e['category']}")  # fmt: skip
     return UserQueries(queries=out)
 
@@ -194,7 +196,7 @@ AGENT = Agent(
     input_columns=("buyer_type", "summary", "personal_json", "trend_json", "exploration_json"),
     template_values=template_values,
     heuristic=heuristic,
-    heuristic_version="h1",
+    heuristic_version="h2",
     check=check,
     request_schema=request_schema,
     complete=complete,
