@@ -408,14 +408,16 @@ def _pair_columns(cands: DataFrame, q2i: DataFrame | None, events: DataFrame) ->
         .agg(
             *aggs,
             F.count("channel").cast("double").alias("n_channels"),
+            # Sorted by channel, and ties of score broken by the query text: the same rows
+            # give the same table whatever order the shuffle delivers them in.
             F.map_from_entries(
-                F.collect_list(F.when(F.col("channel").isNotNull(), F.struct("channel", "reason")))
+                F.array_sort(F.collect_list(F.when(F.col("channel").isNotNull(), F.struct("channel", "reason"))))
             ).alias("reasons"),
             F.max("relevance").alias("relevance"),
             F.max((F.col("kind") == "personal").cast("double")).alias("is_personal_query"),
             F.max((F.col("kind") == "exploration").cast("double")).alias("is_exploration_query"),
-            F.max_by(F.col("kind"), F.col("score")).alias("query_kind"),
-            F.max_by(F.col("query"), F.col("score")).alias("query"),
+            F.max_by(F.col("kind"), F.struct("score", "query")).alias("query_kind"),
+            F.max_by(F.col("query"), F.struct("score", "query")).alias("query"),
             F.sum(F.when(is_event, (F.col("event_type") == "purchase").cast("double"))).alias("own_purchases"),
             F.when(n_events > 0, n_events.cast("double")).alias("own_events"),  # null: never touched
             F.max(F.when(F.col("event_type") == "purchase", F.col("dt"))).alias("_last_purchase"),

@@ -173,6 +173,18 @@ def test_an_event_after_the_cut_changes_no_feature_query_or_recommendation(evalu
         pd.testing.assert_frame_equal(frame, after[name], obj=name)
 
 
+def test_heuristic_queries_are_made_of_the_generic_datasets_title_words(spark, evaluated):
+    phrases = {
+        (r.leaf_category, r.factor): r.phrase
+        for r in tables.read(spark, evaluated.asof, "gold.category_phrases").collect()
+    }
+    # Every title is "<word> <category's singular>": only the singular is in two or more of
+    # a category's items, so it is the category's phrase
+    assert {c: phrases[(c, None)] for c in CATEGORIES} == {"mugs": "mug", "lamps": "lamp", "bags": "bag"}
+    queries = tables.read(spark, evaluated.asof, "gold.user_queries").filter("kind = 'exploration'").collect()
+    assert queries and {q.query for q in queries} <= {"mug", "lamp", "bag"}
+
+
 def test_as_of_warehouse_holds_nothing_on_or_after_the_cut(spark, evaluated):
     conf, asof = evaluated.conf, evaluated.asof
     last = tables.read(spark, asof, "bronze.events").agg(F.max("dt")).collect()[0][0]

@@ -122,6 +122,45 @@ def comparable(df):
     ])  # fmt: skip
 
 
+def test_online_retail_query_phrases_are_its_title_words_in_title_order(spark, retail):
+    """The words the heuristic queries are made of (``jobs.phrases``), for the purchases of
+    the last 13 weeks: a few categories pinned, and every word of every phrase in at least
+    two titles of its category (the rule), where it stands in the order the titles use."""
+    from jobs import phrases
+
+    conf, _, _ = retail
+    events = tables.read(spark, conf, "bronze.events")
+    last = events.agg(F.max("dt")).collect()[0][0]
+    cats = tables.read(spark, conf, "silver.item_categories").select("item_id", "leaf_category")
+    weighted = (
+        events.filter(
+            (F.col("event_type") == "purchase") & (F.col("dt") > F.lit(last - dt.timedelta(days=91)))
+        )
+        .join(cats, "item_id")
+        .select("leaf_category", "item_id", F.lit(1.0).alias("weight"))
+    )
+    titles = tables.read(spark, conf, "bronze.items").select("item_id", "title")
+    got = {
+        r.leaf_category: r.phrase
+        for r in phrases.phrases(weighted, phrases.title_words(titles), ["leaf_category"]).collect()
+    }
+    assert {c: got[c] for c in ("bags", "candles and holders", "decorations", "kitchen and storage")} == {
+        "bags": "lunch charlotte bag",  # LUNCH BAG ..., CHARLOTTE BAG ...; "jumbo" is a stop word
+        "candles and holders": "hanging light holder",  # HANGING ... T-LIGHT HOLDER
+        "decorations": "heart wicker decoration",
+        "kitchen and storage": "hot water bottle",
+    }
+    words = {
+        (r.leaf_category, r.word): r.n
+        for r in phrases.title_words(titles).join(cats, "item_id").groupBy("leaf_category", "word")
+        .agg(F.count("*").alias("n")).collect()
+    }  # fmt: skip
+    assert len(got) >= 20
+    for category, phrase in got.items():
+        assert 1 <= len(phrase.split()) <= phrases.PHRASE_WORDS
+        assert all(words.get((category, w), 0) >= 2 for w in phrase.split()), (category, phrase)
+
+
 def test_running_again_changes_no_row_of_any_table(spark, retail):
     conf, _, _ = retail
     # Each table as it was before the rerun, by its Delta version (time travel), so that
