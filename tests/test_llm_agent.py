@@ -287,6 +287,52 @@ def test_an_answer_cut_off_keeps_its_complete_queries_and_the_heuristic_adds_the
     assert e.value.kind == "not_json"
 
 
+def test_an_answer_with_queries_that_break_the_rules_keeps_the_others():
+    from udfs.agents import u2q
+    from udfs.llm.agent import Salvaged, read_answer
+
+    good = {
+        "kind": "personal",
+        "query": "enamel mugs for cafes",
+        "category": "mugs",
+        "reason": "You buy mugs",
+    }
+    wrong_kind = {
+        "kind": "trend",
+        "query": "enamel lamps",
+        "category": "mugs",
+        "reason": "x",
+    }  # not a trend category
+    placeholder = {"kind": "exploration", "query": "<the words the buyer would type>", "category": "candles",
+                   "reason": "x"}  # fmt: skip
+    text = json.dumps(
+        {"queries": [good, wrong_kind, dict(good, query="Enamel  mugs for cafes"), placeholder]}
+    )
+    with pytest.raises(AnswerError, match="not a candidate"):  # the check alone rejects the answer
+        u2q.check(u2q.UserQueries.model_validate_json(text), U2Q_ROW, U2Q_CTX)
+    answer = read_answer(text, u2q.AGENT, U2Q_ROW, U2Q_CTX)
+    assert isinstance(answer, Salvaged) and answer.reason == "pruned" and answer.kept == 1
+    # the good query, then the heuristic's for the rest (a personal, the trend, the exploration)
+    assert [(q.kind, q.query) for q in answer.output.queries] == [
+        ("personal", "enamel mugs for cafes"), ("personal", "enamel mugs"), ("trend", "paper lamps"),
+        ("exploration", "scented candles"),
+    ]  # fmt: skip
+    assert answer.note.startswith(
+        "3 item(s) left out (trend query category 'mugs' is not a candidate), 1 kept"
+    )
+    # five personal queries where two were asked: the first two kept
+    many = [dict(good, query=f"enamel mugs {i}") for i in range(5)]
+    kept = read_answer(json.dumps({"queries": many}), u2q.AGENT, U2Q_ROW, U2Q_CTX)
+    assert [q.query for q in kept.output.queries if q.kind == "personal"] == [
+        "enamel mugs 0",
+        "enamel mugs 1",
+    ]
+    # nothing left to keep: still a failure
+    with pytest.raises(AnswerError) as e:
+        read_answer(json.dumps({"queries": [wrong_kind]}), u2q.AGENT, U2Q_ROW, U2Q_CTX)
+    assert e.value.kind == "out_of_vocabulary"
+
+
 def test_the_prompts_example_is_rejected_as_a_copy():
     from udfs.agents import u2q
 

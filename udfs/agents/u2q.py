@@ -17,7 +17,9 @@ may be absent).
 Context: ``counts`` ({personal, trend, exploration}: queries of each kind).
 
 The check: kinds and counts as configured, every category one of the candidates of its
-kind, single-line queries of at most 120 characters, no query twice.
+kind, single-line queries of at most 120 characters, no placeholder, no query twice. An
+answer with some queries that break these keeps the others (``prune``: status
+``partial``), completed by the heuristic.
 """
 
 from __future__ import annotations
@@ -94,27 +96,49 @@ def template_values(row: Row, context: Context) -> dict[str, object]:
 _SPACES = re.compile(r"\s+")
 
 
-def check(answer: UserQueries, row: Row, context: Context) -> None:
-    """Counts per kind at most as configured; categories from the kind's candidates."""
+def sort_out(answer: UserQueries, row: Row, context: Context) -> tuple[list[DemandQuery], list[str]]:
+    """(the queries that keep the rules, in order; what is wrong with each of the others).
+
+    A query must target a candidate category of its kind, be one clean line and not a
+    ``<placeholder>``, not repeat an earlier one (ignoring case and spacing), and fit in
+    the count asked of its kind (the first ones are kept)."""
     n_asked = asked(context)
     allowed = allowed_categories(row)
     seen: set[str] = set()
     per_kind = dict.fromkeys(KINDS, 0)
+    kept, problems = [], []
     for q in answer.queries:
-        per_kind[q.kind] += 1
-        if q.category not in allowed[q.kind]:
-            raise AnswerError(
-                "out_of_vocabulary", f"{q.kind} query category {q.category!r} is not a candidate"
-            )
-        if "\n" in q.query or "<input>" in q.query or "</input>" in q.query:
-            raise AnswerError("out_of_vocabulary", f"query {q.query[:60]!r} is not a single clean line")
         key = _SPACES.sub(" ", q.query.strip().lower())
-        if key in seen:
-            raise AnswerError("out_of_vocabulary", f"query {q.query!r} is repeated")
-        seen.add(key)
-    for kind, n in per_kind.items():
-        if n > n_asked[kind]:
-            raise AnswerError("out_of_vocabulary", f"{n} {kind} queries, at most {n_asked[kind]} allowed")
+        if q.category not in allowed[q.kind]:
+            problems.append(f"{q.kind} query category {q.category!r} is not a candidate")
+        elif "\n" in q.query or "<input>" in q.query or "</input>" in q.query:
+            problems.append(f"query {q.query[:60]!r} is not a single clean line")
+        elif key.startswith("<") and key.endswith(">"):
+            problems.append(f"query {q.query[:60]!r} is a placeholder")
+        elif key in seen:
+            problems.append(f"query {q.query!r} is repeated")
+        elif per_kind[q.kind] >= n_asked[q.kind]:
+            problems.append(
+                f"more than {n_asked[q.kind]} {q.kind} queries: at most {n_asked[q.kind]} allowed"
+            )
+        else:
+            kept.append(q)
+            seen.add(key)
+            per_kind[q.kind] += 1
+    return kept, problems
+
+
+def check(answer: UserQueries, row: Row, context: Context) -> None:
+    """Every query keeps the rules of :func:`sort_out`."""
+    _, problems = sort_out(answer, row, context)
+    if problems:
+        raise AnswerError("out_of_vocabulary", problems[0])
+
+
+def prune(answer: UserQueries, row: Row, context: Context) -> tuple[UserQueries, list[str]]:
+    """The answer without its queries that break the rules (see :func:`sort_out`), and why."""
+    kept, problems = sort_out(answer, row, context)
+    return UserQueries(queries=kept), problems
 
 
 def heuristic(row: Row, context: Context) -> UserQueries:
@@ -200,4 +224,5 @@ AGENT = Agent(
     check=check,
     request_schema=request_schema,
     complete=complete,
+    prune=prune,
 )

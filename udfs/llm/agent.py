@@ -68,6 +68,10 @@ class Agent:
     complete : optional ``(salvaged answer, row, context) -> answer``: fills an answer that
         was cut off inside a list (its complete items kept) up to what was asked, e.g. from
         the heuristic. Without it a cut-off answer fails as ``not_json``.
+    prune : optional ``(answer, row, context) -> (answer, problems)``: the answer without
+        its list items that fail the check, and why each was left out. With ``complete``,
+        an answer that fails the check but keeps some items is used for those, completed
+        (status ``partial``, error class ``pruned``) instead of failing whole.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Agent:
     image_column: str | None = None
     request_schema: Callable[[Row, Context], dict[str, Any]] | None = None
     complete: Callable[[BaseModel, Row, Context], BaseModel] | None = None
+    prune: Callable[[BaseModel, Row, Context], tuple[BaseModel, list[str]]] | None = None
 
     def messages(self, prompt: Prompt, row: Row, context: Context) -> list[dict[str, Any]]:
         """Chat messages for one input: a system message and a user message.
@@ -181,13 +186,16 @@ def copies_example(value: dict[str, Any], example: Any) -> bool:
 
 @dataclass(frozen=True)
 class Salvaged:
-    """An answer cut off inside a list (e.g. at ``max_tokens``): ``output`` holds its
-    complete, valid items, completed by the agent's ``complete`` (the heuristic's items for
-    the rest); ``note`` says how many were kept. Stored with status ``partial``."""
+    """An answer cut off inside a list (e.g. at ``max_tokens``; ``reason`` ``cut_off``) or
+    with some list items that fail the check (``pruned``): ``output`` holds its complete,
+    valid items, completed by the agent's ``complete`` (the heuristic's items for the
+    rest); ``note`` says how many were kept. Stored with status ``partial`` and ``reason``
+    as its error class."""
 
     output: BaseModel
     kept: int
     note: str
+    reason: str = "cut_off"
 
 
 def closed_prefixes(text: str) -> list[str]:
@@ -283,12 +291,35 @@ def read_answer(
     try:
         return parse_answer(text, agent, row, context, example)
     except AnswerError as e:
+        if e.kind == "out_of_vocabulary":
+            pruned = _pruned(text, agent, row, context)
+            if pruned is None:
+                raise
+            return pruned
         if e.kind != "not_json":
             raise
         salvaged = salvage(text or "", agent, row, context, example)
         if salvaged is None:
             raise
         return salvaged
+
+
+def _pruned(text: str, agent: Agent, row: Row, context: Context) -> Salvaged | None:
+    """An answer that failed the check with its failing items left out (``agent.prune``)
+    and completed; None when the agent cannot do that or no item is left."""
+    if agent.prune is None or agent.complete is None:
+        return None
+    answer = agent.output_model.model_validate(extract_json(text))  # parsed once already
+    kept_answer, problems = agent.prune(answer, row, context)
+    kept = _items(kept_answer)
+    if kept == 0:
+        return None
+    if agent.check is not None:
+        agent.check(kept_answer, row, context)
+    done = agent.complete(kept_answer, row, context)
+    note = (f"{len(problems)} item(s) left out ({problems[0]}), {kept} kept, "
+            f"{_items(done) - kept} added by the heuristic")  # fmt: skip
+    return Salvaged(done, kept, note[:500], "pruned")
 
 
 def narrowed_schema(model: type[BaseModel], limits: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

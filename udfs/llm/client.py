@@ -291,7 +291,7 @@ class Caller:
                 continue
             if isinstance(parsed, Salvaged):
                 output = parsed.output.model_dump(mode="json")
-                return result("partial", output=output, err="cut_off", msg=parsed.note)
+                return result("partial", output=output, err=parsed.reason, msg=parsed.note)
             return result("ok", output=parsed)
         raise AssertionError("unreachable")
 
