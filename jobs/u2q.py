@@ -194,9 +194,9 @@ def agent_inputs(spark: SparkSession, conf: Config) -> DataFrame:
         else None
     )
     phrases = (
-        tables.read(spark, conf, "gold.category_phrases")
-        .filter(F.col("factor").isNull())
-        .select(F.col("leaf_category").alias("category"), "phrase")
+        tables.read(spark, conf, "gold.category_phrases").select(
+            F.col("leaf_category").alias("category"), "phrase"
+        )
         if tables.exists(spark, conf, "gold.category_phrases")
         else None
     )

@@ -12,9 +12,9 @@ The source's five steps, as of the run date:
    ``trends.document_days``);
 4. the ``trend_query`` agent (LLM or heuristic) writes selling points and long-form
    queries per seed; a failed LLM answer keeps the heuristic's, marked ``failed``. The
-   heuristic's queries are made of title words (``jobs.phrases``): the phrases of each
-   category's items and of its items per factor -> ``gold.category_phrases`` (also read
-   by u2q for its exploration queries);
+   heuristic's queries are made of title words (``jobs.phrases``): the phrase of each
+   category's best-selling items -> ``gold.category_phrases`` (also read by u2q for its
+   exploration queries);
 5. normalisation: every query is embedded and clustered (``udfs.clustering``: leaders
    at cosine >= ``trends.cluster_threshold``); each cluster becomes one row of
    ``gold.trend_queries`` (its query is the member nearest the cluster's centre) with
@@ -139,16 +139,11 @@ def retrieve(
     return out
 
 
-def category_phrases(activity: DataFrame, titles: DataFrame, run_date: dt.date, recent_weeks: int,
-                     min_length: int) -> DataFrame:  # fmt: skip
-    """leaf_category, factor, phrase, words, items (``jobs.phrases``): per category the
-    phrase of its items weighted by their activity in the trend span (``factor`` null), and
-    per (category, factor) that of its items with the factor, by their recent activity."""
+def category_phrases(activity: DataFrame, titles: DataFrame, min_length: int) -> DataFrame:
+    """leaf_category, phrase, words, items (``jobs.phrases``): per category the phrase of
+    its items weighted by their activity in the trend span."""
     words = phrases.title_words(titles, min_length)
-    recent = activity.filter(F.col("dt") > F.lit(run_date - dt.timedelta(days=7 * recent_weeks)))
-    by_factor = phrases.phrases(recent, words, ["leaf_category", "factor"])
-    by_category = phrases.phrases(activity.dropDuplicates(["event_id"]), words, ["leaf_category"])
-    return by_category.withColumn("factor", F.lit(None).cast("string")).unionByName(by_factor)
+    return phrases.phrases(activity.dropDuplicates(["event_id"]), words, ["leaf_category"])
 
 
 def agent_inputs(
@@ -157,8 +152,8 @@ def agent_inputs(
     retrieved: dict[str, list[dict]],
     phrase_table: DataFrame | None = None,
 ) -> DataFrame:
-    """The trend_query agent's input rows: the seeds with ``rising_json``, ``documents_json``,
-    ``category_phrase`` and ``factor_phrases_json`` ({factor: phrase} of the seed's category)."""
+    """The trend_query agent's input rows: the seeds with ``rising_json``, ``documents_json``
+    and ``category_phrase`` (null without one)."""
     docs = spark.createDataFrame(
         [(k, json.dumps(v, ensure_ascii=False)) for k, v in retrieved.items()] or [("", "[]")],
         "seed_id string, documents_json string",
@@ -170,22 +165,11 @@ def agent_inputs(
         .withColumn("documents_json", F.coalesce("documents_json", F.lit("[]")))
     )
     if phrase_table is None:
-        return rows.withColumn("category_phrase", F.lit(None).cast("string")).withColumn(
-            "factor_phrases_json", F.lit("{}")
-        )
-    own = phrase_table.filter(F.col("factor").isNull()).select(
-        "leaf_category", F.col("phrase").alias("category_phrase")
-    )
-    by_factor = (
-        phrase_table.filter(F.col("factor").isNotNull())
-        .groupBy("leaf_category")
-        .agg(F.to_json(F.map_from_entries(F.collect_list(F.struct("factor", "phrase")))).alias("_fp"))
-    )
-    return (
-        rows.join(own, "leaf_category", "left")
-        .join(by_factor, "leaf_category", "left")
-        .withColumn("factor_phrases_json", F.coalesce("_fp", F.lit("{}")))
-        .drop("_fp")
+        return rows.withColumn("category_phrase", F.lit(None).cast("string"))
+    return rows.join(
+        phrase_table.select("leaf_category", F.col("phrase").alias("category_phrase")),
+        "leaf_category",
+        "left",
     )
 
 
@@ -364,9 +348,9 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     with_docs = sum(1 for v in retrieved.values() if v)
     _stage("retrieval", started, seeds_with_documents=with_docs)
 
-    phrase_rows = category_phrases(
-        activity, titles, run_date, tc.recent_weeks, conf.aggregate.min_term_length
-    ).withColumn("as_of", F.lit(run_date))
+    phrase_rows = category_phrases(activity, titles, conf.aggregate.min_term_length).withColumn(
+        "as_of", F.lit(run_date)
+    )
     tables.overwrite(phrase_rows, conf, CATEGORY_PHRASES)
     phrase_table = tables.read(spark, conf, CATEGORY_PHRASES)
     activity.unpersist()

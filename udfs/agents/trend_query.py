@@ -10,9 +10,8 @@ Input columns (one row per seed, built by ``jobs.trends``):
 - ``rising_json``: the category's rising factors ``[{factor_kind, factor, growth}]``;
 - ``documents_json``: the retrieved trend documents ``[{doc_id, source, title, text}]``
   (untrusted text: delimited in the prompt, never obeyed);
-- ``category_phrase``, ``factor_phrases_json``: the title-word phrases of the category's
-  items and ``{factor: phrase}`` of its items per factor (``gold.category_phrases``; may
-  be null / ``{}``): what the heuristic's queries are made of.
+- ``category_phrase``: the title words of the category's best-selling items
+  (``gold.category_phrases``; may be null): what the heuristic's queries are made of.
 
 Context: ``as_of`` (ISO date), ``max_queries``.
 
@@ -24,8 +23,7 @@ Example
 >>> row = {"seed_kind": "category", "seed_text": "christmas decorations",
 ...        "leaf_category": "christmas decorations", "growth": 1.5,
 ...        "rising_json": '[{"factor_kind": "material", "factor": "wood", "growth": 2.1}]',
-...        "documents_json": "[]", "category_phrase": "christmas tree wreath",
-...        "factor_phrases_json": '{"wood": "star hanging decoration"}'}
+...        "documents_json": "[]", "category_phrase": "star hanging decoration"}
 >>> heuristic(row, {"as_of": "2011-11-01", "max_queries": 2}).queries
 ['wood star hanging decoration']
 """
@@ -33,7 +31,6 @@ Example
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -127,16 +124,18 @@ def with_term(term: str, phrase: str | None) -> str | None:
 
 
 def heuristic(row: Row, context: Context) -> TrendQueries:
-    """Queries made of the words of the items the trend is about (``jobs.phrases``), one
-    topic each, so that two seeds naming the same trend write the same query (and
-    normalisation merges them):
+    """Queries made of the words of the category's best-selling items (``category_phrase``,
+    ``jobs.phrases``) with the trend in front, one topic each, so that two seeds naming the
+    same trend write the same query (and normalisation merges them):
 
-    - a category seed: per rising factor, strongest first, the phrase of the category's
-      items with that factor (else the category's phrase), the factor in front when the
-      phrase lacks it ("wood star christmas decoration"); without a rising factor the
-      category's phrase. Without title words (items known only by id): "<factor> <category>";
-    - a term seed: the phrase of the term's items in the category (else the category's),
-      with the term, then ``"<term> <category>"``.
+    - a category seed: per rising factor, strongest first, the factor and the category's
+      phrase ("wood" + "star hanging decoration"; the factor once where the phrase has it);
+      without a rising factor the category's phrase;
+    - a term seed: the term and the category's phrase, then ``"<term> <category>"``.
+
+    Without title words (items known only by id): ``"<factor> <category>"``. Chosen on the
+    validation cut over the phrases of each factor's own items, which retrieved narrower
+    and worse (``docs/evaluation.md``, "Heuristic queries from title words").
 
     Selling points: the rising factors as "<factor> <kind>" (a term seed's own term first);
     without any, the seed itself.
@@ -145,22 +144,18 @@ def heuristic(row: Row, context: Context) -> TrendQueries:
     category = _category(row)
     seed = row.get("seed_text") or category
     rising = json_list(row, "rising_json")
-    own_phrase = row.get("category_phrase") or None
-    by_factor = json.loads(row.get("factor_phrases_json") or "{}")
+    phrase = row.get("category_phrase") or None
     # "red colour", "owl theme"; a factor that names its kind already ("pack of 3") as it is
     points = [
         (r["factor"] if r["factor_kind"] in r["factor"].split() else f"{r['factor']} {r['factor_kind']}")[:60]
         for r in rising
     ]
     if row.get("seed_kind") == "category" or seed == category:
-        candidates = [
-            with_term(r["factor"], by_factor.get(r["factor"]) or own_phrase) or f"{r['factor']} {category}"
-            for r in rising
-        ]
-        candidates = candidates or [own_phrase or category]
+        candidates = [with_term(r["factor"], phrase) or f"{r['factor']} {category}" for r in rising]
+        candidates = candidates or [phrase or category]
     else:
         topic = seed if category in ("", seed) else f"{seed} {category}"
-        candidates = [with_term(seed, by_factor.get(seed) or own_phrase) or topic, topic]
+        candidates = [with_term(seed, phrase) or topic, topic]
         own = [p for p in points if p.split(" ")[0] == seed]
         points = own + [p for p in points if p not in own] if own else [seed[:60]] + points
     queries: list[str] = []
@@ -194,7 +189,6 @@ AGENT = Agent(
         "rising_json",
         "documents_json",
         "category_phrase",
-        "factor_phrases_json",
     ),  # fmt: skip
     template_values=template_values,
     heuristic=heuristic,
