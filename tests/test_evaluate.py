@@ -174,13 +174,11 @@ def test_an_event_after_the_cut_changes_no_feature_query_or_recommendation(evalu
 
 
 def test_heuristic_queries_are_made_of_the_generic_datasets_title_words(spark, evaluated):
-    phrases = {
-        (r.leaf_category, r.factor): r.phrase
-        for r in tables.read(spark, evaluated.asof, "gold.category_phrases").collect()
-    }
+    table = tables.read(spark, evaluated.asof, "gold.category_phrases")
+    phrases = {r.leaf_category: r.phrase for r in table.collect()}
     # Every title is "<word> <category's singular>": only the singular is in two or more of
     # a category's items, so it is the category's phrase
-    assert {c: phrases[(c, None)] for c in CATEGORIES} == {"mugs": "mug", "lamps": "lamp", "bags": "bag"}
+    assert {c: phrases[c] for c in CATEGORIES} == {"mugs": "mug", "lamps": "lamp", "bags": "bag"}
     queries = tables.read(spark, evaluated.asof, "gold.user_queries").filter("kind = 'exploration'").collect()
     assert queries and {q.query for q in queries} <= {"mug", "lamp", "bag"}
 
