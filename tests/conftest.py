@@ -67,8 +67,14 @@ def spark():
     from core.config import load_config
     from core.session import get_spark
 
-    # No web UI: tests never look at it, and it costs every job its bookkeeping.
-    extra = {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false"}
+    # No web UI: tests never look at it, and it costs every job its bookkeeping. No
+    # adaptive execution: on the tests' tiny frames its re-planning at every shuffle costs
+    # more than it saves (`bench/stage_overhead.py --compare`, docs/benchmarks.md).
+    extra = {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "false",
+    }
     conf = load_config(
         overrides=[
             "spark.master=local[2]",

@@ -48,8 +48,9 @@ def real_items(n: int) -> list[tuple[str, str, float]]:
 @pytest.mark.real_data
 @pytest.mark.parametrize("response_format", ["json_object", "json_object_schema"])
 def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, response_format):
+    # Three products: each free-form (json_object) answer takes the model ~30 s here.
     items = spark.createDataFrame(
-        [(code, title, price, None, None, None) for code, title, price in real_items(5)],
+        [(code, title, price, None, None, None) for code, title, price in real_items(3)],
         "item_id string, title string, price double, price_band string, leaf_category string, image_url string",
     )
     conf = conf_factory(
@@ -68,7 +69,7 @@ def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, r
     run = run_agent(items, ip.AGENT, conf, ["item_id"], ip.context(), fallback=None)
     out = run.output.collect()
 
-    assert sorted(r["item_id"] for r in out) == sorted(r[0] for r in real_items(5))
+    assert sorted(r["item_id"] for r in out) == sorted(r[0] for r in real_items(3))
     for r in out:
         assert r["model"] == "smollm2" and r["prompt_version"] == "v2"
         assert 1 <= r["attempts"] <= 2 * (conf.llm.runtime.max_retries + 1)
@@ -81,7 +82,7 @@ def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, r
             assert r["status"] == "failed"
             assert r["error_class"] in {"not_json", "wrong_schema", "out_of_vocabulary"}, r["error_message"]
     summary = run.summary()
-    assert summary["rows"] == 5 and summary["ok"] + summary["failed"] == 5
+    assert summary["rows"] == 3 and summary["ok"] + summary["failed"] == 3
     print(f"smollm2 ({response_format}):", summary)
 
 
