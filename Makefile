@@ -39,8 +39,8 @@ PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
 test: setup setup-local-llm   ## everything but the standalone-cluster test (make test-cluster, ~15 minutes alone)
 	$(PYTEST) -m "not cluster" $(ARGS)
 
-test-fast: setup   ## without the real-data and cluster tests
-	$(PYTEST) -m "not real_data and not cluster" $(ARGS)
+test-fast: setup   ## without the slow, real-data, real-model and cluster tests (about 5 minutes)
+	$(PYTEST) -m "not slow and not real_data and not real_model and not cluster" $(ARGS)
 
 test-cluster: setup   ## only the local standalone-cluster test
 	$(BIN)/python -m pytest -m cluster $(ARGS)

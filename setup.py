@@ -39,6 +39,8 @@ setup(
         "safetensors>=0.4",
         "threadpoolctl>=3",
         "faiss-cpu>=1.8",
+        # Shard files on any storage (local, a mount, an object store's URL): core/files.py.
+        "fsspec>=2023.6",
         "scikit-learn>=1.3",
         # The learned ranker (xgboost.spark.SparkXGBRanker); the CPU build, without the
         # CUDA libraries the plain `xgboost` wheel pulls in on Linux.

@@ -330,8 +330,12 @@ class IndexConf(_Strict):
     kind: Literal["auto", "flat", "ivf_flat", "ivf_pq", "hnsw"] = "auto"
     flat_below: int = Field(20_000, ge=1)
     seed: int = 0
-    # Where shard files go (default: <storage.root>/indexes).
+    # Where shard files go (default: <storage.root>/indexes): a path or a URL fsspec can
+    # open (core/files.py).
     path: str | None = None
+    # Build folders kept there, the current one included; older ones are removed after a
+    # build. 2 keeps the previous build for a nearline stream that has not reloaded yet.
+    keep_builds: int = Field(2, ge=1)
 
 
 class Q2IConf(_Strict):

@@ -33,7 +33,16 @@ SLOW_FILES_FIRST = [
 SHARED_SESSION_FIXTURE = {"test_nearline.py": "pipeline_warehouse", "test_explain.py": "pipeline_warehouse"}
 
 
+# Markers that follow from the fixtures a test uses (`make test-fast` leaves them out):
+# a whole pipeline run is `slow`, a real model served by llama.cpp is `real_model`.
+MARK_BY_FIXTURE = {"pipeline_warehouse": "slow", "evaluated": "slow", "smollm2": "real_model"}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, mark in MARK_BY_FIXTURE.items():
+            if fixture in item.fixturenames:
+                item.add_marker(mark)
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise kept
 

@@ -196,6 +196,7 @@ print("finished", run.sent, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_run_killed_halfway_resends_only_unanswered_inputs(spark, tmp_path):
     root = tmp_path / "warehouse"
     log_dir = root / "silver" / "llm_responses" / "_delta_log"

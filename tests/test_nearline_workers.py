@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from jobs import nearline
 from udfs.embedding import spec_from_conf
 from udfs.nearline import RefreshSettings
@@ -26,6 +28,7 @@ def _workers_with_model(spark, spec, tasks: int) -> list[bool]:
     return spark.sparkContext.parallelize(range(tasks), tasks).mapPartitions(probe).collect()
 
 
+@pytest.mark.slow
 def test_keep_warm_keeps_the_model_past_sparks_idle_timeout(spark, conf_factory):
     conf = conf_factory(["tracking.enabled=false", "nearline.keep_warm_s=20", "nearline.tasks=2"])
     spec = spec_from_conf(conf)

@@ -150,3 +150,35 @@ def test_query_channels_hold_every_user_with_queries_an_item_once_per_channel(sp
         best[r.item_id] = max(best.get(r.item_id, -9.0), r.score)
     for r in by[("u1", "query")]:
         assert r.channel_score == pytest.approx(best[r.item_id], abs=1e-4)
+
+
+def test_shards_on_a_url_give_the_same_neighbours_and_old_builds_are_removed(spark, warehouse, tmp_path):
+    """Shards written through the filesystem layer (a ``file://`` URL goes the way an object
+    store's would) are found again by Q2I; after three builds only the newest two remain."""
+    import shutil
+
+    from core import files
+
+    make, _ = warehouse
+    source = make()
+    shutil.copytree(source.storage.root, tmp_path / "warehouse")
+    shards = f"file://{tmp_path}/shards"
+    conf = load_config(overrides=[f"storage.root={tmp_path / 'warehouse'}", "spark.shuffle_partitions=2",
+                                  f"run.date={RUN_DATE}", "q2i.k=5", "q2i.per_query=5", "index.shard_size=4",
+                                  "index.kind=flat", f"index.path={shards}", "index.keep_builds=2"])  # fmt: skip
+    (tmp_path / "shards" / "notes").mkdir(parents=True)  # not a build: never removed
+    builds = []
+    for _ in range(3):
+        assert index.run(spark, conf) == {"shards": 4, "items": 14}
+        builds.append(tables.read(spark, conf, index.MANIFEST).first()["build_id"])
+    assert len(set(builds)) == 3 and builds == sorted(builds)
+    assert files.folders(shards) == sorted([*builds[1:], "notes"])
+    manifest = tables.read(spark, conf, index.MANIFEST).collect()
+    assert all(r.path.startswith(f"{shards}/{builds[2]}/shard-") for r in manifest)
+    q2i.run(spark, conf)
+
+    def neighbours(c):
+        rows = tables.read(spark, c, q2i.CANDIDATES).collect()
+        return sorted((r.query_id, r.rank_in_query, r.item_id, round(r.relevance, 5)) for r in rows)
+
+    assert neighbours(conf) == neighbours(source)

@@ -369,3 +369,26 @@ def test_load_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nowhere" / "shard-0.faiss"
     with pytest.raises(FileNotFoundError, match="shard-0.faiss"):
         load_index(str(missing))
+
+
+def test_an_index_on_a_url_is_copied_once_and_searches_the_same(tmp_path, clustered, monkeypatch):
+    from core import files
+
+    monkeypatch.setattr(files, "CACHE_DIR", str(tmp_path / "cache"))
+    items, ids = clustered["items"][:2_000], clustered["ids"][:2_000]
+    index = build_index(items, ids, "flat")
+    url = f"memory://bucket-{tmp_path.name}/build-1/shard-0000.faiss"  # an object store's kind of URL
+    save_index(index, url)
+    fs, inner = files.filesystem(url)
+    assert fs.ls(inner.rsplit("/", 1)[0], detail=False) == [inner]  # no partial file left beside it
+    loaded = load_index(url)
+    copies = list((tmp_path / "cache").iterdir())
+    assert len(copies) == 1 and copies[0].name.endswith("shard-0000.faiss")
+    fs.rm(inner)  # the copy on local disk is read from now on
+    again = load_index(url)
+    for got in (loaded, again):
+        np.testing.assert_array_equal(
+            search(got, clustered["queries"], 10)[1], search(index, clustered["queries"], 10)[1]
+        )
+    with pytest.raises(FileNotFoundError, match="shard-0001.faiss"):
+        load_index(url.replace("shard-0000", "shard-0001"))

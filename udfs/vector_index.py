@@ -69,11 +69,11 @@ slower with 2 threads than with 1 (35 s against 11 s on a busy 2-core machine).
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import faiss
 import numpy as np
+
+from core import files
 
 INDEX_KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 # faiss k-means warns below 39 training points per centroid: fewer give poor centroids.
@@ -277,29 +277,29 @@ def build_index(
 
 
 def save_index(index: faiss.Index, path: str) -> None:
-    """Write ``index`` to ``path`` (``faiss.write_index``), creating the parent folders.
+    """Write ``index`` to ``path``, a local path or a URL (``core.files``), creating the
+    parent folders.
 
-    The file is written beside the target and renamed into place, so a task killed
+    The file is written beside the target and moved into place, so a task killed
     mid-write (and retried by Spark) never leaves a truncated index at ``path``.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    faiss.write_index(index, str(partial))
-    os.replace(partial, target)
+    files.write_bytes(path, faiss.serialize_index(index).tobytes())
 
 
 def load_index(path: str) -> faiss.Index:
-    """Read an index written by ``save_index``.
+    """Read an index written by ``save_index``; from a URL, through a copy on local disk
+    made once per machine (``core.files.local_copy``).
 
     Raises
     ------
     FileNotFoundError
         When there is no file at ``path`` (faiss itself would raise a generic error).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no faiss index file at {path}")
-    return faiss.read_index(str(path))
+    try:
+        local = files.local_copy(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no faiss index file at {path}") from None
+    return faiss.read_index(local)
 
 
 _LOADED: dict[str, faiss.Index] = {}  # shard path -> index, kept per Python worker
