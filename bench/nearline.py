@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.pipeline_scale import Sampler  # noqa: E402
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -60,6 +63,8 @@ def measure(spark, args, source: Path, server, commit: str) -> dict:
         ]
     )
     calls_before = server.stats()["count"]
+    # The driver's memory: this process and its JVM (Python UDF workers left out).
+    sampler = Sampler(os.getpid(), every_s=0.5).start()
     lists_written = [0]  # counted by the stream's callback: no polling job competes with it
     query, handler = nearline.start(
         spark, conf, on_batch=lambda b: lists_written.__setitem__(0, lists_written[0] + b["written"])
@@ -120,6 +125,7 @@ def measure(spark, args, source: Path, server, commit: str) -> dict:
             time.sleep(1.0)
     finally:
         query.stop()
+        sampler.stop()
     batches = tables.read(spark, conf, nearline.BATCHES).orderBy("batch_id").collect()
     shutil.rmtree(scratch, ignore_errors=True)
     if len(latencies) < len(expected):
@@ -140,6 +146,7 @@ def measure(spark, args, source: Path, server, commit: str) -> dict:
         "append_s": append_s,
         "phases": phases,
         "fallbacks": sum(b["u2q_fallbacks"] for b in batches),
+        "peak_rss_mib": max((x.rss_mib for x in sampler.samples), default=float("nan")),
     }
 
 
@@ -205,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     for r in results:
         print(
-            f"{r['commit']}: {r['events']} events, {r['llm_calls']} LLM calls, {r['fallbacks']} U2Q fallbacks"
+            f"{r['commit']}: {r['events']} events, {r['llm_calls']} LLM calls, {r['fallbacks']} U2Q fallbacks, "
+            f"driver peak RSS {r['peak_rss_mib']:,.0f} MiB (Python + JVM, from the stream's start)"
         )
     spark.stop()
     return 0 if all(r["users"] == r["expected"] for r in results) else 1

@@ -92,6 +92,7 @@ def two_groups(spark):
     return train(spark, rows)
 
 
+@pytest.mark.slow
 def test_als_recommends_the_co_clicked_item(spark):
     events = two_groups(spark)
     recs = baselines.als(events, users(spark, ["t", "h1", "stranger"]), k=3, rank=4, max_iter=10)
@@ -157,6 +158,7 @@ def test_repeat_weights_events_ages_from_as_of_and_cuts_at_k(spark):
     assert lists(recs) == {"v": ["P", "V"], "a": ["A", "B"]}
 
 
+@pytest.mark.slow
 def test_item_knn_ranks_neighbours_cuts_neighbours_and_excludes_seen(spark):
     rows = [(b, i, "purchase") for b in ("b1", "b2", "b3", "s") for i in ("A", "B")]
     rows += [("c1", "A", "click"), ("c1", "C", "view"), ("t", "A", "cart"), ("new", None, "search")]

@@ -105,6 +105,7 @@ def test_the_spark_normalised_title_is_the_python_one(spark):
     assert got == [features.normalise_title(t) for t in titles]
 
 
+@pytest.mark.slow
 def test_the_features_are_stored_in_row_groups_by_user_so_a_lookup_skips_the_rest(
     spark, conf_factory, monkeypatch
 ):

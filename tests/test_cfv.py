@@ -216,6 +216,7 @@ def test_agent_check_rejects_own_and_unknown_factors():
     assert cp.template_values(agent_row(), ctx)["candidates"] == "floral:2"
 
 
+@pytest.mark.slow
 def test_llm_potential_and_fallback_for_rejected_answers(spark, warehouse, heuristic_rows):
     _, heuristic = heuristic_rows
 

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -31,6 +33,7 @@ def test_bad_run_date_exits_2():
     assert "run.date" in out.stderr
 
 
+@pytest.mark.slow
 def test_unreadable_input_exits_1_naming_the_file(tmp_path):
     (tmp_path / "in").mkdir()
     bad = tmp_path / "in" / "2011-01-02.csv.gz"

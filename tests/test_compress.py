@@ -210,6 +210,7 @@ def test_factor_counts_rank_by_count_then_value_and_cap(spark):
 # --- the stage ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hybrid_digests_format_window_and_raw_text(spark, warehouse):
     conf = warehouse()
     assert cj.run(spark, conf) == {"users": 2, "failed": 0}
@@ -261,6 +262,7 @@ def test_hybrid_numbers_equal_user_week_category(spark, warehouse):
     assert got == expected and len(got) == 5
 
 
+@pytest.mark.slow
 def test_idempotent_rerun(spark, warehouse):
     conf = warehouse()
     cj.run(spark, conf)
@@ -269,6 +271,7 @@ def test_idempotent_rerun(spark, warehouse):
     assert sorted(tables.read(spark, conf, cj.DIGESTS).collect()) == before
 
 
+@pytest.mark.slow
 def test_llm_mode_correct_answers_score_full_fidelity(spark, warehouse):
     with ScriptedLLMServer(responder=answers.behavior_compression) as server:
         conf = llm_conf(warehouse, server, "scripted-correct")
@@ -287,6 +290,7 @@ def test_llm_mode_correct_answers_score_full_fidelity(spark, warehouse):
     assert u1["llm_input_tokens"] > u1["raw_tokens"] and u1["llm_output_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_llm_mode_wrong_amount_and_invented_row_are_flagged(spark, warehouse):
     def responder(body):
         answer = json.loads(answers.behavior_compression(body))
@@ -314,6 +318,7 @@ def test_llm_mode_wrong_amount_and_invented_row_are_flagged(spark, warehouse):
     assert got["u2"]["fidelity"] == 1.0
 
 
+@pytest.mark.slow
 def test_llm_mode_garbage_answers_fall_back_to_the_hybrid_digest(spark, warehouse):
     def responder(body):
         text = body["messages"][1]["content"]
@@ -335,6 +340,7 @@ def test_llm_mode_garbage_answers_fall_back_to_the_hybrid_digest(spark, warehous
         ]
 
 
+@pytest.mark.slow
 def test_prompt_injection_in_a_title_stays_in_its_users_input(spark, warehouse):
     with ScriptedLLMServer(responder=answers.behavior_compression) as server:
         conf = llm_conf(warehouse, server, "scripted-injection")

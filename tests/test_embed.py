@@ -66,6 +66,7 @@ def test_spark_vectors_match_the_plain_model_row_by_row(spark, conf_factory):
         assert np.allclose(vec, expected[i % 5], atol=1e-4), i
 
 
+@pytest.mark.slow
 def test_cache_embeds_each_text_once_per_model(spark, conf_factory, caplog):
     conf = conf_factory()
     spec = spec_from_conf(conf)

@@ -36,6 +36,7 @@ def run(spark, rec_rows, test, history=(), categories=(), vectors=(), train=(), 
     return {r.method: r for r in summary.collect()}, per_user
 
 
+@pytest.mark.slow
 def test_recall_hit_rate_ndcg_count_a_user_without_a_list_as_zero(spark):
     test = [("u1", "A"), ("u1", "B"), ("u2", "C"), ("u2", "Z"), ("u3", "D")]
     rows = [
@@ -66,6 +67,7 @@ def test_recall_hit_rate_ndcg_count_a_user_without_a_list_as_zero(spark):
     assert lost.users == 3
 
 
+@pytest.mark.slow
 def test_new_item_hits_and_new_category_hits_are_told_apart(spark):
     categories = [("A", "mugs"), ("B", "mugs"), ("C", "lamps"), ("D", "rugs")]
     history = [("u1", "A"), ("u2", "A"), ("u3", "D"), ("u4", "A")]
@@ -84,6 +86,7 @@ def test_new_item_hits_and_new_category_hits_are_told_apart(spark):
     assert m.new_category_hit_rate == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_category_width_and_intra_list_diversity(spark):
     categories = [("A", "mugs"), ("B", "mugs"), ("C", "lamps"), ("D", "rugs")]
     # A and C identical, B orthogonal to both; D has no vector
@@ -114,6 +117,7 @@ def test_category_width_and_intra_list_diversity(spark):
     }
 
 
+@pytest.mark.slow
 def test_novelty_coverage_reason_share_ignore_users_outside_the_test_set(spark):
     # 3 distinct train buyers; A bought by all 3 (p1 twice), B by p1 only, Z never
     train = [("p1", "A"), ("p1", "A"), ("p2", "A"), ("p3", "A"), ("p1", "B")]
@@ -135,6 +139,7 @@ def test_novelty_coverage_reason_share_ignore_users_outside_the_test_set(spark):
     assert m.users == 2 and m.users_with_list == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_novelty_and_reason_share_are_means_over_lists(spark):
     # 3 distinct train buyers; A bought by all 3, B by p1 only, Z never
     train = [("p1", "A"), ("p2", "A"), ("p3", "A"), ("p1", "B")]
@@ -240,6 +245,7 @@ def test_several_k_in_one_pass(spark):
     assert [r.reason_share for r in (at1, at2, at5)] == pytest.approx([1.0, 0.5, 1 / 3])
 
 
+@pytest.mark.slow
 def test_a_user_without_a_list_gets_rows_at_every_k(spark):
     test = [("u1", "A"), ("u2", "B")]
     rows = [("m", "u1", "A", 1), ("lost", "outsider", "A", 1)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from core.config import EvaluateConf
 from jobs import evaluate
 
@@ -35,6 +37,7 @@ HISTORY = [("u", "A", 0), ("u", "A", 1), ("u", "A", 2), ("u", "B", 14), ("u", "B
 TEST_PERIOD = [("u", "A", d) for d in range(25, 30)]
 
 
+@pytest.mark.slow
 def test_no_test_period_purchase_moves_the_choice_or_any_score(spark):
     first_cut = D0 + dt.timedelta(days=20)
     chosen, table = evaluate.tune_baselines(spark, _conf(), _events(spark, HISTORY), first_cut, D0)

@@ -334,6 +334,7 @@ def test_mlflow_holds_every_number_and_every_as_of_stage(spark, evaluated):
     assert {"report/report.html", "report/evaluation.csv", "report/tuning.csv"} <= artifacts
 
 
+@pytest.mark.slow
 def test_split_at_the_cut_and_before_test_end(spark):
     cut, day = C1, dt.timedelta(days=1)
     rows = [
@@ -379,6 +380,7 @@ def test_windows_auto_explicit_and_bad_cuts():
     assert evaluate.validation_window(EvaluateConf(validation_days=28), auto, dt.date(2011, 8, 25)) is None
 
 
+@pytest.mark.slow
 def test_operational_figures_count_only_this_runs_answers(spark, conf_factory):
     from jobs.agents import RESPONSE_SCHEMA, RESPONSES_TABLE
 

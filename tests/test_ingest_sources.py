@@ -175,6 +175,7 @@ def test_generic_file_without_required_columns_fails_naming_them(spark, tmp_path
         run(spark, conf)
 
 
+@pytest.mark.slow
 def test_reingest_changes_nothing_and_new_days_add_only_their_rows(spark, tmp_path, conf_factory):
     day1 = RETAIL_HEADER + "536365,85123A,WHITE HEART,6,2011-06-01 08:26:00,2.55,17850.0,UK\n"
     day2 = RETAIL_HEADER + "536400,71053,WHITE METAL LANTERN,6,2011-06-02 08:26:00,3.39,17850.0,UK\n"

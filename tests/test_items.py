@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pyspark.sql import functions as F
 
 from core import tables
@@ -32,6 +33,7 @@ def test_price_band_is_the_tercile_within_the_category(spark):
     assert got == {"a": "budget", "b": "mid", "c": "premium", "d": "budget", "e": None}
 
 
+@pytest.mark.slow
 def test_heuristic_profiles_and_incremental_rerun(spark, conf_factory):
     conf = conf_factory()
     write_items(
@@ -76,6 +78,7 @@ def test_heuristic_profiles_and_incremental_rerun(spark, conf_factory):
     assert after["85123A"]["profiled_at"] == got["85123A"]["profiled_at"]
 
 
+@pytest.mark.slow
 def test_llm_failures_fall_back_to_the_heuristic_and_are_retried(spark, conf_factory):
     rows = [
         (f"i{k}", f"{t} {k}", 1.0 + k, None, None)
@@ -113,6 +116,7 @@ def test_llm_failures_fall_back_to_the_heuristic_and_are_retried(spark, conf_fac
     assert tables.read(spark, conf, items_job.PROFILES).filter(F.col("status") == "ok").count() == 12
 
 
+@pytest.mark.slow
 def test_items_without_title_or_image_are_not_sent_to_the_llm(spark, conf_factory):
     rows = [
         ("t1", "RED MUG", 2.0, None, None),

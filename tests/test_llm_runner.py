@@ -162,6 +162,7 @@ def test_second_run_sends_nothing_and_gives_identical_output(spark, conf_factory
     assert second_rows == first_rows and len(second_rows) == 30
 
 
+@pytest.mark.slow
 def test_failed_answers_are_sent_again_on_the_next_run(spark, conf_factory):
     items = items_df(spark, 10)
     with ScriptedLLMServer(responder=answers.item_profile, faults={"server_error": 1.0}) as server:
@@ -245,6 +246,7 @@ def test_run_killed_halfway_resends_only_unanswered_inputs(spark, tmp_path):
     assert len(out) == 100 and {r["status"] for r in out} == {"ok"}
 
 
+@pytest.mark.slow
 def test_api_key_never_leaves_the_request_header(spark, conf_factory, tmp_path, monkeypatch, capfd, caplog):
     key = "sk-test-5ecret-7f3a9c1e2b"
     wrong = "sk-wrong-0d9e8f7a6b"
@@ -310,6 +312,7 @@ def test_image_urls_reach_the_server_as_content_parts(spark, conf_factory):
     assert urls == {f"https://img.example/{k}.jpg" for k in range(3)}
 
 
+@pytest.mark.slow
 def test_rate_limit_is_shared_by_all_tasks(spark, conf_factory):
     with ScriptedLLMServer(responder=answers.item_profile, latency_s=0.05) as server:
         conf = llm_conf(

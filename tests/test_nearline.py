@@ -177,13 +177,18 @@ def test_a_buyer_without_fresh_events_gets_the_batch_list_from_the_nearline_refr
     from udfs.nearline import INPUT_COLUMNS, refresh_users
 
     conf = warehouse
-    state, items = load(spark, conf)
+    features, items = load(spark, conf)
+    run_date = features.run_date
     batch = tables.read(spark, conf, "gold.recommendations").toPandas()
-    quiet = sorted(set(batch["user_id"]) - set(state.fresh_items) - set(state.fresh_searches))[-3:]
+    fresh = tables.read(spark, conf, "bronze.events").filter(F.col("dt") > F.lit(run_date))
+    active = {r[0] for r in fresh.select("user_id").distinct().collect()}
+    quiet = sorted(set(batch["user_id"]) - active)[-3:]
     assert quiet, "no buyer without fresh events"
     settings = nearline.settings_from_conf(spark, conf)
-    stored = nearline.stored_candidates(spark, conf, state.run_date, quiet)
-    rows = pd.DataFrame([{**state.inputs(u, state.run_date), "candidates_json": stored[u]} for u in quiet])[
+    stored = nearline.stored_candidates(spark, conf, run_date, quiet)
+    state = features.users(spark, quiet)
+    assert not any(state.fresh_items.get(u) or state.fresh_searches.get(u) for u in quiet)
+    rows = pd.DataFrame([{**state.inputs(u, run_date), "candidates_json": stored[u]} for u in quiet])[
         list(INPUT_COLUMNS)
     ]
     out = refresh_users(rows, settings, items)
@@ -193,6 +198,53 @@ def test_a_buyer_without_fresh_events_gets_the_batch_list_from_the_nearline_refr
         mine = batch[batch["user_id"] == r["user_id"]].sort_values("position")
         expected = list(zip(mine["position"], mine["item_id"], mine["channel"], mine["reason"], strict=True))
         assert got == expected, r["user_id"]
+
+
+def test_a_triggered_buyers_state_is_read_from_delta_with_the_events_since_the_batch_run(
+    spark, warehouse, tmp_path
+):
+    """No buyer's features stay on the driver: ``load`` keeps only what the catalog bounds,
+    and the state of the buyers a micro-batch triggers is read from Delta, their events
+    after the batch run folded in once (also when the micro-batch hands them in again)."""
+    from core.categories import UNKNOWN_CATEGORY, load_rules
+    from jobs.nearline.state import USER_FEATURES, Features, load
+
+    rules = load_rules(warehouse.aggregate.category_rules)
+    conf = _copy(warehouse, tmp_path / "warehouse")
+    features, _ = load(spark, conf)
+    assert sorted(vars(features)) == ["conf", "item_band", "item_category", "item_factors", "run_date"]
+    n_items = tables.read(spark, conf, "silver.item_categories").count()
+    assert len(features.item_category) == n_items and len(features.item_factors) == n_items
+    stored = tables.read(spark, conf, USER_FEATURES)
+    assert stored.filter(F.col("as_of") == F.lit(features.run_date)).count() == (
+        stored.select("user_id").distinct().count()
+    )  # one row per buyer of the run date
+
+    # A buyer and an item of a category the buyer never met, with CFV factors.
+    (user,), _ = _users_and_item(spark, conf, 1)
+    before = features.users(spark, [user]).inputs(user, features.run_date)
+    known = set(json.loads(before["history_json"])["known_categories"])
+    item, category = next(
+        (i, c)
+        for i, c in sorted(features.item_category.items())
+        if c not in known and features.item_factors.get(i) and c not in (rules.fallback, UNKNOWN_CATEGORY)
+    )
+    _append(spark, conf, [{"event_id": "f1", "user_id": user, "event_type": "purchase", "item_id": item}])
+    today = dt.datetime.now(dt.timezone.utc).date()
+    batch = tables.read(spark, conf, "bronze.events").filter(F.col("event_id") == "f1").toPandas()
+    for state in (features.users(spark, [user]), features.users(spark, [user], batch)):
+        after = state.inputs(user, today)
+        history = json.loads(after["history_json"])
+        assert category in history["known_categories"]
+        assert item in history["touched"] and item in history["bought"]
+        assert history["fresh_items"][item] == [1, 1]  # once, though the batch hands it in again
+        personal = json.loads(after["personal_json"])
+        assert personal[0]["category"] == category  # the fresh intent first
+        recent = {f["factor"] for f in personal[0]["recent"]}
+        assert recent and recent <= set(features.item_factors[item])
+    # The other buyers' rows were not read: a state of one buyer holds one buyer.
+    assert list(state.inputs_by_user) == [user]
+    assert isinstance(features, Features)
 
 
 def test_sigkill_of_the_whole_stream_mid_batch_loses_and_duplicates_nothing(spark, warehouse, tmp_path):
@@ -295,7 +347,7 @@ def test_a_new_batch_run_is_picked_up_without_a_restart(spark, warehouse, tmp_pa
     users, item = _users_and_item(spark, conf, 1)
     query, handler = nearline.start(spark, conf)
     try:
-        first_run = handler.state.run_date
+        first_run = handler.features.run_date
         # A batch run for the next day: candidates and rank rewrite gold.recommendations.
         next_day = first_run + dt.timedelta(days=1)
         run_stages(
@@ -304,7 +356,7 @@ def test_a_new_batch_run_is_picked_up_without_a_restart(spark, warehouse, tmp_pa
             ["candidates", "rank"],
         )
         assert _wait(query, lambda: handler.reloads == 1, timeout=180), query.exception()
-        assert handler.state.run_date == next_day
+        assert handler.features.run_date == next_day
         # The stream goes on with the new features.
         _append(
             spark, conf, [{"event_id": "r1", "user_id": users[0], "event_type": "purchase", "item_id": item}]

@@ -35,6 +35,7 @@ def _table(spark, conf) -> dict:
 
 
 @pytest.mark.parametrize("engine", ["spark", "delta-rs"])
+@pytest.mark.slow
 def test_merge_replaces_a_row_only_from_a_later_batch(spark, conf_factory, engine):
     conf = conf_factory(["tracking.enabled=false"])
     if engine == "delta-rs":

@@ -87,6 +87,7 @@ def _pipeline(spark, conf):
     stages.run_stages(spark, conf, ["ingest", "a", "b", "c"], resume=True)
 
 
+@pytest.mark.slow
 def test_resume_starts_at_the_first_stage_not_complete(spark, conf_factory, fake_dag, caplog):
     conf = conf_factory(["tracking.enabled=false"])
     with pytest.raises(RuntimeError, match="c failed"):

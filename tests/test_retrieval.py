@@ -152,6 +152,7 @@ def test_query_channels_hold_every_user_with_queries_an_item_once_per_channel(sp
         assert r.channel_score == pytest.approx(best[r.item_id], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_shards_on_a_url_give_the_same_neighbours_and_old_builds_are_removed(spark, warehouse, tmp_path):
     """Shards written through the filesystem layer (a ``file://`` URL goes the way an object
     store's would) are found again by Q2I; after three builds only the newest two remain."""

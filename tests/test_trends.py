@@ -367,6 +367,7 @@ def trend_rows(spark, conf):
     return tables.read(spark, conf, "gold.trend_queries").orderBy("rank").collect()
 
 
+@pytest.mark.slow
 def test_trends_job_heuristic_end_to_end(spark, trend_warehouse):
     import jobs.trends as tj
     from core import tables
@@ -400,6 +401,7 @@ def test_trends_job_heuristic_end_to_end(spark, trend_warehouse):
     assert [r.asDict() for r in trend_rows(spark, conf)] == [r.asDict() for r in rows]
 
 
+@pytest.mark.slow
 def test_trends_job_llm_answers_failures_and_delimited_documents(spark, trend_warehouse):
     import jobs.trends as tj
     from testing.scripted_server import ScriptedLLMServer

@@ -18,6 +18,7 @@ Example
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -40,6 +41,9 @@ EVENT_MIX = [
     ("inquiry", 0.88), ("purchase", 0.985), ("cancel", 1.0),
 ]  # fmt: skip
 PACK_SIZES = [6, 12, 12, 24, 24, 24, 48, 48, 96, 144, 200, 500, 1000]
+# Expected events per generated partition: a year of 10,000 buyers (1.8 M events) in the
+# default parallelism's 2 partitions ran the driver out of its 2 GB heap in ingest.
+EVENTS_PER_PARTITION = 200_000
 
 
 def _u(seed: int, salt: str, *cols: Column) -> Column:
@@ -114,7 +118,11 @@ def generate(
         F.greatest(F.lit(1), F.round(activity * events_per_user_day * days)),
         F.lit(days * 200),
     ).cast("int")
-    per_user = spark.range(users).select(F.col("id").alias("user"))
+    parts = max(
+        spark.sparkContext.defaultParallelism,
+        math.ceil(users * days * events_per_user_day / EVENTS_PER_PARTITION),
+    )
+    per_user = spark.range(0, users, 1, parts).select(F.col("id").alias("user"))
     ev = per_user.select("user", F.explode(F.sequence(F.lit(1), n_events)).alias("k"))
     user, k = F.col("user"), F.col("k")
     home1 = F.floor(n_cat * F.pow(_u(seed, "home1", user), 3)).cast("long")

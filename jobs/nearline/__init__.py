@@ -3,9 +3,11 @@
 A Structured Streaming query reads ``bronze.events`` (a Delta table; new events appended
 by ingest or any other producer) and handles each micro-batch in ``foreachBatch``:
 
-1. the batch's events are folded into the user state (``jobs.nearline.state``: recent
-   CFV, history) and the triggered users found (``jobs.nearline.triggers``: a search or
-   purchase, or the 5th detail view within 10 minutes, both configurable);
+1. the triggered users are found (``jobs.nearline.triggers``: a search or purchase, or
+   the 5th detail view within 10 minutes, both configurable) and their state read from
+   Delta (``jobs.nearline.state``: the batch's per-user features, written at start to
+   ``gold.nearline_user_features``, with their events since the batch run folded in:
+   recent CFV, history); nothing per user stays in the driver between batches;
 2. their refresh rows go to the executors, where U2Q, query embedding, the FAISS shards
    (each loaded once per Python worker) and the ranking run (``udfs.nearline``);
 3. one Delta MERGE writes ``gold.nearline_recommendations``: one row per user with the
@@ -33,8 +35,8 @@ keeps the Python workers alive (Spark stops a worker after a minute without work
 
 New batch runs: every ``nearline.reload_check_s`` seconds a background thread looks for a
 new version of ``gold.recommendations`` and, if there is one, loads the batch features
-again beside the running stream; they take over between two micro-batches, with the
-events of the batches handled meanwhile folded in.
+again beside the running stream; they take over between two micro-batches (the fresh
+events are read per batch, so none handled meanwhile is missed).
 
 Run it with ``discovery nearline`` (stops on Ctrl-C, or with ``--stop-after-idle``).
 """

@@ -1,5 +1,5 @@
-"""One micro-batch of the nearline stream (``foreachBatch``): fold the events into the
-user state, find the triggered users, refresh their lists in the executors
+"""One micro-batch of the nearline stream (``foreachBatch``): find the triggered users,
+look up their state (``jobs.nearline.state``), refresh their lists in the executors
 (``udfs.nearline``) and commit them (``jobs.nearline.outputs``)."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import pandas as pd
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -21,8 +20,8 @@ from core import tables
 from core.config import Config
 from jobs.agents import call_settings
 from jobs.candidates import FEATURES
-from jobs.nearline.outputs import commit_engine, commit_lists, log_batch
-from jobs.nearline.state import EVENT_FIELDS, UserState, load
+from jobs.nearline.outputs import commit_lists, log_batch
+from jobs.nearline.state import EVENT_FIELDS, Features, drop_older_features, load, lookup, utc_naive
 from jobs.nearline.triggers import ViewWindow, find_triggers
 from jobs.rank import list_rules
 from jobs.ranker import load_model
@@ -60,26 +59,11 @@ def stored_candidates(
         "query",
         *FEATURE_COLUMNS,
     ]
-    wanted = sorted(set(users))
-    path = tables.local_path(conf, FEATURES) if commit_engine(conf) == "delta-rs" else None
-    if path:  # read by delta-rs on the driver: tens of milliseconds, no Spark job
-        where = (pc.field("as_of") == run_date) & pc.field("user_id").isin(wanted)
-        rows = tables.rs_read(path, cols, where)
-    else:
-        rows = (
-            tables.read(spark, conf, FEATURES)
-            .filter((F.col("as_of") == F.lit(run_date)) & F.col("user_id").isin(wanted))
-            .select(*cols)
-            .toPandas()
-        )
+    rows = lookup(spark, conf, FEATURES, cols, users, equal=("as_of", run_date))
     rows["reasons"] = [dict(m) if m is not None else {} for m in rows["reasons"]]
     return {
         uid: json.dumps(g.drop(columns="user_id").to_dict("records")) for uid, g in rows.groupby("user_id")
     }
-
-
-def utc_naive(ts) -> dt.datetime:
-    return pd.Timestamp(ts).to_pydatetime().replace(tzinfo=None)
 
 
 def _now() -> dt.datetime:
@@ -92,7 +76,7 @@ class BatchHandler:
 
     spark: SparkSession
     conf: Config
-    state: UserState
+    features: Features
     settings: RefreshSettings
     items_broadcast: object
     window: ViewWindow
@@ -101,10 +85,8 @@ class BatchHandler:
     batches: int = 0
     triggers: int = 0
     engine: str = "spark"  # how the two tables are committed: "delta-rs" or "spark"
-    # The version of gold.recommendations whose batch run the features come from; the
-    # events of the batches handled while newer features load (None: no reload running).
+    # The version of gold.recommendations whose batch run the features come from.
     features_version: int | None = None
-    events_since_reload: list | None = None
     batch_lock: threading.Lock = field(default_factory=threading.Lock)
     reloads: int = 0
     last_batch_at: float = field(default_factory=time.monotonic)
@@ -125,21 +107,18 @@ class BatchHandler:
         if events.empty:
             return
         events["ts"] = [utc_naive(t) for t in events["ts"]]
-        self.state.fold(events)
-        if self.events_since_reload is not None:
-            self.events_since_reload.append(events)
         nc = self.conf.nearline
         triggers = find_triggers(events, self.window, nc.trigger_types, nc.view_types)
         t1 = time.perf_counter()
         written, failed, fallbacks, version, committed_at = 0, 0, 0, None, None
         if triggers:
-            stored = stored_candidates(
-                self.spark, self.conf, self.state.run_date, [t.user_id for t in triggers]
-            )
+            users = [t.user_id for t in triggers]
+            state = self.features.users(self.spark, users, events[events["user_id"].isin(users)])
+            stored = stored_candidates(self.spark, self.conf, self.features.run_date, users)
             rows = pd.DataFrame(
                 [
                     {
-                        **self.state.inputs(t.user_id, t.ts.date()),
+                        **state.inputs(t.user_id, t.ts.date()),
                         "candidates_json": stored.get(t.user_id, "[]"),
                     }
                     for t in triggers
@@ -243,8 +222,9 @@ class BatchHandler:
         """Load the batch features again if a batch run rewrote gold.recommendations since.
 
         The load runs beside the stream (batches go on with the old features); the new
-        state takes over between two batches, with the events of the batches handled
-        meanwhile folded into it. Returns whether it reloaded.
+        features take over between two batches (fresh events are looked up per batch, so
+        none handled meanwhile is missed), and the old run date's rows are deleted then.
+        Returns whether it reloaded.
         """
         version = features_version(self.spark, self.conf)
         if version is None or (self.features_version is not None and version <= self.features_version):
@@ -253,24 +233,19 @@ class BatchHandler:
             f"nearline: gold.recommendations is at version {version}: reloading the batch features",
         )
         t0 = time.perf_counter()
-        self.events_since_reload = []
-        try:
-            settings = settings_from_conf(self.spark, self.conf)
-            state, items = load(self.spark, self.conf)
-            warm_workers(self.spark, self.conf, settings)
-            broadcast = self.spark.sparkContext.broadcast(items)
-            with self.batch_lock:
-                for events in self.events_since_reload:
-                    state.fold(events)
-                old = self.items_broadcast
-                self.state, self.settings, self.items_broadcast = state, settings, broadcast
-                self.features_version = version
-                self.reloads += 1
-                old.unpersist()  # no batch is running: nothing reads the old item table now
-        finally:
-            self.events_since_reload = None
+        settings = settings_from_conf(self.spark, self.conf)
+        features, items = load(self.spark, self.conf)
+        warm_workers(self.spark, self.conf, settings)
+        broadcast = self.spark.sparkContext.broadcast(items)
+        with self.batch_lock:
+            old = self.items_broadcast
+            self.features, self.settings, self.items_broadcast = features, settings, broadcast
+            self.features_version = version
+            self.reloads += 1
+            old.unpersist()  # no batch is running: nothing reads the old item table now
+            drop_older_features(self.spark, self.conf, features.run_date)
         log.info(
-            f"nearline: batch features of {state.run_date} in use, {time.perf_counter() - t0:.1f}s",
+            f"nearline: batch features of {features.run_date} in use, {time.perf_counter() - t0:.1f}s",
         )
         return True
 

@@ -1,11 +1,16 @@
-"""What the nearline path knows about users and items, on the driver.
+"""What the nearline path knows about users and items.
 
-:func:`load` reads the batch pipeline's outputs once at start (the U2Q candidates of
-``jobs.u2q.agent_inputs``, long-term and potential CFV, purchase price bands, known
-categories, touched and bought items, item popularity, item factors and vectors), then
-folds in every event after the batch run date, so a restart begins from the same point.
-Each micro-batch folds its events in (:meth:`UserState.fold`, idempotent by event id) and
-:meth:`UserState.inputs` builds the refresh rows of the triggered users:
+Nothing per user stays on the driver between micro-batches. :func:`load` writes the
+batch pipeline's per-user outputs to ``gold.nearline_user_features`` (one row per user
+and batch run date: the U2Q candidates of ``jobs.u2q.agent_inputs``, long-term and
+potential CFV, portrait shares, the recent window's factor events per day, known
+categories, touched and bought items, purchase price bands), its files cut by user range
+so that a lookup of a few users skips the rest; the driver keeps only what the catalog
+bounds (item categories, factors and price bands; the item table the executors get by
+broadcast). Each micro-batch, :meth:`Features.users` reads the triggered users' rows and
+their events after the batch run date (``bronze.events``, which the stream reads, so the
+micro-batch's own events are there), folds those events in (:meth:`UserState.fold`,
+idempotent by event id) and :meth:`UserState.inputs` builds their refresh rows:
 
 - **recent CFV, refreshed**: the batch formula (``jobs.cfv.decayed_scores`` and
   ``top_factors``) evaluated on the trigger's day over the user's factor events of the
@@ -15,9 +20,8 @@ Each micro-batch folds its events in (:meth:`UserState.fold`, idempotent by even
   intent), then the portrait's main categories, each with the refreshed recent factors;
 - **history**: known categories, touched and bought items with the fresh events added.
 
-Memory: per user a few hundred values; per item its factors. That suits the catalogs and
-user bases of this project's data; a very large deployment would look users up in a
-key-value store instead (the interface is :meth:`UserState.inputs`).
+With the delta-rs commit engine (a local warehouse) the lookups run on the driver in tens
+of milliseconds; otherwise each is a small Spark job over the skipped files.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from core import tables
@@ -38,8 +43,12 @@ from core.categories import UNKNOWN_CATEGORY, load_rules, match_category
 from core.config import Config
 from core.rundate import resolve_run_date
 from jobs import candidates, cfv, q2i, u2q
+from jobs.nearline.outputs import commit_engine
 
 log = logging.getLogger(__name__)
+
+USER_FEATURES = "gold.nearline_user_features"
+EVENT_FIELDS = ["event_id", "user_id", "item_id", "event_type", "ts", "query"]
 
 
 @dataclass
@@ -187,14 +196,132 @@ class UserState:
         }
 
 
-# --- loading -------------------------------------------------------------------------------
+# --- lookups -------------------------------------------------------------------------------
 
 
-def _pairs(df: DataFrame, key: str, value: str) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = defaultdict(set)
-    for r in df.select(key, value).collect():
-        out[r[0]].add(r[1])
-    return out
+def lookup(
+    spark: SparkSession,
+    conf: Config,
+    name: str,
+    columns: list[str],
+    users: list[str],
+    equal: tuple[str, object] | None = None,
+    after: tuple[str, object] | None = None,
+) -> pd.DataFrame:
+    """The rows of table ``name`` whose ``user_id`` is in ``users`` (and whose column
+    ``equal[0]`` equals ``equal[1]``, column ``after[0]`` is above ``after[1]``) as pandas.
+
+    Read by delta-rs on the driver when the nearline commits with delta-rs (a local
+    warehouse: tens of milliseconds, no Spark job), else by a Spark job; both skip the
+    files whose partition values or statistics exclude the filter."""
+    wanted = sorted(set(users))
+    path = tables.local_path(conf, name) if commit_engine(conf) == "delta-rs" else None
+    if path:
+        where = pc.field("user_id").isin(wanted)
+        if equal:
+            where = where & (pc.field(equal[0]) == equal[1])
+        if after:
+            where = where & (pc.field(after[0]) > after[1])
+        return tables.rs_read(path, columns, where)
+    cond: Column = F.col("user_id").isin(wanted)
+    if equal:
+        cond = cond & (F.col(equal[0]) == F.lit(equal[1]))
+    if after:
+        cond = cond & (F.col(after[0]) > F.lit(after[1]))
+    return tables.read(spark, conf, name).filter(cond).select(*columns).toPandas()
+
+
+def utc_naive(ts) -> dt.datetime:
+    """A timestamp as naive UTC (delta-rs reads them tz-aware, Spark's session in UTC naive)."""
+    t = pd.Timestamp(ts)
+    return (t.tz_convert("UTC").tz_localize(None) if t.tzinfo else t).to_pydatetime()
+
+
+def _strings(value) -> list[str]:
+    return [] if value is None else [v for v in value if isinstance(v, str)]
+
+
+@dataclass
+class Features:
+    """The driver's part of the nearline state: the batch run date and what the catalog
+    bounds (per item its category, CFV factors and price band). Per-user features are
+    looked up per micro-batch (:meth:`users`)."""
+
+    conf: Config
+    run_date: dt.date
+    item_category: dict[str, str]
+    item_factors: dict[str, list[str]]
+    item_band: dict[str, str]
+
+    def users(self, spark: SparkSession, user_ids: list[str], batch: pd.DataFrame | None = None) -> UserState:
+        """The state of ``user_ids``: their batch features, with their events after the
+        batch run date in ``bronze.events`` and their events in ``batch`` (the micro-batch's,
+        which may include late events of earlier days) folded in, each once."""
+        rows = lookup(
+            spark, self.conf, USER_FEATURES, FEATURE_COLUMNS, user_ids, equal=("as_of", self.run_date)
+        )
+        fresh = lookup(
+            spark, self.conf, "bronze.events", EVENT_FIELDS + ["dt"], user_ids, after=("dt", self.run_date)
+        )
+        inputs, cfv_lists, shares, recent = {}, {}, {}, {}
+        known, touched, bought, bands = {}, {}, {}, {}
+        for r in rows.to_dict("records"):
+            uid = r["user_id"]
+            inputs[uid] = {c: r[c] for c in INPUT_FIELDS}
+            for c in r["cfv"] if r["cfv"] is not None else []:
+                cfv_lists[(uid, c["category"], c["horizon"])] = [
+                    {"factor": f["factor"], "weight": int(f["weight"])} for f in c["factors"]
+                ]
+            for m in r["main_categories"] if r["main_categories"] is not None else []:
+                shares[(uid, m["category"])] = float(m["share"])
+            recent[uid] = {
+                (w["category"], w["factor"], pd.Timestamp(w["dt"]).date()): float(w["w"])
+                for w in (r["recent"] if r["recent"] is not None else [])
+            }
+            known[uid], touched[uid] = set(_strings(r["known"])), set(_strings(r["touched"]))
+            bought[uid], bands[uid] = set(_strings(r["bought"])), set(_strings(r["bands"]))
+        state = UserState(
+            conf=self.conf,
+            run_date=self.run_date,
+            inputs_by_user=inputs,
+            cfv_lists=cfv_lists,
+            shares=shares,
+            recent_weights=recent,
+            known=known,
+            touched=touched,
+            bought=bought,
+            bands=bands,
+            item_category=self.item_category,
+            item_factors=self.item_factors,
+            item_band=self.item_band,
+        )
+        fresh = fresh[EVENT_FIELDS]
+        if batch is not None and not batch.empty:
+            fresh = pd.concat([fresh, batch[EVENT_FIELDS]], ignore_index=True) if not fresh.empty else batch
+        if not fresh.empty:
+            fresh = fresh.assign(ts=[utc_naive(t) for t in fresh["ts"]])
+            state.fold(fresh)
+        return state
+
+    def sample_users(self, spark: SparkSession, n: int) -> list[str]:
+        """The first ``n`` users (by id) with features: the warm-up refresh's."""
+        return [
+            r[0]
+            for r in tables.read(spark, self.conf, USER_FEATURES)
+            .filter(F.col("as_of") == F.lit(self.run_date))
+            .select("user_id")
+            .orderBy("user_id")
+            .limit(n)
+            .collect()
+        ]
+
+
+# --- the batch features, written once per batch run ------------------------------------
+
+INPUT_FIELDS = ["buyer_type", "summary", "personal_json", "trend_json", "exploration_json"]
+FEATURE_COLUMNS = [
+    "user_id", *INPUT_FIELDS, "cfv", "main_categories", "recent", "known", "touched", "bought", "bands",
+]  # fmt: skip
 
 
 def history(spark: SparkSession, conf: Config, run_date) -> tuple[DataFrame, DataFrame, DataFrame]:
@@ -213,9 +340,108 @@ def history(spark: SparkSession, conf: Config, run_date) -> tuple[DataFrame, Dat
     return known, touched, bought
 
 
-def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
-    """(user state, item table indexed by vector_id) from the batch tables; prints progress."""
+def _factor_values(exclude_kinds: list[str]) -> Column:
+    """An item profile's CFV factor values (lower-cased; the excluded kinds left out)."""
+    return F.array_distinct(
+        F.transform(
+            F.filter(
+                "decision_factors",
+                lambda f: ~f["kind"].isin(*exclude_kinds) if exclude_kinds else F.lit(True),
+            ),
+            lambda f: F.lower(F.trim(f["value"])),
+        )
+    )
 
+
+def user_features(spark: SparkSession, conf: Config, run_date: dt.date) -> DataFrame:
+    """One row per user (``FEATURE_COLUMNS``): the batch features of ``run_date``."""
+    cc = conf.cfv
+    rules = load_rules(conf.aggregate.category_rules)
+    events = tables.read(spark, conf, "bronze.events")
+    inputs = u2q.agent_inputs(spark, conf).select("user_id", *INPUT_FIELDS)
+    cfv_rows = (
+        tables.read(spark, conf, "gold.cfv")
+        .filter(F.col("horizon").isin("long_term", "potential"))
+        .groupBy("user_id")
+        .agg(
+            F.collect_list(
+                F.struct(F.col("leaf_category").alias("category"), "horizon", F.col("factors"))
+            ).alias("cfv")
+        )
+    )
+    portraits = tables.read(spark, conf, "gold.portraits").select(
+        "user_id", F.transform("main_categories", lambda m: F.struct(m["category"].alias("category"),
+                                                                     m["share"].cast("double").alias("share")))
+        .alias("main_categories"),
+    )  # fmt: skip
+    # Recent-window factor events of the batch, summed per day (the decay is applied per trigger).
+    recent_start = run_date - dt.timedelta(days=conf.aggregate.windows.recent - 1)
+    fevents = cfv.factor_events(
+        events.filter((F.col("dt") >= F.lit(recent_start)) & (F.col("dt") <= F.lit(run_date))),
+        tables.read(spark, conf, "silver.item_categories"),
+        tables.read(spark, conf, "silver.item_profiles"),
+        rules,
+        cc.exclude_kinds,
+    )
+    recent = (
+        fevents.withColumn("w", cfv.event_weight(cc.event_weights))
+        .groupBy("user_id", "leaf_category", "factor", "dt")
+        .agg(F.sum("w").alias("w"))
+        .filter(F.col("w") > 0)
+        .groupBy("user_id")
+        .agg(
+            F.collect_list(
+                F.struct(
+                    F.col("leaf_category").alias("category"),
+                    "factor",
+                    "dt",
+                    F.col("w").cast("double").alias("w"),
+                )
+            ).alias("recent")
+        )
+    )
+    known, touched, bought = history(spark, conf, run_date)
+    _, bands = q2i.user_preferences(spark, conf)
+    parts = [
+        inputs,
+        cfv_rows,
+        portraits,
+        recent,
+        known.groupBy("user_id").agg(F.collect_set("leaf_category").alias("known")),
+        touched.groupBy("user_id").agg(F.collect_set("item_id").alias("touched")),
+        bought.groupBy("user_id").agg(F.collect_set("item_id").alias("bought")),
+        bands.groupBy("user_id").agg(
+            F.collect_set(F.concat_ws("|", "leaf_category", "price_band")).alias("bands")
+        ),
+    ]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.join(part, "user_id", "full_outer")
+    return out.select(*FEATURE_COLUMNS).withColumn("as_of", F.lit(run_date).cast("date"))
+
+
+def write_user_features(spark: SparkSession, conf: Config, run_date: dt.date) -> int:
+    """Replace the ``run_date`` rows of ``gold.nearline_user_features``, files by user range
+    (a lookup of a few users reads one file); returns the number of users."""
+    feats = user_features(spark, conf, run_date)
+    feats = feats.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
+    if not tables.exists(spark, conf, USER_FEATURES) or [
+        (f.name, f.dataType.simpleString()) for f in tables.read(spark, conf, USER_FEATURES).schema
+    ] != [(f.name, f.dataType.simpleString()) for f in feats.schema]:
+        tables.overwrite(feats.limit(0), conf, USER_FEATURES, partition_by=["as_of"])
+    before = tables.version(spark, conf, USER_FEATURES)
+    tables.replace_where(feats, conf, USER_FEATURES, f"as_of = '{run_date}'")
+    return tables.rows_written(spark, conf, USER_FEATURES, before)
+
+
+def drop_older_features(spark: SparkSession, conf: Config, run_date: dt.date) -> None:
+    """Delete the features of batch run dates before ``run_date`` (no longer in use)."""
+    tables.delete_where(spark, conf, USER_FEATURES, f"as_of < '{run_date}'")
+
+
+def load(spark: SparkSession, conf: Config) -> tuple[Features, pd.DataFrame]:
+    """(features, item table indexed by vector_id) of the batch run; writes the per-user
+    features of its run date (``gold.nearline_user_features``); logs progress."""
     events = tables.read(spark, conf, "bronze.events")
     # The batch run's date, not the last event's: fresh events are appended to the same table.
     run_date = (
@@ -223,86 +449,35 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
         if conf.run.date == "latest" and tables.exists(spark, conf, "gold.recommendations")
         else None
     ) or resolve_run_date(spark, conf, events)
+    log.info(f"nearline: writing the per-user batch features of run date {run_date} ...")
+    n_users = write_user_features(spark, conf, run_date)
+
     cc = conf.cfv
-    rules = load_rules(conf.aggregate.category_rules)
-    log.info(f"nearline: loading the batch features of run date {run_date} ...")
-
-    inputs = {r["user_id"]: r.asDict() for r in u2q.agent_inputs(spark, conf).collect()}
-    cfv_rows = tables.read(spark, conf, "gold.cfv").filter(F.col("horizon").isin("long_term", "potential"))
-    cfv_lists = {
-        (r["user_id"], r["leaf_category"], r["horizon"]): [f.asDict() for f in r["factors"]]
-        for r in cfv_rows.select("user_id", "leaf_category", "horizon", "factors").collect()
-    }
-    shares = {
-        (r["user_id"], m["category"]): float(m["share"])
-        for r in tables.read(spark, conf, "gold.portraits").select("user_id", "main_categories").collect()
-        for m in (r["main_categories"] or [])
-    }
-    known, touched_df, bought_df = history(spark, conf, run_date)
-    _, bands_df = q2i.user_preferences(spark, conf)
-
     item_cats = tables.read(spark, conf, "silver.item_categories")
     profiles = tables.read(spark, conf, "silver.item_profiles")
-    factor_values = F.array_distinct(
-        F.transform(
-            F.filter(
-                "decision_factors",
-                lambda f: ~f["kind"].isin(*cc.exclude_kinds) if cc.exclude_kinds else F.lit(True),
-            ),
-            lambda f: F.lower(F.trim(f["value"])),
-        )
-    )
     item_rows = (
         item_cats.select("item_id", "leaf_category")
-        .join(profiles.select("item_id", factor_values.alias("factors"), "price_band"), "item_id", "left")
+        .join(
+            profiles.select("item_id", _factor_values(cc.exclude_kinds).alias("factors"), "price_band"),
+            "item_id",
+            "left",
+        )
         .toPandas()
     )
-    item_category = dict(zip(item_rows["item_id"], item_rows["leaf_category"], strict=True))
-    item_factors = {
-        i: [f for f in (fs if fs is not None else []) if f]
-        for i, fs in zip(item_rows["item_id"], item_rows["factors"], strict=True)
-    }
-    item_band = {
-        i: b for i, b in zip(item_rows["item_id"], item_rows["price_band"], strict=True) if isinstance(b, str)
-    }
-
-    # Recent-window factor events of the batch, summed per day (the decay is applied per trigger).
-    recent_start = run_date - dt.timedelta(days=conf.aggregate.windows.recent - 1)
-    fevents = cfv.factor_events(
-        events.filter((F.col("dt") >= F.lit(recent_start)) & (F.col("dt") <= F.lit(run_date))),
-        item_cats, profiles, rules, cc.exclude_kinds,
-    )  # fmt: skip
-    per_day = (
-        fevents.withColumn("w", cfv.event_weight(cc.event_weights))
-        .groupBy("user_id", "leaf_category", "factor", "dt")
-        .agg(F.sum("w").alias("w"))
-        .filter(F.col("w") > 0)
-    )
-    recent_weights: dict[str, dict] = defaultdict(dict)
-    for r in per_day.collect():
-        recent_weights[r["user_id"]][(r["leaf_category"], r["factor"], r["dt"])] = float(r["w"])
-
-    state = UserState(
+    features = Features(
         conf=conf,
         run_date=run_date,
-        inputs_by_user=inputs,
-        cfv_lists=cfv_lists,
-        shares=shares,
-        recent_weights=recent_weights,
-        known=_pairs(known, "user_id", "leaf_category"),
-        touched=_pairs(touched_df, "user_id", "item_id"),
-        bought=_pairs(bought_df, "user_id", "item_id"),
-        bands={
-            u: {f"{c}|{b}" for c, b in pairs}
-            for u, pairs in _grouped(bands_df.select("user_id", "leaf_category", "price_band")).items()
+        item_category=dict(zip(item_rows["item_id"], item_rows["leaf_category"], strict=True)),
+        item_factors={
+            i: [f for f in (fs if fs is not None else []) if f]
+            for i, fs in zip(item_rows["item_id"], item_rows["factors"], strict=True)
         },
-        item_category=item_category,
-        item_factors=item_factors,
-        item_band=item_band,
+        item_band={
+            i: b
+            for i, b in zip(item_rows["item_id"], item_rows["price_band"], strict=True)
+            if isinstance(b, str)
+        },
     )
-    fresh = events.filter(F.col("dt") > F.lit(run_date)).select(*EVENT_FIELDS).toPandas()
-    state.fold(fresh)
-
     all_factors = profiles.select(
         "item_id",
         F.transform("decision_factors", lambda f: F.lower(F.trim(f["value"]))).alias("factors"),
@@ -323,18 +498,5 @@ def load(spark: SparkSession, conf: Config) -> tuple[UserState, pd.DataFrame]:
         .set_index("vector_id")
     )
     items["factors"] = [list(f) if f is not None else [] for f in items["factors"]]
-    log.info(
-        f"nearline: {len(inputs):,} users with candidates, {len(items):,} items, "
-        f"{len(fresh):,} events after the run date folded in",
-    )
-    return state, items
-
-
-EVENT_FIELDS = ["event_id", "user_id", "item_id", "event_type", "ts", "query"]
-
-
-def _grouped(df: DataFrame) -> dict[str, list[tuple[str, str]]]:
-    out: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for r in df.collect():
-        out[r[0]].append((r[1], r[2]))
-    return out
+    log.info(f"nearline: features of {n_users:,} users written, {len(items):,} items loaded")
+    return features, items

@@ -21,11 +21,10 @@ from jobs.nearline.handler import (
     features_version,
     settings_from_conf,
     stored_candidates,
-    utc_naive,
     warm_workers,
 )
 from jobs.nearline.outputs import commit_engine, create_tables
-from jobs.nearline.state import load
+from jobs.nearline.state import drop_older_features, load, utc_naive
 from jobs.nearline.triggers import ViewWindow
 from udfs.nearline import INPUT_COLUMNS
 
@@ -97,7 +96,8 @@ def seed_views(spark: SparkSession, conf: Config, window: ViewWindow) -> int:
 
 
 def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, BatchHandler]:
-    """Load the state and start the streaming query; returns (StreamingQuery, handler)."""
+    """Write the per-user features, load the rest and start the streaming query; returns
+    (StreamingQuery, handler)."""
     for needed in (
         "bronze.events",
         "gold.portraits",
@@ -114,7 +114,8 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
         spark.conf.set(key, value)
     version = features_version(spark, conf)  # before the load: a run during it is seen later
     settings = settings_from_conf(spark, conf)
-    state, items = load(spark, conf)
+    features, items = load(spark, conf)
+    drop_older_features(spark, conf, features.run_date)
     window = ViewWindow(nc.views, nc.view_window_s)
     n_views = seed_views(spark, conf, window)
     tasks = nc.tasks or spark.sparkContext.defaultParallelism
@@ -126,7 +127,7 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     handler = BatchHandler(
         spark=spark,
         conf=conf,
-        state=state,
+        features=features,
         settings=settings,
         items_broadcast=spark.sparkContext.broadcast(items),
         window=window,
@@ -140,10 +141,11 @@ def start(spark: SparkSession, conf: Config, on_batch=None) -> tuple[object, Bat
     # of real users through the whole path (the LLM client, Arrow, the broadcast, a real
     # encode and search; nothing is written) and one MERGE that writes nothing.
     t0 = time.perf_counter()
-    sample = sorted(state.inputs_by_user)[:tasks]
+    sample = features.sample_users(spark, tasks)
     if sample:
-        stored = stored_candidates(spark, conf, state.run_date, sample)
-        rows = [{**state.inputs(u, state.run_date), "candidates_json": stored.get(u, "[]")} for u in sample]
+        state, run_date = features.users(spark, sample), features.run_date
+        stored = stored_candidates(spark, conf, run_date, sample)
+        rows = [{**state.inputs(u, run_date), "candidates_json": stored.get(u, "[]")} for u in sample]
         handler._refresh(pd.DataFrame(rows)[list(INPUT_COLUMNS)])
     handler.warm_up_merge()
     log.info(
