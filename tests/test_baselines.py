@@ -227,6 +227,7 @@ def test_recommend_dispatches_with_params_and_rejects_unknown_names(spark):
         baselines.recommend("repeat", events, targets, 5, None)
 
 
+@pytest.mark.slow
 def test_als_through_recommend_at_the_corner_of_its_grid(spark):
     # the largest rank (more factors than the 4 items), the smallest regularisation, the largest alpha
     params = {"rank": 64, "reg_param": 0.01, "alpha": 40.0, "max_iter": 5}

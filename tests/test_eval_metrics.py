@@ -277,6 +277,7 @@ def test_a_user_without_a_list_gets_rows_at_every_k(spark):
     table.unpersist()
 
 
+@pytest.mark.slow
 def test_summary_is_the_mean_of_the_per_user_table(spark):
     categories = [("A", "mugs"), ("B", "mugs"), ("C", "lamps"), ("D", "rugs"), ("E", "lamps")]
     vectors = [("A", [1.0, 0.0]), ("B", [0.0, 1.0]), ("C", [0.6, 0.8]), ("D", [1.0, 0.0])]

@@ -51,6 +51,7 @@ def test_no_test_period_purchase_moves_the_choice_or_any_score(spark):
     assert table_p.equals(table)
 
 
+@pytest.mark.slow
 def test_the_same_purchases_inside_the_validation_window_would_change_the_choice(spark):
     # The check above can fail: with the first cut at day 30 the validation window
     # [25, 30) holds the A purchases, and the frequent item wins.

@@ -68,6 +68,7 @@ def test_merge_replaces_a_row_only_from_a_later_batch(spark, conf_factory, engin
     assert got["b"][3] == [_item("i3", 3.0)]
 
 
+@pytest.mark.slow
 def test_both_engines_leave_the_same_rows(spark, conf_factory, tmp_path):
     results = []
     for engine in ("spark", "delta-rs"):

@@ -213,6 +213,7 @@ def test_check_enforces_vocabularies_and_shares():
         assert e.value.kind == "out_of_vocabulary"
 
 
+@pytest.mark.slow
 def test_llm_portraits_and_fallback_for_out_of_vocabulary(spark, warehouse, heuristic_rows):
     _, heuristic = heuristic_rows
 

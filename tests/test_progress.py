@@ -127,6 +127,7 @@ def test_resume_starts_at_the_first_stage_not_complete(spark, conf_factory, fake
     )
 
 
+@pytest.mark.slow
 def test_restart_runs_every_stage(spark, conf_factory, fake_dag):
     conf = conf_factory(["tracking.enabled=false"])
     fake_dag["fail_c"] = False
