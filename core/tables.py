@@ -106,6 +106,24 @@ def delete_where(spark: SparkSession, conf: Config, name: str, condition: str) -
     _delta_table(spark, conf, name).delete(condition)
 
 
+def reset_if_other_columns(
+    spark: SparkSession, conf: Config, name: str, df: DataFrame, partition_by: list[str]
+) -> None:
+    """Create ``name`` empty with ``df``'s columns, partitioned by ``partition_by``, unless
+    it exists with the same columns; a table written by another version (other columns) is
+    replaced, its history dropped, with a warning."""
+
+    def columns(schema) -> list[tuple[str, str]]:
+        return [(f.name, f.dataType.simpleString()) for f in schema]
+
+    present = exists(spark, conf, name)
+    other = present and columns(read(spark, conf, name).schema) != columns(df.schema)
+    if other:
+        log.warning("%s was written by another version (other columns): its history is dropped", name)
+    if other or not present:
+        overwrite(df.limit(0), conf, name, partition_by=partition_by)
+
+
 def set_properties(spark: SparkSession, conf: Config, name: str, properties: dict[str, str]) -> None:
     """Set table properties of ``name`` (one commit, only when one differs). Delta also
     passes them to the Parquet writer of every later write, e.g. ``parquet.block.size``."""

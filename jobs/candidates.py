@@ -610,17 +610,7 @@ def write_features(
     # range partitioner samples its input first: kept, the features are computed once, not twice.
     kept = feats.persist(StorageLevel.MEMORY_AND_DISK)
     feats = kept.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
-
-    def columns(schema) -> list[tuple[str, str]]:
-        return [(f.name, f.dataType.simpleString()) for f in schema]
-
-    exists = tables.exists(spark, conf, FEATURES)
-    other = exists and columns(tables.read(spark, conf, FEATURES).schema) != columns(feats.schema)
-    if other:
-        log.warning("candidates: %s was written by another version (other columns): its history is dropped",
-                    FEATURES)  # fmt: skip
-    if other or not exists:
-        tables.overwrite(feats.limit(0), conf, FEATURES, partition_by=["as_of"])
+    tables.reset_if_other_columns(spark, conf, FEATURES, feats, ["as_of"])
     tables.set_properties(spark, conf, FEATURES, FEATURES_PROPERTIES)
     tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'")
     if prune:

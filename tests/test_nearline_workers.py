@@ -37,7 +37,13 @@ def test_keep_warm_keeps_the_model_past_sparks_idle_timeout(spark, conf_factory)
         q2i=conf.q2i, candidates=conf.candidates, horizon_days=conf.aggregate.horizon_days, ranker=None, rules=None,
     )  # fmt: skip
     handler = nearline.BatchHandler(
-        spark=spark, conf=conf, features=None, settings=settings, items_broadcast=None, window=None, app_id="t"
+        spark=spark,
+        conf=conf,
+        features=None,
+        settings=settings,
+        items_broadcast=None,
+        window=None,
+        app_id="t",
     )
     nearline.warm_workers(spark, conf, settings)
     handler.last_worker_use = time.monotonic()

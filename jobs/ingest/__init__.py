@@ -87,11 +87,7 @@ def ingest_source(spark: SparkSession, conf: Config, src: SourceConf, run_id: st
     duplicates = input_rows - distinct.count()
     # One cached copy at a time.
     staged.unpersist()
-    validated = (
-        distinct.transform(staging.validate)
-        .transform(staging.with_event_ids)
-        .persist(CACHE)
-    )
+    validated = distinct.transform(staging.validate).transform(staging.with_event_ids).persist(CACHE)
     by_reason = {
         r["reason"] or "": r["n"] for r in validated.groupBy("reason").agg(F.count("*").alias("n")).collect()
     }

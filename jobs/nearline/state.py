@@ -425,10 +425,7 @@ def write_user_features(spark: SparkSession, conf: Config, run_date: dt.date) ->
     (a lookup of a few users reads one file); returns the number of users."""
     feats = user_features(spark, conf, run_date)
     feats = feats.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
-    if not tables.exists(spark, conf, USER_FEATURES) or [
-        (f.name, f.dataType.simpleString()) for f in tables.read(spark, conf, USER_FEATURES).schema
-    ] != [(f.name, f.dataType.simpleString()) for f in feats.schema]:
-        tables.overwrite(feats.limit(0), conf, USER_FEATURES, partition_by=["as_of"])
+    tables.reset_if_other_columns(spark, conf, USER_FEATURES, feats, ["as_of"])
     before = tables.version(spark, conf, USER_FEATURES)
     tables.replace_where(feats, conf, USER_FEATURES, f"as_of = '{run_date}'")
     return tables.rows_written(spark, conf, USER_FEATURES, before)
