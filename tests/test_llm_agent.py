@@ -210,6 +210,10 @@ def test_token_bound_of_a_hand_worked_schema():
     assert max_tokens_for(schema) == int(46 * 1.25) + 16
     unbounded = {"type": "object", "properties": {"names": {"type": "array", "items": {"type": "string"}}}}
     assert token_bound(unbounded) is None and max_tokens_for(unbounded) is None
+    # a tuple: brackets 2 + each position's bound + 2; "const" as an enum of one
+    pair = {"type": "array", "prefixItems": [{"const": "abcdef"}, {"type": "string", "maxLength": 9}]}
+    # '"abcdef"' is 8 chars -> 2 + 2; 9 chars -> 3 + 2
+    assert token_bound(pair) == 2 + (4 + 2) + (5 + 2)
 
 
 def _settings(max_tokens):
@@ -351,19 +355,36 @@ def test_the_prompts_example_is_rejected_as_a_copy():
     assert parse_answer(json.dumps({"queries": [real]}), u2q.AGENT, U2Q_ROW, U2Q_CTX, example).queries
 
 
-def test_u2q_schema_carries_this_buyers_counts_and_categories():
+def test_u2q_schema_has_one_slot_per_query_asked_with_its_kinds_categories():
     from udfs.agents import u2q
 
     schema = u2q.AGENT.schema_for(U2Q_ROW, U2Q_CTX)
-    assert schema["properties"]["queries"]["maxItems"] == 4
-    query = schema["$defs"]["DemandQuery"]["properties"]
-    assert query["category"]["enum"] == ["candles", "lamps", "mugs"]
-    assert query["kind"]["enum"] == ["exploration", "personal", "trend"]
-    # a buyer with no trend and no adjacent category: only personal queries can be asked
+    queries = schema["properties"]["queries"]
+    slots = [ref["$ref"].rsplit("/", 1)[-1] for ref in queries["prefixItems"]]
+    assert slots == ["personal_query", "personal_query", "trend_query", "exploration_query"]
+    assert queries["minItems"] == queries["maxItems"] == 4
+    defs = schema["$defs"]
+    assert defs["personal_query"]["properties"]["kind"] == {"const": "personal"}
+    assert defs["personal_query"]["properties"]["category"]["enum"] == ["mugs"]
+    assert defs["trend_query"]["properties"]["category"]["enum"] == ["lamps"]
+    assert defs["exploration_query"]["properties"]["category"]["enum"] == ["candles"]
+    # the category is chosen before the query is written
+    assert list(defs["trend_query"]["properties"]) == ["kind", "category", "query", "reason"]
+    # an answer that fills the slots is a valid answer of the agent's model
+    answer = {"queries": [
+        {"kind": "personal", "category": "mugs", "query": "enamel mugs", "reason": "You buy mugs"},
+        {"kind": "personal", "category": "mugs", "query": "large mugs", "reason": "You buy mugs"},
+        {"kind": "trend", "category": "lamps", "query": "paper lamps", "reason": "Rising"},
+        {"kind": "exploration", "category": "candles", "query": "tea lights", "reason": "New for you"},
+    ]}  # fmt: skip
+    assert len(parse_answer(json.dumps(answer), u2q.AGENT, U2Q_ROW, U2Q_CTX).queries) == 4
+    # a buyer with no trend and no adjacent category: only personal slots, and the prompt says so
     alone = dict(U2Q_ROW, trend_json="[]", exploration_json="[]")
     schema = u2q.AGENT.schema_for(alone, U2Q_CTX)
-    assert schema["properties"]["queries"]["maxItems"] == 2
-    assert schema["$defs"]["DemandQuery"]["properties"]["kind"]["enum"] == ["personal"]
+    assert len(schema["properties"]["queries"]["prefixItems"]) == 2
+    assert set(schema["$defs"]) == {"personal_query"}
+    system = load_prompt("u2q").render(**u2q.template_values(alone, U2Q_CTX))[0]
+    assert 'then 0 of kind "trend"' in system
 
 
 def test_a_cut_off_answer_that_is_not_json_before_the_cut_is_a_failure_not_a_crash():
@@ -374,3 +395,68 @@ def test_a_cut_off_answer_that_is_not_json_before_the_cut_is_a_failure_not_a_cra
     with pytest.raises(AnswerError) as e:
         read_answer(text, u2q.AGENT, U2Q_ROW, U2Q_CTX)
     assert e.value.kind == "not_json"
+
+
+def test_trend_queries_that_break_the_rules_are_left_out_and_an_empty_list_is_filled():
+    from udfs.agents import trend_query as tq
+    from udfs.llm.agent import Salvaged, read_answer
+
+    row = {"seed_kind": "category", "seed_text": "lamps", "leaf_category": "lamps", "growth": 1.5,
+           "rising_json": '[{"factor_kind": "material", "factor": "paper", "growth": 2.0}]',
+           "documents_json": "[]", "category_phrase": "hanging lamp"}  # fmt: skip
+    context = {"as_of": "2011-11-01", "max_queries": 3}
+    text = json.dumps({"selling_points": ["paper material"],
+                       "queries": ["paper lamps", "Paper  Lamps", "x", "rice paper shade"]})  # fmt: skip
+    answer = read_answer(text, tq.AGENT, row, context)
+    assert isinstance(answer, Salvaged) and answer.reason == "pruned"
+    assert answer.output.queries == ["paper lamps", "rice paper shade"]
+    assert "repeated" in answer.note and answer.kept == 3  # 2 queries + 1 selling point
+    # every query broken: the selling point is kept, the heuristic's queries fill in
+    text = json.dumps({"selling_points": ["paper material"], "queries": ["x", "y\nz"]})
+    answer = read_answer(text, tq.AGENT, row, context)
+    assert answer.output.selling_points == ["paper material"]
+    assert answer.output.queries == tq.heuristic(row, context).queries == ["paper hanging lamp"]
+
+
+def test_a_portraits_main_categories_that_break_the_rules_are_left_out():
+    from udfs.agents import portrait
+    from udfs.llm.agent import Salvaged, read_answer
+
+    facts = {
+        "categories": [{"category": c, "share": s} for c, s in (("mugs", 0.6), ("bags", 0.3), ("lamps", 0.1))]
+    }
+    row = {"facts_json": json.dumps(facts), "digest_text": None}
+    context = {"top_categories": 3}
+    profile = {"identity": "a gift shop", "target_audience": "tourists", "operating_strategy": "small stock",
+               "procurement_focus": "mugs"}  # fmt: skip
+
+    def answer(*main):
+        return json.dumps({"main_categories": [{"category": c, "share": s} for c, s in main],
+                           "buyer_type": "general gift shop", "dropshipper": "stockholding",
+                           "core_intents": ["mugs"], "profile": profile, "summary": "A gift shop."})  # fmt: skip
+
+    got = read_answer(answer(("mugs", 0.6), ("mugs", 0.3), ("candles", 0.2), ("bags", 0.7), ("lamps", 0.1)),
+                      portrait.AGENT, row, context)  # fmt: skip
+    assert isinstance(got, Salvaged) and got.reason == "pruned"
+    # the repeat, the category not the buyer's and the share that pushes the sum over 1 are out
+    assert [(c.category, c.share) for c in got.output.main_categories] == [("mugs", 0.6), ("lamps", 0.1)]
+    assert got.output.summary == "A gift shop."
+    # no main category left: still a failure
+    with pytest.raises(AnswerError) as e:
+        read_answer(answer(("candles", 0.5)), portrait.AGENT, row, context)
+    assert e.value.kind == "out_of_vocabulary"
+
+
+def test_an_item_profiles_factors_that_break_the_rules_are_left_out():
+    from udfs.llm.agent import Salvaged, read_answer
+
+    category = CTX["categories"][0]
+    text = json.dumps({"short_title": "Red Mug", "leaf_category": category, "decision_factors": [
+        {"kind": "colour", "value": "red"},
+        {"kind": "style", "value": "very big and bold"},
+        {"kind": "style", "value": f"nice {category.split()[0]}"},
+    ]})  # fmt: skip
+    got = read_answer(text, ip.AGENT, {"title": "RED MUG"}, CTX)
+    assert isinstance(got, Salvaged) and got.reason == "pruned" and got.kept == 1
+    assert [f.value for f in got.output.decision_factors] == ["red"]
+    assert got.output.short_title == "Red Mug" and got.output.leaf_category == category

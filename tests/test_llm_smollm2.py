@@ -159,7 +159,7 @@ def test_smollm2_compresses_three_real_buyers_without_a_crash(spark, conf_factor
 
 
 def test_llama_cpp_turns_every_bound_of_the_u2q_schema_into_grammar():
-    """The keywords the request schemas use (enum, maxItems, maxLength, minLength, $ref)
+    """The keywords the request schemas use (enum, const, prefixItems, maxLength, minLength, $ref)
     reach llama.cpp's grammar as hard limits, so a grammar-constrained model cannot write
     more queries, longer strings or other categories than the prompt asks for."""
     import json
@@ -179,9 +179,22 @@ def test_llama_cpp_turns_every_bound_of_the_u2q_schema_into_grammar():
         for line in grammar.json_schema_to_gbnf(json.dumps(schema)).splitlines()
         if line
     )
-    # at most 2 + 1 queries (no trend candidate): one required-free list of up to 3 items
-    assert rules["queries"].count("queries-item") == 3
-    assert rules["DemandQuery-category"] == '"\\"candles\\"" | "\\"mugs\\""'
-    assert rules["DemandQuery-kind"] == '"\\"exploration\\"" | "\\"personal\\""'
+    # exactly 2 + 1 queries (no trend candidate), each slot with its kind and categories
+    assert (
+        rules["queries"]
+        == '"[" space queries-tuple-0 "," space queries-tuple-1 "," space queries-tuple-2 "]" space'
+    )
+    assert [rules[f"queries-tuple-{i}"] for i in range(3)] == [
+        "personal-query",
+        "personal-query",
+        "exploration-query",
+    ]
+    assert rules["personal-query-kind"] == '"\\"personal\\""'
+    assert rules["personal-query-category"] == '"\\"mugs\\""'
+    assert rules["exploration-query-category"] == '"\\"candles\\""'
+    # the category comes before the query
+    assert rules["personal-query"].index("category-kv") < rules["personal-query"].index("query-query-kv")
     # a query is 2 to 120 characters: two required, 118 optional
-    assert rules["DemandQuery-query"].count("char") == 120 and rules["DemandQuery-query"].count("?") == 118
+    assert (
+        rules["personal-query-query"].count("char") == 120 and rules["personal-query-query"].count("?") == 118
+    )

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.categories import CategoryRules, load_rules, match_category, vocabulary
-from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema, nothing_to_add
 
 FactorKind = Literal[
     "style",
@@ -184,6 +184,22 @@ def heuristic(row: Row, context: Context) -> ItemProfile:
     )
 
 
+def factor_problems(answer: ItemProfile) -> list[str | None]:
+    """Per decision factor, what is wrong with it (None: nothing): at most three words,
+    none of them a word of the category's name."""
+    category_words = set(answer.leaf_category.lower().split())
+    out: list[str | None] = []
+    for f in answer.decision_factors:
+        words = f.value.lower().split()
+        if len(words) > 3:
+            out.append(f"factor {f.value!r} is longer than three words")
+        elif set(words) & category_words:
+            out.append(f"factor {f.value!r} repeats the category name")
+        else:
+            out.append(None)
+    return out
+
+
 def check(answer: ItemProfile, row: Row, context: Context) -> None:
     """Category from the vocabulary; factors short and not the category word."""
     categories = context["categories"]
@@ -191,13 +207,17 @@ def check(answer: ItemProfile, row: Row, context: Context) -> None:
         raise AnswerError(
             "out_of_vocabulary", f"leaf_category {answer.leaf_category!r} is not one of the categories given"
         )
-    category_words = set(answer.leaf_category.lower().split())
-    for f in answer.decision_factors:
-        words = f.value.lower().split()
-        if len(words) > 3:
-            raise AnswerError("out_of_vocabulary", f"factor {f.value!r} is longer than three words")
-        if set(words) & category_words:
-            raise AnswerError("out_of_vocabulary", f"factor {f.value!r} repeats the category name")
+    problems = [p for p in factor_problems(answer) if p]
+    if problems:
+        raise AnswerError("out_of_vocabulary", problems[0])
+
+
+def prune(answer: ItemProfile, row: Row, context: Context) -> tuple[ItemProfile, list[str]]:
+    """The profile without its decision factors that break the rules, and why (the check
+    still rejects a category outside the vocabulary)."""
+    problems = factor_problems(answer)
+    kept = [f for f, p in zip(answer.decision_factors, problems, strict=True) if p is None]
+    return answer.model_copy(update={"decision_factors": kept}), [p for p in problems if p]
 
 
 def template_values(row: Row, context: Context) -> dict[str, object]:
@@ -231,4 +251,6 @@ AGENT = Agent(
     check=check,
     image_column="image_url",
     request_schema=request_schema,
+    complete=nothing_to_add,
+    prune=prune,
 )

@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, narrowed_schema, nothing_to_add
 
 BUYER_TYPES = (
     "wholesaler / reseller",
@@ -238,8 +238,34 @@ def heuristic(row: Row, context: Context) -> Portrait:
     )
 
 
+def sort_out(answer: Portrait, row: Row, context: Context) -> tuple[list[CategoryShare], list[str]]:
+    """(the main categories that keep the rules, in order; what is wrong with the others).
+    A main category is one of the user's, not repeated, with a share in [0, 1], at most
+    ``top_categories`` of them (the first ones), their shares summing to at most 1.01 (a
+    category that would push the sum over is left out)."""
+    own = {c["category"] for c in _facts(row).get("categories") or []}
+    limit = int(context.get("top_categories", 3))
+    kept: list[CategoryShare] = []
+    problems: list[str] = []
+    for c in answer.main_categories:
+        total = sum(k.share for k in kept) + c.share
+        if c.category not in own:
+            problems.append(f"category {c.category!r} is not one of the user's categories")
+        elif c.category in {k.category for k in kept}:
+            problems.append(f"category {c.category!r} is repeated")
+        elif not 0.0 <= c.share <= 1.0:
+            problems.append(f"share {c.share} of {c.category!r} is outside [0, 1]")
+        elif len(kept) >= limit:
+            problems.append(f"{len(answer.main_categories)} main categories, at most {limit}")
+        elif total > 1.01:
+            problems.append(f"main category shares sum to {total:.2f}, more than 1")
+        else:
+            kept.append(c)
+    return kept, problems
+
+
 def check(answer: Portrait, row: Row, context: Context) -> None:
-    """Vocabularies, categories of the user, shares in [0, 1] summing to at most 1.01."""
+    """Vocabularies, at least one main category, and the rules of :func:`sort_out`."""
     if answer.buyer_type not in BUYER_TYPES:
         raise AnswerError(
             "out_of_vocabulary", f"buyer_type {answer.buyer_type!r} is not one of: {'; '.join(BUYER_TYPES)}"
@@ -249,28 +275,18 @@ def check(answer: Portrait, row: Row, context: Context) -> None:
             "out_of_vocabulary",
             f"dropshipper {answer.dropshipper!r} is not one of: {'; '.join(DROPSHIPPER_TYPES)}",
         )
-    own = {c["category"] for c in _facts(row).get("categories") or []}
-    limit = int(context.get("top_categories", 3))
     if not answer.main_categories:
         raise AnswerError("out_of_vocabulary", "main_categories is empty")
-    if len(answer.main_categories) > limit:
-        raise AnswerError(
-            "out_of_vocabulary", f"{len(answer.main_categories)} main categories, at most {limit}"
-        )
-    seen: set[str] = set()
-    for c in answer.main_categories:
-        if c.category not in own:
-            raise AnswerError(
-                "out_of_vocabulary", f"category {c.category!r} is not one of the user's categories"
-            )
-        if c.category in seen:
-            raise AnswerError("out_of_vocabulary", f"category {c.category!r} is repeated")
-        seen.add(c.category)
-        if not 0.0 <= c.share <= 1.0:
-            raise AnswerError("out_of_vocabulary", f"share {c.share} of {c.category!r} is outside [0, 1]")
-    total = sum(c.share for c in answer.main_categories)
-    if total > 1.01:
-        raise AnswerError("out_of_vocabulary", f"main category shares sum to {total:.2f}, more than 1")
+    _, problems = sort_out(answer, row, context)
+    if problems:
+        raise AnswerError("out_of_vocabulary", problems[0])
+
+
+def prune(answer: Portrait, row: Row, context: Context) -> tuple[Portrait, list[str]]:
+    """The answer without the main categories that break the rules, and why (the check
+    still rejects an answer left with none, or with a word outside the vocabularies)."""
+    kept, problems = sort_out(answer, row, context)
+    return answer.model_copy(update={"main_categories": kept}), problems
 
 
 # --- the prompt -------------------------------------------------------------------------
@@ -331,11 +347,11 @@ def request_schema(row: Row, context: Context) -> dict[str, object]:
     most 80 characters."""
     own = [c["category"] for c in _facts(row).get("categories") or []]
     return narrowed_schema(Portrait, {
-        "main_categories": {"maxItems": int(context.get("top_categories", 3))},
+        "main_categories": {"minItems": 1, "maxItems": int(context.get("top_categories", 3))},
         "CategoryShare.category": enum_or_string(own),
         "buyer_type": {"enum": list(BUYER_TYPES)},
         "dropshipper": {"enum": list(DROPSHIPPER_TYPES)},
-        "core_intents": {"maxItems": 5, "items": {"type": "string", "minLength": 1, "maxLength": 80}},
+        "core_intents": {"minItems": 1, "maxItems": 5, "items": {"type": "string", "minLength": 1, "maxLength": 80}},
     })  # fmt: skip
 
 
@@ -348,4 +364,6 @@ AGENT = Agent(
     heuristic_version="h1",
     check=check,
     request_schema=request_schema,
+    complete=nothing_to_add,
+    prune=prune,
 )

@@ -93,24 +93,63 @@ def _norm(text: str) -> str:
     return _SPACES.sub(" ", text.strip().lower())
 
 
-def check(answer: TrendQueries, row: Row, context: Context) -> None:
-    """At most ``max_queries`` distinct single-line queries of 2 to 140 characters."""
+def sort_out(answer: TrendQueries, context: Context) -> tuple[TrendQueries, list[str]]:
+    """(the answer with only the queries and selling points that keep the rules; what is
+    wrong with each of the others). Queries: single lines of 2 to 140 characters, none
+    twice, at most ``max_queries`` (the first ones); selling points: single lines of 1 to
+    60 characters. Either list may end up empty (built without validation)."""
     limit = int(context.get("max_queries", 3))
-    if len(answer.queries) > limit:
-        raise AnswerError("out_of_vocabulary", f"{len(answer.queries)} queries, at most {limit} allowed")
-    seen: set[str] = set()
-    for text in list(answer.queries) + list(answer.selling_points):
+    problems: list[str] = []
+
+    def clean(text: str) -> bool:
         if "<input>" in text or "</input>" in text or "\n" in text:
-            raise AnswerError("out_of_vocabulary", f"{text[:60]!r} carries a delimiter or a line break")
+            problems.append(f"{text[:60]!r} carries a delimiter or a line break")
+            return False
+        return True
+
+    queries: list[str] = []
     for q in answer.queries:
+        if not clean(q):
+            continue
         if not 2 <= len(q.strip()) <= 140:
-            raise AnswerError("out_of_vocabulary", f"query {q[:60]!r} must have 2 to 140 characters")
-        if _norm(q) in seen:
-            raise AnswerError("out_of_vocabulary", f"query {q!r} is repeated")
-        seen.add(_norm(q))
+            problems.append(f"query {q[:60]!r} must have 2 to 140 characters")
+        elif _norm(q) in {_norm(x) for x in queries}:
+            problems.append(f"query {q!r} is repeated")
+        elif len(queries) >= limit:
+            problems.append(f"{len(answer.queries)} queries, at most {limit} allowed")
+        else:
+            queries.append(q)
+    points = []
     for p in answer.selling_points:
+        if not clean(p):
+            continue
         if not 1 <= len(p.strip()) <= 60:
-            raise AnswerError("out_of_vocabulary", f"selling point {p[:60]!r} must have 1 to 60 characters")
+            problems.append(f"selling point {p[:60]!r} must have 1 to 60 characters")
+        else:
+            points.append(p)
+    return TrendQueries.model_construct(selling_points=points, queries=queries), problems
+
+
+def check(answer: TrendQueries, row: Row, context: Context) -> None:
+    """At most ``max_queries`` distinct single-line queries of 2 to 140 characters, selling
+    points of 1 to 60 (see :func:`sort_out`)."""
+    _, problems = sort_out(answer, context)
+    if problems:
+        raise AnswerError("out_of_vocabulary", problems[0])
+
+
+def prune(answer: TrendQueries, row: Row, context: Context) -> tuple[TrendQueries, list[str]]:
+    """The answer without its queries and selling points that break the rules, and why."""
+    return sort_out(answer, context)
+
+
+def complete(answer: TrendQueries, row: Row, context: Context) -> TrendQueries:
+    """A pruned or cut-off answer with an empty list filled by the heuristic's."""
+    twin = heuristic(row, context)
+    return TrendQueries(
+        selling_points=list(answer.selling_points) or twin.selling_points,
+        queries=list(answer.queries) or twin.queries,
+    )
 
 
 def with_term(term: str, phrase: str | None) -> str | None:
@@ -167,14 +206,19 @@ def heuristic(row: Row, context: Context) -> TrendQueries:
 
 
 def request_schema(row: Row, context: Context) -> dict[str, object]:
-    """The answer's schema with the prompt's limits: 1 to 5 selling points of at most 60
-    characters, 1 to ``max_queries`` queries of at most 140."""
+    """The answer's schema with the prompt's limits: 1 to 5 selling points of 1 to 60
+    characters, 1 to ``max_queries`` queries of 2 to 140."""
 
-    def strings(n: int, chars: int) -> dict[str, object]:
-        return {"maxItems": n, "items": {"type": "string", "minLength": 1, "maxLength": chars}}
+    def strings(n: int, lo: int, chars: int) -> dict[str, object]:
+        return {
+            "minItems": 1,
+            "maxItems": n,
+            "items": {"type": "string", "minLength": lo, "maxLength": chars},
+        }
 
     return narrowed_schema(
-        TrendQueries, {"selling_points": strings(5, 60), "queries": strings(int(context["max_queries"]), 140)}
+        TrendQueries,
+        {"selling_points": strings(5, 1, 60), "queries": strings(int(context["max_queries"]), 2, 140)},
     )
 
 
@@ -195,4 +239,6 @@ AGENT = Agent(
     heuristic_version="h2",
     check=check,
     request_schema=request_schema,
+    complete=complete,
+    prune=prune,
 )

@@ -28,7 +28,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, json_list, narrowed_schema
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, json_list, model_schema
 
 KINDS = ("personal", "trend", "exploration")
 
@@ -64,6 +64,13 @@ def allowed_categories(row: Row) -> dict[str, set[str]]:
     }
 
 
+def slots(row: Row, context: Context) -> dict[str, int]:
+    """Queries of each kind this buyer's answer has room for: the count asked where the
+    kind has candidates, else 0."""
+    allowed = allowed_categories(row)
+    return {k: n if allowed[k] else 0 for k, n in asked(context).items()}
+
+
 def _factors(items: list[dict], n: int) -> str:
     return ", ".join(f["factor"] for f in items[:n])
 
@@ -89,7 +96,7 @@ def template_values(row: Row, context: Context) -> dict[str, object]:
         "personal": personal or "(none)",
         "trends": trends or "(none)",
         "exploration": explore or "(none)",
-        **{f"n_{kind}": n for kind, n in asked(context).items()},
+        **{f"n_{kind}": n for kind, n in slots(row, context).items()},
     }
 
 
@@ -187,15 +194,40 @@ def heuristic(row: Row, context: Context) -> UserQueries:
 
 
 def request_schema(row: Row, context: Context) -> dict[str, object]:
-    """The answer's schema for this buyer: as many queries as asked of the kinds that have
-    candidates, categories from those candidates."""
-    allowed, n = allowed_categories(row), asked(context)
-    kinds = [k for k in KINDS if n[k] and allowed[k]]
-    return narrowed_schema(UserQueries, {
-        "queries": {"maxItems": sum(n[k] for k in kinds)},
-        "DemandQuery.kind": enum_or_string(kinds, 11),
-        "DemandQuery.category": enum_or_string({c for k in kinds for c in allowed[k]}),
-    })  # fmt: skip
+    """The answer's schema for this buyer: one slot per query asked, in kind order
+    (personal, trend, exploration; kinds without candidates get none), each slot's kind
+    fixed and its category one of that kind's candidates, chosen before the query is
+    written (the key order a grammar-constrained model follows). A grammar-constrained
+    server can then neither aim a query at another kind's category nor write more or
+    fewer queries than asked."""
+    base = model_schema(DemandQuery)
+    allowed = allowed_categories(row)
+    defs, order = {}, []
+    for kind, n in slots(row, context).items():
+        if not n:
+            continue
+        props = base["properties"]
+        defs[f"{kind}_query"] = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["kind", "category", "query", "reason"],
+            "properties": {
+                "kind": {"const": kind},
+                "category": enum_or_string(allowed[kind]),
+                "query": {k: v for k, v in props["query"].items() if k != "title"},
+                "reason": {k: v for k, v in props["reason"].items() if k != "title"},
+            },
+        }
+        order += [{"$ref": f"#/$defs/{kind}_query"}] * n
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["queries"],
+        "properties": {
+            "queries": {"type": "array", "prefixItems": order, "minItems": len(order), "maxItems": len(order)}
+        },
+        "$defs": defs,
+    }
 
 
 def complete(answer: UserQueries, row: Row, context: Context) -> UserQueries:

@@ -322,12 +322,18 @@ def _pruned(text: str, agent: Agent, row: Row, context: Context) -> Salvaged | N
     return Salvaged(done, kept, note[:500], "pruned")
 
 
+def nothing_to_add(answer: BaseModel, row: Row, context: Context) -> BaseModel:
+    """``Agent.complete`` for an agent whose pruned answer is whole as it is (fewer list
+    items are still a valid answer: an item's factors, a buyer's main categories)."""
+    return answer
+
+
 def narrowed_schema(model: type[BaseModel], limits: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The JSON schema of ``model`` with extra keywords on some fields: ``limits`` maps
     ``"field"`` (of the model) or ``"Model.field"`` (of a nested model, as named in
     ``$defs``) to keywords such as ``{"enum": [...]}``, ``{"maxItems": 3}`` or, for a list
     of strings, ``{"items": {"type": "string", "maxLength": 60}}``."""
-    schema = copy.deepcopy(_model_schema(model))
+    schema = copy.deepcopy(model_schema(model))
     for path, keywords in limits.items():
         *owner, field = path.split(".")
         target = schema["$defs"][owner[0]] if owner else schema
@@ -336,8 +342,9 @@ def narrowed_schema(model: type[BaseModel], limits: Mapping[str, Mapping[str, An
 
 
 @functools.lru_cache(maxsize=32)
-def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
-    # Built once per model and process: narrowed_schema runs for every request.
+def model_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema, built once per model and process (request schemas are
+    built for every request); copy it before changing it."""
     return model.model_json_schema()
 
 
@@ -377,6 +384,9 @@ def token_bound(schema: dict[str, Any]) -> int | None:
             return 8
         if kind in ("boolean", "null"):
             return 2
+        if kind == "array" and "prefixItems" in s:  # a tuple: one schema per position
+            parts = [bound(x) for x in s["prefixItems"]]
+            return None if None in parts else 2 + sum(p + 2 for p in parts)
         if kind == "array":
             item = bound(s.get("items", {}))
             return None if item is None or "maxItems" not in s else 2 + s["maxItems"] * (item + 2)
