@@ -17,6 +17,7 @@ from udfs.llm.agent import (
     estimate_tokens,
     extract_json,
     parse_answer,
+    read_answer,
     request_hash,
     spark_schema,
 )
@@ -130,6 +131,19 @@ def test_bad_answers_rejected_with_their_kind(text, kind):
 
 def test_extract_json_prefers_the_fenced_block():
     assert extract_json('{"a": 1} and ```json\n{"b": 2}\n```') == {"b": 2}
+
+
+def test_a_raw_line_break_inside_a_string_is_read_and_left_to_the_check():
+    from udfs.agents import u2q
+
+    # what llama.cpp's grammar lets SmolLM2 write: an unescaped line break in a string
+    assert extract_json('{"a": "two\nlines"}') == {"a": "two\nlines"}
+    q1 = '{"kind": "personal", "category": "mugs", "query": "enamel mugs", "reason": "You buy mugs"}'
+    q2 = '{"kind": "personal", "category": "mugs", "query": "big\nmugs", "reason": "You buy mugs"}'
+    answer = read_answer('{"queries": [' + q1 + ", " + q2 + "]}", u2q.AGENT, U2Q_ROW, U2Q_CTX)
+    assert answer.reason == "pruned" and "single clean line" in answer.note
+    assert answer.output.queries[0].query == "enamel mugs"
+    assert all("\n" not in q.query for q in answer.output.queries)
 
 
 def test_heuristic_follows_the_same_contract():

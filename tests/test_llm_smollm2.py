@@ -198,3 +198,28 @@ def test_llama_cpp_turns_every_bound_of_the_u2q_schema_into_grammar():
     assert (
         rules["personal-query-query"].count("char") == 120 and rules["personal-query-query"].count("?") == 118
     )
+
+
+def test_llama_cpp_bounds_a_portraits_shares_and_categories():
+    """A portrait's main categories are the buyer's own and their shares numbers from 0 to
+    1 in the grammar (SmolLM2 wrote shares of 2 without that bound)."""
+    import json
+
+    grammar = pytest.importorskip("llama_cpp.llama_grammar", reason="llama-cpp-python (local-llm extra)")
+    from udfs.agents import portrait
+
+    facts = {"categories": [{"category": "mugs", "share": 0.76}, {"category": "bags", "share": 0.24}]}
+    schema = portrait.AGENT.schema_for({"facts_json": json.dumps(facts)}, {"top_categories": 2})
+    rules = dict(
+        line.split(" ::= ", 1)
+        for line in grammar.json_schema_to_gbnf(json.dumps(schema)).splitlines()
+        if line
+    )
+    shares = [float(json.loads(x.strip())) for x in rules["CategoryShare-share"].split("|")]
+    assert 0.24 in shares and 0.76 in shares and min(shares) == 0 and max(shares) == 1
+    assert rules["CategoryShare-category"] == '"\\"bags\\"" | "\\"mugs\\""'
+    # one or two main categories
+    assert (
+        rules["main-categories"]
+        == '"[" space main-categories-item ("," space main-categories-item)? "]" space'
+    )

@@ -50,6 +50,8 @@ BUYER_TYPES = (
     "browsing prospect",
 )
 DROPSHIPPER_TYPES = ("dropshipper", "stockholding", "unknown")
+# The shares a model may write, in hundredths (the summary it reads shows whole percents).
+SHARES = [0, *(round(i / 100, 2) for i in range(1, 100)), 1]
 
 
 class CategoryShare(BaseModel):
@@ -342,13 +344,15 @@ def context(portrait_conf: Any) -> dict[str, Any]:
 
 
 def request_schema(row: Row, context: Context) -> dict[str, object]:
-    """The answer's schema with the limits the prompt states: main categories from the
-    buyer's own (at most ``top_categories``), the two vocabularies, 1 to 5 intents of at
-    most 80 characters."""
+    """The answer's schema with the limits the prompt states: 1 to ``top_categories`` main
+    categories from the buyer's own, each share one of :data:`SHARES`, the two
+    vocabularies, 1 to 5 intents of at most 80 characters."""
     own = [c["category"] for c in _facts(row).get("categories") or []]
     return narrowed_schema(Portrait, {
         "main_categories": {"minItems": 1, "maxItems": int(context.get("top_categories", 3))},
         "CategoryShare.category": enum_or_string(own),
+        # shares in hundredths from 0 to 1: a grammar cannot bound a free number
+        "CategoryShare.share": {"enum": SHARES},
         "buyer_type": {"enum": list(BUYER_TYPES)},
         "dropshipper": {"enum": list(DROPSHIPPER_TYPES)},
         "core_intents": {"minItems": 1, "maxItems": 5, "items": {"type": "string", "minLength": 1, "maxLength": 80}},

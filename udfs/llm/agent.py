@@ -120,7 +120,12 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.DOTALL)
 
 
 def extract_json(text: str) -> Any:
-    """The JSON value in an answer: bare, inside ```json fences, or the first {...} in prose."""
+    """The JSON value in an answer: bare, inside ```json fences, or the first {...} in prose.
+
+    A raw control character inside a string (a line break, a tab) is read as that
+    character instead of failing the whole answer: grammar-constrained servers such as
+    llama.cpp's (``llama-cpp-python`` 0.3) let a model write them, and the agents' checks
+    reject or prune a value that carries a line break where it must not."""
     if text is None:
         raise AnswerError("not_json", "empty answer")
     candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
@@ -129,7 +134,7 @@ def extract_json(text: str) -> Any:
         candidates.append(text[start : end + 1])
     for candidate in candidates:
         try:
-            return json.loads(candidate.strip())
+            return json.loads(candidate.strip(), strict=False)
         except (json.JSONDecodeError, ValueError):
             continue
     snippet = text.strip().replace("\n", " ")[:80]
@@ -249,7 +254,7 @@ def salvage(text: str, agent: Agent, row: Row, context: Context, example: Any = 
         return None
     for prefix in closed_prefixes(text):
         try:
-            value = json.loads(prefix)
+            value = json.loads(prefix, strict=False)
         except ValueError:  # e.g. a bare word cut off before the list's next item
             continue
         _not_copied(value, example)
