@@ -225,8 +225,9 @@ def _holdout(conf: Config):
     return (F.abs(F.xxhash64("user_id", F.lit(conf.ranker.seed))) % 1000) < share
 
 
-def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
-    """A SparkXGBRanker fitted on the buyers' groups with a positive; the Booster's bytes."""
+def fit(spark: SparkSession, conf: Config, rows: DataFrame, head: str = "model") -> bytes:
+    """A SparkXGBRanker fitted on the buyers' groups with a positive; the Booster's bytes
+    (``head``: which model, for the log)."""
     from xgboost.spark import SparkXGBRanker
 
     rc = conf.ranker
@@ -241,8 +242,8 @@ def fit(spark: SparkSession, conf: Config, rows: DataFrame) -> bytes:
     held_buyers = held_out_buyers(conf, rows)
     has_holdout = held_buyers >= rc.min_holdout_buyers
     if not has_holdout:
-        log.warning("train: %d held-out buyers with a purchase (ranker.min_holdout_buyers %d): no early "
-                    "stopping, all %d trees kept", held_buyers, rc.min_holdout_buyers, rc.n_estimators)  # fmt: skip
+        log.warning("train: %s: %d held-out buyers with a purchase (ranker.min_holdout_buyers %d): no early "
+                    "stopping, all %d trees kept", head, held_buyers, rc.min_holdout_buyers, rc.n_estimators)  # fmt: skip
         labelled_groups = labelled_groups.withColumn("is_holdout", F.lit(False))
     if has_holdout:
         mix = (
@@ -435,7 +436,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     # The explore head: the same features, trained on new-category candidates only.
     explore_rows = rows.filter(F.col("is_new_category") > 0)
     n_explore = explore_rows.filter(F.col("label") > 0).count()
-    explore = fit(spark, conf, explore_rows) if n_explore >= rc.min_explore_positives else None
+    explore = fit(spark, conf, explore_rows, "explore head") if n_explore >= rc.min_explore_positives else None
     log.info("train: explore head %s (%s new-category purchases among the candidates)",
              "trained" if explore else "skipped", f"{n_explore:,}")  # fmt: skip
     ranker = Ranker(model, explore, tuple(FEATURE_COLUMNS))

@@ -159,7 +159,7 @@ def test_smollm2_compresses_three_real_buyers_without_a_crash(spark, conf_factor
 
 
 def test_llama_cpp_turns_every_bound_of_the_u2q_schema_into_grammar():
-    """The keywords the request schemas use (enum, const, prefixItems, maxLength, minLength, $ref)
+    """The keywords the request schemas use (enum, const, prefixItems, pattern, maxLength, $ref)
     reach llama.cpp's grammar as hard limits, so a grammar-constrained model cannot write
     more queries, longer strings or other categories than the prompt asks for."""
     import json
@@ -194,10 +194,13 @@ def test_llama_cpp_turns_every_bound_of_the_u2q_schema_into_grammar():
     assert rules["exploration-query-category"] == '"\\"candles\\""'
     # the category comes before the query
     assert rules["personal-query"].index("category-kv") < rules["personal-query"].index("query-query-kv")
-    # a query is 2 to 120 characters: two required, 118 optional
-    assert (
-        rules["personal-query-query"].count("char") == 120 and rules["personal-query-query"].count("?") == 118
-    )
+    # a query is 2 to 120 characters of one line, no "<" (no placeholder), no quote or
+    # backslash: two required, 118 optional, each from that character class
+    query = rules["personal-query-query"]
+    char = query.split()[1]
+    assert query.count(char) == 120 and query.count("?") == 118
+    assert rules[char] == '[^\\n\\r\\t<>"\\\\]'
+
 
 
 def test_llama_cpp_bounds_a_portraits_shares_and_categories():

@@ -28,7 +28,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, json_list, model_schema
+from udfs.llm.agent import Agent, AnswerError, Context, Row, enum_or_string, json_list, model_schema, one_line
 
 KINDS = ("personal", "trend", "exploration")
 
@@ -197,9 +197,10 @@ def request_schema(row: Row, context: Context) -> dict[str, object]:
     """The answer's schema for this buyer: one slot per query asked, in kind order
     (personal, trend, exploration; kinds without candidates get none), each slot's kind
     fixed and its category one of that kind's candidates, chosen before the query is
-    written (the key order a grammar-constrained model follows). A grammar-constrained
-    server can then neither aim a query at another kind's category nor write more or
-    fewer queries than asked."""
+    written (the key order a grammar-constrained model follows), query and reason single
+    lines without ``<...>``. A grammar-constrained server can then neither aim a query at
+    another kind's category, nor write more or fewer queries than asked, nor a line break
+    or a placeholder."""
     base = model_schema(DemandQuery)
     allowed = allowed_categories(row)
     defs, order = {}, []
@@ -214,8 +215,8 @@ def request_schema(row: Row, context: Context) -> dict[str, object]:
             "properties": {
                 "kind": {"const": kind},
                 "category": enum_or_string(allowed[kind]),
-                "query": {k: v for k, v in props["query"].items() if k != "title"},
-                "reason": {k: v for k, v in props["reason"].items() if k != "title"},
+                "query": one_line(props["query"]["minLength"], props["query"]["maxLength"]),
+                "reason": one_line(props["reason"]["minLength"], props["reason"]["maxLength"]),
             },
         }
         order += [{"$ref": f"#/$defs/{kind}_query"}] * n

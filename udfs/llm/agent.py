@@ -353,6 +353,19 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema()
 
 
+def one_line(min_length: int, max_length: int) -> dict[str, Any]:
+    """A string of ``min_length`` to ``max_length`` characters on one line, without angle
+    brackets (no ``<placeholder>``, no ``<input>`` tag), quotes or backslashes. The
+    ``pattern`` carries the bounds too: llama.cpp's converter turns a pattern into the
+    string's grammar and then ignores ``minLength`` / ``maxLength`` (kept for the others)."""
+    return {
+        "type": "string",
+        "minLength": min_length,
+        "maxLength": max_length,
+        "pattern": f'^[^\\n\\r\\t<>"\\\\]{{{min_length},{max_length}}}$',
+    }
+
+
 def enum_or_string(values: Any, max_length: int = 80) -> dict[str, Any]:
     """``{"enum": values}``, or a bounded string where no value is known (an empty enum
     would allow no answer at all)."""
