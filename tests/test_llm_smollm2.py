@@ -74,15 +74,16 @@ def test_smollm2_answers_every_row_through_spark(spark, conf_factory, smollm2, r
         assert r["model"] == "smollm2" and r["prompt_version"] == "v2"
         assert 1 <= r["attempts"] <= 2 * (conf.llm.runtime.max_retries + 1)
         assert r["input_tokens"] > 100  # real usage from the server: the prompt is ~380 tokens
-        if r["status"] == "ok":
+        if r["status"] in ("ok", "partial"):  # partial: some factors left out (Agent.prune)
             assert r["output"]["leaf_category"] in ip.context()["categories"]
             assert 2 <= len(r["output"]["short_title"]) <= 60
+            assert r["status"] == "ok" or r["error_class"] == "pruned"
         else:
             # A weak model's answers fail validation; they must not fail the transport.
             assert r["status"] == "failed"
             assert r["error_class"] in {"not_json", "wrong_schema", "out_of_vocabulary"}, r["error_message"]
     summary = run.summary()
-    assert summary["rows"] == 3 and summary["ok"] + summary["failed"] == 3
+    assert summary["rows"] == 3 and summary["ok"] + summary["partial"] + summary["failed"] == 3
     print(f"smollm2 ({response_format}):", summary)
 
 
