@@ -436,7 +436,9 @@ def run(spark: SparkSession, conf: Config) -> dict[str, float]:
     # The explore head: the same features, trained on new-category candidates only.
     explore_rows = rows.filter(F.col("is_new_category") > 0)
     n_explore = explore_rows.filter(F.col("label") > 0).count()
-    explore = fit(spark, conf, explore_rows, "explore head") if n_explore >= rc.min_explore_positives else None
+    explore = (
+        fit(spark, conf, explore_rows, "explore head") if n_explore >= rc.min_explore_positives else None
+    )
     log.info("train: explore head %s (%s new-category purchases among the candidates)",
              "trained" if explore else "skipped", f"{n_explore:,}")  # fmt: skip
     ranker = Ranker(model, explore, tuple(FEATURE_COLUMNS))

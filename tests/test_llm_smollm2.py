@@ -203,7 +203,6 @@ def test_llama_cpp_turns_every_bound_of_the_u2q_schema_into_grammar():
     assert rules[char] == '[^\\n\\r\\t<>"\\\\]'
 
 
-
 def test_llama_cpp_bounds_a_portraits_shares_and_categories():
     """A portrait's main categories are the buyer's own and their shares numbers from 0 to
     1 in the grammar (SmolLM2 wrote shares of 2 without that bound)."""
