@@ -16,7 +16,8 @@ runs the executors' JVM work; the Python workers of UDFs are left out):
 
 - **seconds** of the stage,
 - **CPU seconds** of the driver's processes during the stage,
-- **peak RSS** (MiB) of the driver's processes during the stage,
+- **peak RSS** (MiB) of the driver's processes during the stage, and in brackets the
+  JVM's part of it at that moment (the rest is the Python driver),
 - **exponent** between consecutive sizes: log(seconds ratio) / log(buyers ratio); 1 is
   linear growth, above 1 a cost that grows faster than the work.
 
@@ -57,16 +58,29 @@ class Sample:
     t: float  # time.time()
     rss_mib: float
     cpu_s: float
+    jvm_mib: float = 0.0  # the java process's share of rss_mib (the rest: the Python driver)
 
 
 @dataclass
 class Sampler:
     """Samples the RSS and CPU time of a process and its descendants, Python UDF workers
-    (``pyspark.daemon`` / ``pyspark.worker``) left out."""
+    (``pyspark.daemon`` / ``pyspark.worker``) left out.
+
+    A child running its parent's program is left out too: a fork or ``posix_spawn`` clone
+    that has not yet called ``exec`` (the JVM starts ``chmod``, ``bash`` and the Python
+    daemon that way, the Python driver its subprocesses) shares its parent's memory, so
+    its RSS is the parent's, and adding it would count the JVM twice for that instant.
+    ``clones`` counts the samples that met one, ``clone_peak_mib`` the largest left out.
+    """
 
     pid: int
     every_s: float = 0.25
+    nmt_above_mib: float = 0.0  # > 0: record the JVM's native memory summary above this RSS
     samples: list[Sample] = field(default_factory=list)
+    nmt: list[dict] = field(default_factory=list)
+    java_pid: int = 0
+    clones: int = 0
+    clone_peak_mib: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _tree(self) -> list[int]:
@@ -79,32 +93,67 @@ class Sampler:
                 except (OSError, IndexError, ValueError):
                     continue
                 children.setdefault(ppid, []).append(int(entry))
-        out, todo = [], [self.pid]
+        out, todo = [], [(self.pid, "")]
         while todo:
-            pid = todo.pop()
+            pid, parent_exe = todo.pop()
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
                     cmd = fh.read()
+                exe = os.readlink(f"/proc/{pid}/exe")
             except OSError:
                 continue
             if b"pyspark.daemon" in cmd or b"pyspark.worker" in cmd:
                 continue
+            if exe == parent_exe:  # a clone before its exec: the parent's memory again
+                self._note_clone(pid)
+                continue
             out.append(pid)
-            todo.extend(children.get(pid, []))
+            todo.extend((child, exe) for child in children.get(pid, []))
         return out
 
+    def _note_clone(self, pid: int) -> None:
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                mib = int(fh.read().split()[1]) * PAGE / 2**20
+        except (OSError, IndexError, ValueError):
+            return
+        self.clones += 1
+        self.clone_peak_mib = max(self.clone_peak_mib, mib)
+
     def sample(self) -> None:
-        rss = cpu = 0.0
+        rss = cpu = jvm = 0.0
         for pid in self._tree():
             try:
                 with open(f"/proc/{pid}/statm") as fh:
-                    rss += int(fh.read().split()[1]) * PAGE
+                    pages = int(fh.read().split()[1]) * PAGE
                 with open(f"/proc/{pid}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
+                    stat = fh.read()
+                fields = stat.rsplit(")", 1)[1].split()
                 cpu += (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
             except (OSError, IndexError, ValueError):
                 continue
-        self.samples.append(Sample(time.time(), rss / 2**20, cpu))
+            rss += pages
+            if "(java)" in stat:
+                jvm += pages
+                self.java_pid = pid
+        self.samples.append(Sample(time.time(), rss / 2**20, cpu, jvm / 2**20))
+        if self.nmt_above_mib and jvm / 2**20 > self.nmt_above_mib and self.java_pid:
+            self.native_memory(jvm / 2**20)
+
+    def native_memory(self, jvm_mib: float) -> None:
+        """The JVM's own account of its memory (``jcmd VM.native_memory summary``; needs
+        ``-XX:NativeMemoryTracking=summary``), at most every 20 s while the JVM is above
+        ``nmt_above_mib``: where memory outside the heap goes."""
+        now = time.time()
+        if self.nmt and now - self.nmt[-1]["t"] < 20:
+            return
+        jcmd = Path(os.environ.get("JAVA_HOME", "/usr")) / "bin" / "jcmd"
+        try:
+            text = subprocess.run([str(jcmd), str(self.java_pid), "VM.native_memory", "summary", "scale=MB"],
+                                  capture_output=True, text=True, timeout=30).stdout  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            text = f"jcmd failed: {e}"
+        self.nmt.append({"t": now, "jvm_rss_mib": round(jvm_mib), "summary": text})
 
     def run(self) -> None:
         while not self._stop.is_set():
@@ -118,18 +167,20 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
 
-    def between(self, start: float, end: float) -> tuple[float, float]:
-        """(peak RSS MiB, CPU seconds) in [start, end]."""
+    def between(self, start: float, end: float) -> tuple[Sample, float]:
+        """(the sample of peak RSS, CPU seconds) in [start, end]."""
         inside = [s for s in self.samples if start <= s.t <= end]
         before = [s for s in self.samples if s.t <= start] or self.samples[:1]
         after = [s for s in self.samples if s.t >= end] or self.samples[-1:]
-        peak = max((s.rss_mib for s in inside), default=after[0].rss_mib)
+        peak = max(inside, key=lambda s: s.rss_mib, default=after[0])
         # CPU time of processes still alive at both ends (a process that ended in between
         # took its ticks with it: a small undercount at most)
         return peak, max(after[0].cpu_s - before[-1].cpu_s, 0.0)
 
 
-def run_size(users: int, days: int, out: Path, driver_memory: str, extra_sets: list[str]) -> dict:
+def run_size(
+    users: int, days: int, out: Path, driver_memory: str, extra_sets: list[str], nmt_above_mib: float = 0.0
+) -> dict:
     """One pipeline run on a fresh warehouse of ``users`` buyers; per-stage figures."""
     from deltalake import DeltaTable
 
@@ -147,7 +198,7 @@ def run_size(users: int, days: int, out: Path, driver_memory: str, extra_sets: l
     started = time.time()
     with open(folder / "pipeline.log", "w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-        sampler = Sampler(proc.pid).start()
+        sampler = Sampler(proc.pid, nmt_above_mib=nmt_above_mib).start()
         rc = proc.wait()
         sampler.stop()
     wall = time.time() - started
@@ -159,10 +210,15 @@ def run_size(users: int, days: int, out: Path, driver_memory: str, extra_sets: l
     for r in runs.sort_values("finished_at").itertuples():
         end = r.finished_at.to_pydatetime().replace(tzinfo=dt.timezone.utc).timestamp()
         peak, cpu = sampler.between(end - r.seconds, end)
-        stages.append({"stage": r.stage, "seconds": float(r.seconds), "cpu_s": cpu, "peak_rss_mib": peak,
-                       "rows_in": int(r.rows_in), "rows_out": int(r.rows_out)})  # fmt: skip
+        stages.append({"stage": r.stage, "seconds": float(r.seconds), "cpu_s": cpu, "peak_rss_mib": peak.rss_mib,
+                       "peak_jvm_mib": peak.jvm_mib, "rows_in": int(r.rows_in), "rows_out": int(r.rows_out)})  # fmt: skip
     peak_all = max(s.rss_mib for s in sampler.samples)
-    return {"users": users, "days": days, "wall_s": wall, "peak_rss_mib": peak_all, "stages": stages}
+    log.warning("%s buyers: %d sample(s) met a clone before its exec, the largest %.0f MiB (left out)",
+                f"{users:,}", sampler.clones, sampler.clone_peak_mib)  # fmt: skip
+    if sampler.nmt:
+        (folder / "native_memory.json").write_text(json.dumps(sampler.nmt, indent=1))
+    return {"users": users, "days": days, "wall_s": wall, "peak_rss_mib": peak_all, "stages": stages,
+            "clones_left_out": sampler.clones, "clone_peak_mib": sampler.clone_peak_mib}  # fmt: skip
 
 
 def exponent(a: float, b: float, n_a: int, n_b: int) -> float:
@@ -173,7 +229,7 @@ def table(results: list[dict]) -> str:
     sizes = [r["users"] for r in results]
     names = [s["stage"] for s in results[0]["stages"]]
     by = [{s["stage"]: s for s in r["stages"]} for r in results]
-    head = ["stage"] + [f"{n:,}: s / CPU s / peak MiB / rows out" for n in sizes]
+    head = ["stage"] + [f"{n:,}: s / CPU s / peak MiB (JVM) / rows out" for n in sizes]
     head += [f"exp {a:,}->{b:,}" for a, b in zip(sizes, sizes[1:], strict=False)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "--:|" * (len(head) - 1)]
     for name in names:
@@ -181,7 +237,8 @@ def table(results: list[dict]) -> str:
         for b in by:
             s = b.get(name)
             cells.append(
-                f"{s['seconds']:.1f} / {s['cpu_s']:.0f} / {s['peak_rss_mib']:.0f} / {s['rows_out']:,}"
+                f"{s['seconds']:.1f} / {s['cpu_s']:.0f} / {s['peak_rss_mib']:.0f} ({s.get('peak_jvm_mib', 0):.0f})"
+                f" / {s['rows_out']:,}"
                 if s
                 else "-"
             )
@@ -231,13 +288,23 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--driver-memory", default="2g")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="more pipeline settings, k=v")
+    parser.add_argument(
+        "--native-memory-above", type=float, default=0.0, metavar="MIB",
+        help="run the JVM with -XX:NativeMemoryTracking=summary and write its summary to "
+        "<out>/users_<n>/native_memory.json whenever the JVM's RSS is above MIB (every 20 s at most)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.native_memory_above:
+        options = {"spark.driver.extraJavaOptions": "-XX:NativeMemoryTracking=summary"}
+        args.sets.append(f"spark.extra={json.dumps(options)}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     sizes = [int(x) for x in args.sizes.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for users in sizes:
-        results.append(run_size(users, args.days, args.out, args.driver_memory, args.sets))
+        results.append(
+            run_size(users, args.days, args.out, args.driver_memory, args.sets, args.native_memory_above)
+        )
         log.warning("%s buyers: %.0f s, peak driver RSS %.0f MiB", f"{users:,}", results[-1]["wall_s"],
                     results[-1]["peak_rss_mib"])  # fmt: skip
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
