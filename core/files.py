@@ -19,7 +19,8 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 # Where executors keep their copies of remote files (one per URL; a build's files never
-# change, so a copy never goes stale).
+# change, so a copy never goes stale; it goes when its source is removed: see
+# ``remove_stale_copies``). Beside each copy, ``<copy>.source`` holds the URL it came from.
 CACHE_DIR = os.path.join(tempfile.gettempdir(), "discovery-files")
 
 
@@ -77,8 +78,43 @@ def local_copy(path: str, cache_dir: str | None = None) -> str:
         os.makedirs(cache_dir, exist_ok=True)
         partial = f"{local}.{os.getpid()}.partial"
         fs.get_file(inner, partial)
+        with open(f"{partial}.source", "w") as fh:
+            fh.write(path)
+        os.replace(f"{partial}.source", f"{local}{SOURCE_SUFFIX}")
         os.replace(partial, local)
     return local
+
+
+SOURCE_SUFFIX = ".source"
+
+
+def remove_stale_copies(cache_dir: str | None = None) -> list[str]:
+    """Remove the local copies whose source no longer exists (``jobs.index`` removed its
+    build); returns their sources. A copy's process keeps what it already read: FAISS
+    reads a whole index into memory, and an open file outlives its name."""
+    cache_dir = cache_dir or CACHE_DIR
+    if not os.path.isdir(cache_dir):
+        return []
+    removed = []
+    for name in sorted(os.listdir(cache_dir)):
+        if not name.endswith(SOURCE_SUFFIX):
+            continue
+        marker = os.path.join(cache_dir, name)
+        try:
+            with open(marker) as fh:
+                source = fh.read().strip()
+            fs, inner = filesystem(source)
+            if fs.exists(inner):
+                continue
+        except (OSError, ValueError):  # unreadable marker or store: leave the copy
+            continue
+        for stale in (marker[: -len(SOURCE_SUFFIX)], marker):
+            try:
+                os.remove(stale)
+            except FileNotFoundError:
+                pass  # another process on this machine removed it first
+        removed.append(source)
+    return removed
 
 
 def folders(path: str) -> list[str]:

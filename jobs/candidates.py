@@ -309,10 +309,13 @@ def bestseller_channel(
     )
     # The overall best-sellers: for every buyer (below their chosen categories' own), and
     # all a buyer without history gets.
-    overall = Window.orderBy(F.desc("buyers"), "item_id")
+    # A top-N (per partition, then merged) and a rank over those N rows in one partition:
+    # a window over all items would sort the whole catalog in one task.
+    order = [F.desc("buyers"), F.col("item_id")]
+    in_top = Window.partitionBy(F.lit(0)).orderBy(*order)
     top_overall = (
-        bestsellers.withColumn("_r", F.row_number().over(overall))
-        .filter(F.col("_r") <= cc.overall_bestsellers)
+        bestsellers.orderBy(*order).limit(cc.overall_bestsellers)
+        .withColumn("_r", F.row_number().over(in_top))
         .select("item_id", "leaf_category", (1.0 / (F.col("_r") + cc.bestseller_per_category)).alias("channel_score"))
     )  # fmt: skip
     everyone = users.crossJoin(F.broadcast(top_overall))

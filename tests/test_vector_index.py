@@ -382,8 +382,9 @@ def test_an_index_on_a_url_is_copied_once_and_searches_the_same(tmp_path, cluste
     fs, inner = files.filesystem(url)
     assert fs.ls(inner.rsplit("/", 1)[0], detail=False) == [inner]  # no partial file left beside it
     loaded = load_index(url)
-    copies = list((tmp_path / "cache").iterdir())
-    assert len(copies) == 1 and copies[0].name.endswith("shard-0000.faiss")
+    copies = sorted((tmp_path / "cache").iterdir())
+    assert [c.name[17:] for c in copies] == ["shard-0000.faiss", "shard-0000.faiss.source"]
+    assert copies[1].read_text() == url  # where the copy came from, for remove_stale_copies
     fs.rm(inner)  # the copy on local disk is read from now on
     again = load_index(url)
     for got in (loaded, again):
@@ -392,3 +393,42 @@ def test_an_index_on_a_url_is_copied_once_and_searches_the_same(tmp_path, cluste
         )
     with pytest.raises(FileNotFoundError, match="shard-0001.faiss"):
         load_index(url.replace("shard-0000", "shard-0001"))
+
+
+def test_a_newer_build_drops_older_shards_from_memory_and_copies_of_removed_builds(
+    tmp_path, clustered, monkeypatch
+):
+    """A long-running worker sees one build after another: it keeps the newest build's
+    shards per index root, and local copies only while their build is still stored."""
+    from core import files
+    from udfs import vector_index
+
+    monkeypatch.setattr(files, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(vector_index, "_LOADED", {})
+    index = build_index(clustered["items"][:500], clustered["ids"][:500], "flat")
+    root, other = f"memory://bucket-{tmp_path.name}/indexes", f"memory://bucket-{tmp_path.name}/other"
+    paths = {
+        "b1": [f"{root}/b1/shard-0000.faiss", f"{root}/b1/shard-0001.faiss"],
+        "b2": [f"{root}/b2/shard-0000.faiss"],
+        "b3": [f"{root}/b3/shard-0000.faiss"],
+        "other": [f"{other}/b1/shard-0000.faiss"],
+    }
+    for group in paths.values():
+        for p in group:
+            save_index(index, p)
+    for p in [*paths["b1"], *paths["other"], *paths["b2"]]:
+        vector_index.load_shard(p)
+    # b2's first shard dropped b1's two from memory (b1 still stored: its copies stay)
+    assert set(vector_index._LOADED) == {*paths["other"], *paths["b2"]}
+    assert len(list((tmp_path / "cache").glob("*.faiss"))) == 4
+    fs, inner = files.filesystem(f"{root}/b1")
+    fs.rm(inner, recursive=True)  # what jobs.index.remove_old_builds does after a newer build
+
+    got = vector_index.load_shard(paths["b3"][0])
+    assert set(vector_index._LOADED) == {*paths["other"], *paths["b3"]}
+    sources = sorted(p.read_text() for p in (tmp_path / "cache").glob("*.source"))
+    assert sources == sorted([*paths["other"], *paths["b2"], *paths["b3"]])  # b1's copies gone
+    assert len(list((tmp_path / "cache").glob("*.faiss"))) == 3
+    np.testing.assert_array_equal(
+        search(got, clustered["queries"], 5)[1], search(index, clustered["queries"], 5)[1]
+    )

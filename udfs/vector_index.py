@@ -305,9 +305,26 @@ def load_index(path: str) -> faiss.Index:
 _LOADED: dict[str, faiss.Index] = {}  # shard path -> index, kept per Python worker
 
 
+def _build_of(path: str) -> tuple[str, str]:
+    """(index root, build folder) of a shard at ``<root>/<build>/<shard file>``."""
+    folder = path.rsplit("/", 1)[0]
+    root, _, build = folder.rpartition("/")
+    return root, build
+
+
 def load_shard(path: str) -> faiss.Index:
-    """:func:`load_index`, once per process: a Python worker keeps every shard it searched."""
+    """:func:`load_index`, once per process: a Python worker keeps the shards it searched
+    of one build per index root. The first shard of a newer build (a daily rebuild, seen
+    by a long-running nearline stream) drops the other builds' shards of that root from
+    memory and removes the local copies whose build ``jobs.index`` has removed, so neither
+    memory nor local disk grows with the number of builds."""
     if path not in _LOADED:
+        root, build = _build_of(path)
+        other_builds = [p for p in _LOADED if _build_of(p)[0] == root and _build_of(p)[1] != build]
+        for old in other_builds:
+            del _LOADED[old]
+        if other_builds:
+            files.remove_stale_copies()
         _LOADED[path] = load_index(path)
     return _LOADED[path]
 
