@@ -19,12 +19,19 @@ runs the executors' JVM work; the Python workers of UDFs are left out):
 - **peak RSS** (MiB) of the driver's processes during the stage, and in brackets the
   JVM's part of it at that moment (the rest is the Python driver),
 - **exponent** between consecutive sizes: log(seconds ratio) / log(buyers ratio); 1 is
-  linear growth, above 1 a cost that grows faster than the work.
+  linear growth, above 1 a cost that grows faster than the buyers;
+- **exponent by rows**: log(seconds ratio) / log(ratio of the stage's input rows, output
+  rows for ingest): the cost against the work the stage was given. The synthetic catalog
+  grows faster than the buyers up to 20,000 of them (``jobs.ingest.synthetic.sizes``:
+  buyers / 50 categories of buyers / 10 items, at most 400 of 2,000), so between 10k and
+  30k the stages that work on items get more than 3x the rows; from 20k on the catalog is
+  fixed at 800k items.
 
 Run
 ---
     .venv/bin/python bench/pipeline_scale.py --sizes 10000,30000,100000 --out /tmp/scale
     .venv/bin/python bench/pipeline_scale.py --sizes 500,1500 --days 90 --out /tmp/scale-smoke
+    .venv/bin/python bench/pipeline_scale.py --out /tmp/scale --from-results a/results.json b/results.json
 
 The table is printed as Markdown and written to ``<out>/results.md`` (and
 ``<out>/results.json``, ``<out>/scale.png``: seconds against buyers, log-log, per stage).
@@ -222,7 +229,21 @@ def run_size(
 
 
 def exponent(a: float, b: float, n_a: int, n_b: int) -> float:
-    return math.log(b / a) / math.log(n_b / n_a) if a > 0 and b > 0 else float("nan")
+    return (
+        math.log(b / a) / math.log(n_b / n_a)
+        if a > 0 and b > 0 and n_a > 0 and n_b > 0 and n_a != n_b
+        else float("nan")
+    )
+
+
+def jvm_part(stage: dict) -> str:
+    """The JVM's MiB at the stage's peak ("-" in results from before the split)."""
+    return f"{stage['peak_jvm_mib']:.0f}" if "peak_jvm_mib" in stage else "-"
+
+
+def work(stage: dict) -> int:
+    """A stage's input rows (its output rows for ingest, whose input is outside the tables)."""
+    return stage["rows_in"] or stage["rows_out"]
 
 
 def table(results: list[dict]) -> str:
@@ -231,27 +252,31 @@ def table(results: list[dict]) -> str:
     by = [{s["stage"]: s for s in r["stages"]} for r in results]
     head = ["stage"] + [f"{n:,}: s / CPU s / peak MiB (JVM) / rows out" for n in sizes]
     head += [f"exp {a:,}->{b:,}" for a, b in zip(sizes, sizes[1:], strict=False)]
+    head += [f"exp by rows {a:,}->{b:,}" for a, b in zip(sizes, sizes[1:], strict=False)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "--:|" * (len(head) - 1)]
     for name in names:
         cells = [name]
         for b in by:
             s = b.get(name)
             cells.append(
-                f"{s['seconds']:.1f} / {s['cpu_s']:.0f} / {s['peak_rss_mib']:.0f} ({s.get('peak_jvm_mib', 0):.0f})"
+                f"{s['seconds']:.1f} / {s['cpu_s']:.0f} / {s['peak_rss_mib']:.0f} ({jvm_part(s)})"
                 f" / {s['rows_out']:,}"
                 if s
                 else "-"
             )
-        for i in range(len(by) - 1):
-            a, c = by[i].get(name), by[i + 1].get(name)
+        pairs = [(by[i].get(name), by[i + 1].get(name)) for i in range(len(by) - 1)]
+        for i, (a, c) in enumerate(pairs):
             cells.append(
                 f"{exponent(a['seconds'], c['seconds'], sizes[i], sizes[i + 1]):.2f}" if a and c else "-"
             )
+        for a, c in pairs:
+            cells.append(f"{exponent(a['seconds'], c['seconds'], work(a), work(c)):.2f}" if a and c else "-")
         lines.append("| " + " | ".join(cells) + " |")
     total = ["**whole run (wall)**"] + [
         f"{r['wall_s']:.0f} s, peak {r['peak_rss_mib']:.0f} MiB" for r in results
     ]
     total += [f"{exponent(a['wall_s'], b['wall_s'], a['users'], b['users']):.2f}" for a, b in zip(results, results[1:], strict=False)]  # fmt: skip
+    total += ["-"] * (len(results) - 1)
     lines.append("| " + " | ".join(total) + " |")
     return "\n".join(lines)
 
@@ -289,6 +314,10 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="2g")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="more pipeline settings, k=v")
     parser.add_argument(
+        "--from-results", nargs="+", type=Path, metavar="JSON",
+        help="run nothing: one table (and plot) from the results.json of earlier runs, sizes in order",
+    )  # fmt: skip
+    parser.add_argument(
         "--native-memory-above", type=float, default=0.0, metavar="MIB",
         help="run the JVM with -XX:NativeMemoryTracking=summary and write its summary to "
         "<out>/users_<n>/native_memory.json whenever the JVM's RSS is above MIB (every 20 s at most)",
@@ -301,6 +330,11 @@ def main() -> None:
     sizes = [int(x) for x in args.sizes.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
+    if args.from_results:
+        results = sorted(
+            (r for f in args.from_results for r in json.loads(f.read_text())), key=lambda r: r["users"]
+        )
+        sizes = []
     for users in sizes:
         results.append(
             run_size(users, args.days, args.out, args.driver_memory, args.sets, args.native_memory_above)
