@@ -133,6 +133,7 @@ def measure(spark, args, source: Path, server, commit: str) -> dict:
             f"bench: only {len(latencies)} of {len(expected)} users got their list in time", file=sys.stderr
         )
     phases = {k: [b[k] for b in batches if b["triggers"]] for k in ("read_s", "refresh_s", "merge_s")}
+    peak = max(sampler.samples, key=lambda x: x.rss_mib, default=None)
     return {
         "commit": f"{commit} ({handler.engine})",
         "users": len(latencies),
@@ -146,7 +147,9 @@ def measure(spark, args, source: Path, server, commit: str) -> dict:
         "append_s": append_s,
         "phases": phases,
         "fallbacks": sum(b["u2q_fallbacks"] for b in batches),
-        "peak_rss_mib": max((x.rss_mib for x in sampler.samples), default=float("nan")),
+        "peak_rss_mib": peak.rss_mib if peak else float("nan"),
+        "peak_jvm_mib": peak.jvm_mib if peak else float("nan"),
+        "clones_left_out": sampler.clones,
     }
 
 
@@ -213,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(
             f"{r['commit']}: {r['events']} events, {r['llm_calls']} LLM calls, {r['fallbacks']} U2Q fallbacks, "
-            f"driver peak RSS {r['peak_rss_mib']:,.0f} MiB (Python + JVM, from the stream's start)"
+            f"driver peak RSS {r['peak_rss_mib']:,.0f} MiB (Python + JVM, from the stream's start; JVM "
+            f"{r['peak_jvm_mib']:,.0f}; {r['clones_left_out']} sample(s) met a clone before its exec, left out)"
         )
     spark.stop()
     return 0 if all(r["users"] == r["expected"] for r in results) else 1
