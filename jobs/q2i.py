@@ -2,9 +2,11 @@
 
 1. Q2Vec: the queries of ``gold.user_queries`` are embedded (``jobs.embed.embed_texts``:
    the model once per Python worker, each text once per model, ever).
-2. Search: every query goes to every shard of ``gold.index_manifest``; the pairs are
-   partitioned by shard, so each task loads its shard file once (and keeps it for the
-   life of the Python worker) and searches its queries in one batch for the top
+2. Search: every distinct query text goes to every shard of ``gold.index_manifest``
+   (buyers share texts: each is searched once, its hits given to every query that asks
+   it); the pairs are
+   partitioned by shard, so each task loads its shard file once (a Python worker keeps
+   the newest build's shards) and searches its queries in one batch for the top
    ``q2i.k``. Per query the shards' results are merged to the global top ``q2i.k``
    (score, then smaller id).
 3. Candidates, the source's two paths: *non-personalised high relevance* (cosine at
@@ -145,22 +147,25 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
     if missing:
         raise RuntimeError(f"q2i: shard files missing (rebuild with the index stage): {missing[:3]}")
     queries = tables.read(spark, conf, "gold.user_queries")
-    qvec = embed_texts(
-        spark, conf, queries.select("query_id", "query").distinct(), "query", label="q2i: queries"
-    )
+    # Buyers ask the same queries (205k queries, 42k distinct texts at 30,000 synthetic
+    # buyers): each text is embedded and searched once, and its hits go to every query
+    # that asks it. The text is the search's key (``query_id`` in search_shards' frames).
+    texts = embed_texts(spark, conf, queries.select("query").distinct(), "query", label="q2i: queries")
     models = {r["embedding_model"] for r in shards}
-    if shards and models != {qvec.select("embedding_model").first()[0]}:
+    if shards and models != {texts.select("embedding_model").first()[0]}:
         raise RuntimeError(
             f"q2i: the index was built with {models}, queries use another model: re-run embed and index"
         )
     n_shards = max(1, len(shards))
     pairs = (
-        qvec.filter(F.col("vector").isNotNull())
-        .select("query_id", "vector")
+        texts.filter(F.col("vector").isNotNull())
+        .select(F.col("query").alias("query_id"), "vector")
         .crossJoin(F.broadcast(manifest.select("shard", "path")))
         .repartition(n_shards, "shard")
     )
-    hits = merge_top_k(search_shards(pairs, qc.k, qc.nprobe, qc.ef_search), qc.k)
+    hits = merge_top_k(search_shards(pairs, qc.k, qc.nprobe, qc.ef_search), qc.k).withColumnRenamed(
+        "query_id", "query"
+    )
     items = tables.read(spark, conf, "silver.item_vectors").select(
         "vector_id", "item_id", "leaf_category", "price_band"
     )
@@ -170,7 +175,7 @@ def run(spark: SparkSession, conf: Config) -> dict[str, int]:
             queries.select(
                 "user_id", "query_id", "kind", "query", "reason", F.col("leaf_category").alias("query_category")
             ),
-            "query_id",
+            "query",
         )
     )  # fmt: skip
     prefs, bands = user_preferences(spark, conf)

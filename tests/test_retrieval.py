@@ -31,6 +31,7 @@ QUERIES = [
     ("u1", "q1", "personal", "jumbo bags for my shop", "bags", "you buy bags", 0),
     ("u1", "q2", "exploration", "christmas tree decorations", "xmas", "new for you", 1),
     ("u2", "q3", "trend", "candle holders trend", "candles", "rising", 0),
+    ("u3", "q4", "personal", "jumbo bags for my shop", "bags", "you buy bags", 0),  # q1's text
 ]
 
 
@@ -128,6 +129,25 @@ def test_personalised_weighting_and_paths(spark, warehouse):
     assert all(r.cfv_match == 0.0 for (q, _), r in got.items() if q == "q3")
 
 
+def test_buyers_asking_the_same_text_get_its_hits_each_with_their_own_weighting(spark, warehouse):
+    """The text is searched once and its hits go to both queries; the personal part of the
+    score stays each buyer's (u1 likes red bags and bought the mid band; u3 has no history)."""
+    make, _ = warehouse
+    rows = tables.read(spark, make(), q2i.CANDIDATES).filter("query_id in ('q1', 'q4')").collect()
+    by = {q: {r.item_id: r for r in rows if r.query_id == q} for q in ("q1", "q4")}
+    assert set(by["q1"]) == set(by["q4"]) and len(by["q1"]) == 5
+    for item, r in by["q1"].items():
+        other = by["q4"][item]
+        assert (other.user_id, other.query_id, other.relevance, other.rank_in_query) == (
+            "u3",
+            "q4",
+            r.relevance,
+            r.rank_in_query,
+        )
+        assert other.cfv_match == 0.0 and other.score == pytest.approx(other.relevance, abs=1e-4)
+    assert by["q1"]["I0"].score == pytest.approx(by["q4"]["I0"].score + 0.15 + 0.05, abs=1e-4)
+
+
 def test_query_channels_hold_every_user_with_queries_an_item_once_per_channel(spark, warehouse):
     make, _ = warehouse
     conf = make()
@@ -137,8 +157,9 @@ def test_query_channels_hold_every_user_with_queries_an_item_once_per_channel(sp
     by = {}
     for r in got:
         by.setdefault((r.user_id, r.channel), []).append(r)
-    # u1's personal and exploration queries feed the query channel, u2's trend query the trend one.
-    assert set(by) == {("u1", "query"), ("u2", "trend")}
+    # u1's personal and exploration queries feed the query channel, u2's trend query the
+    # trend one, u3's personal query the query channel.
+    assert set(by) == {("u1", "query"), ("u2", "trend"), ("u3", "query")}
     for key, rows in by.items():
         assert sorted(r.channel_rank for r in rows) == [1, 2, 3], key  # the 3 best only
         assert len({r.item_id for r in rows}) == 3 and all(r.reason for r in rows), key
