@@ -36,6 +36,8 @@ Run
 The table is printed as Markdown and written to ``<out>/results.md`` (and
 ``<out>/results.json``, ``<out>/scale.png``: seconds against buyers, log-log, per stage).
 One run per size: on a shared machine the figures are noisy; quote them with that said.
+When a size's pipeline fails, the figures of its finished stages are written to
+``<out>/users_<n>/partial.json`` before the bench stops.
 """
 
 from __future__ import annotations
@@ -209,17 +211,25 @@ def run_size(
         rc = proc.wait()
         sampler.stop()
     wall = time.time() - started
-    if rc != 0:
-        tail = (folder / "pipeline.log").read_text(errors="replace")[-3000:]
-        raise SystemExit(f"pipeline at {users:,} buyers exited {rc}:\n{tail}")
-    runs = DeltaTable(str(folder / "warehouse" / "silver" / "stage_runs")).to_pandas()
+    # The stages that finished, also when a later one failed: their figures are kept
+    # (``<out>/users_<n>/partial.json``) before the failure is raised.
+    stage_runs = folder / "warehouse" / "silver" / "stage_runs"
+    runs = DeltaTable(str(stage_runs)).to_pandas() if (stage_runs / "_delta_log").is_dir() else None
     stages = []
-    for r in runs.sort_values("finished_at").itertuples():
+    for r in runs.sort_values("finished_at").itertuples() if runs is not None else []:
         end = r.finished_at.to_pydatetime().replace(tzinfo=dt.timezone.utc).timestamp()
         peak, cpu = sampler.between(end - r.seconds, end)
         stages.append({"stage": r.stage, "seconds": float(r.seconds), "cpu_s": cpu, "peak_rss_mib": peak.rss_mib,
                        "peak_jvm_mib": peak.jvm_mib, "rows_in": int(r.rows_in), "rows_out": int(r.rows_out)})  # fmt: skip
-    peak_all = max(s.rss_mib for s in sampler.samples)
+    peak_all = max((s.rss_mib for s in sampler.samples), default=float("nan"))
+    if rc != 0:
+        partial = {"users": users, "days": days, "failed_after_s": wall, "exit_code": rc, "stages": stages}
+        (folder / "partial.json").write_text(json.dumps(partial, indent=1))
+        tail = (folder / "pipeline.log").read_text(errors="replace")[-3000:]
+        raise SystemExit(
+            f"pipeline at {users:,} buyers exited {rc} (the {len(stages)} finished stage(s) in "
+            f"{folder / 'partial.json'}):\n{tail}"
+        )
     log.warning("%s buyers: %d sample(s) met a clone before its exec, the largest %.0f MiB (left out)",
                 f"{users:,}", sampler.clones, sampler.clone_peak_mib)  # fmt: skip
     if sampler.nmt:
