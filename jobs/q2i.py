@@ -4,10 +4,9 @@
    the model once per Python worker, each text once per model, ever).
 2. Search: every distinct query text goes to every shard of ``gold.index_manifest``
    (buyers share texts: each is searched once, its hits given to every query that asks
-   it); the pairs are
-   partitioned by shard, so each task loads its shard file once (a Python worker keeps
-   the newest build's shards) and searches its queries in one batch for the top
-   ``q2i.k``. Per query the shards' results are merged to the global top ``q2i.k``
+   it); the pairs are partitioned by shard, so each task loads its shard file once (a
+   Python worker keeps the newest build's shards) and searches its texts in one batch for
+   the top ``q2i.k``. Per query the shards' results are merged to the global top ``q2i.k``
    (score, then smaller id).
 3. Candidates, the source's two paths: *non-personalised high relevance* (cosine at
    least ``q2i.high_relevance``) and *personalised dynamic weighting*: ``score =
