@@ -22,6 +22,7 @@ from fsspec.implementations.local import LocalFileSystem
 # change, so a copy never goes stale; it goes when its source is removed: see
 # ``remove_stale_copies``). Beside each copy, ``<copy>.source`` holds the URL it came from.
 CACHE_DIR = os.path.join(tempfile.gettempdir(), "discovery-files")
+SOURCE_SUFFIX = ".source"
 
 
 def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -78,14 +79,11 @@ def local_copy(path: str, cache_dir: str | None = None) -> str:
         os.makedirs(cache_dir, exist_ok=True)
         partial = f"{local}.{os.getpid()}.partial"
         fs.get_file(inner, partial)
-        with open(f"{partial}.source", "w") as fh:
+        with open(f"{partial}{SOURCE_SUFFIX}", "w") as fh:
             fh.write(path)
-        os.replace(f"{partial}.source", f"{local}{SOURCE_SUFFIX}")
+        os.replace(f"{partial}{SOURCE_SUFFIX}", f"{local}{SOURCE_SUFFIX}")
         os.replace(partial, local)
     return local
-
-
-SOURCE_SUFFIX = ".source"
 
 
 def remove_stale_copies(cache_dir: str | None = None) -> list[str]:

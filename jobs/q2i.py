@@ -6,7 +6,7 @@
    (buyers share texts: each is searched once, its hits given to every query that asks
    it); the pairs are partitioned by shard, so each task loads its shard file once (a
    Python worker keeps the newest build's shards) and searches its texts in one batch for
-   the top ``q2i.k``. Per query the shards' results are merged to the global top ``q2i.k``
+   the top ``q2i.k``. Per text the shards' results are merged to the global top ``q2i.k``
    (score, then smaller id).
 3. Candidates, the source's two paths: *non-personalised high relevance* (cosine at
    least ``q2i.high_relevance``) and *personalised dynamic weighting*: ``score =
@@ -63,7 +63,8 @@ def search_shards(pairs: DataFrame, k: int, nprobe: int, ef_search: int) -> Data
 
 
 def merge_top_k(hits: DataFrame, k: int) -> DataFrame:
-    """Per query the best ``k`` hits over all shards (an item once, its best score)."""
+    """Per search key (``query_id``: a query text in ``run``) the best ``k`` hits over all
+    shards (an item once, its best score)."""
     best = Window.partitionBy("query_id").orderBy(F.desc("relevance"), "vector_id")
     return (
         hits.groupBy("query_id", "vector_id")

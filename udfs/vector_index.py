@@ -320,7 +320,7 @@ def load_shard(path: str) -> faiss.Index:
     memory nor local disk grows with the number of builds."""
     if path not in _LOADED:
         root, build = _build_of(path)
-        other_builds = [p for p in _LOADED if _build_of(p)[0] == root and _build_of(p)[1] != build]
+        other_builds = [p for p in _LOADED if (b := _build_of(p))[0] == root and b[1] != build]
         for old in other_builds:
             del _LOADED[old]
         if other_builds:
