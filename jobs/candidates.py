@@ -309,13 +309,19 @@ def bestseller_channel(
     )
     # The overall best-sellers: for every buyer (below their chosen categories' own), and
     # all a buyer without history gets.
-    # A top-N (per partition, then merged) and a rank over those N rows in one partition:
-    # a window over all items would sort the whole catalog in one task.
-    order = [F.desc("buyers"), F.col("item_id")]
-    in_top = Window.partitionBy(F.lit(0)).orderBy(*order)
+    # A top-N (per partition, then merged), each ranked by the number of the N ahead of it
+    # (more buyers, or as many and a smaller id): a window over all items would sort the
+    # whole catalog in one task, and even over the N rows one without a partition is a
+    # single-partition window that Spark warns about at every re-plan.
+    top = bestsellers.orderBy(F.desc("buyers"), "item_id").limit(cc.overall_bestsellers)
+    a, b = top.alias("a"), top.alias("b")
+    ahead = (F.col("b.buyers") > F.col("a.buyers")) | (
+        (F.col("b.buyers") == F.col("a.buyers")) & (F.col("b.item_id") < F.col("a.item_id"))
+    )
     top_overall = (
-        bestsellers.orderBy(*order).limit(cc.overall_bestsellers)
-        .withColumn("_r", F.row_number().over(in_top))
+        a.join(b, ahead, "left")
+        .groupBy("a.item_id", "a.leaf_category")
+        .agg((F.count("b.item_id") + 1).alias("_r"))
         .select("item_id", "leaf_category", (1.0 / (F.col("_r") + cc.bestseller_per_category)).alias("channel_score"))
     )  # fmt: skip
     everyone = users.crossJoin(F.broadcast(top_overall))

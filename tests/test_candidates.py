@@ -98,6 +98,26 @@ def test_bestseller_channel_fills_chosen_categories_and_the_overall_best_for_eve
     assert rows[("u", "t1")].reason == "Best-seller in toys"
 
 
+def test_the_overall_bestsellers_are_ranked_by_buyers_then_item_id_for_a_buyer_without_history(spark):
+    best = spark.createDataFrame(
+        [("t2", "toys", 9, 1), ("t1", "toys", 9, 2), ("c1", "cups", 20, 1), ("c2", "cups", 1, 2)],
+        "item_id string, leaf_category string, buyers long, category_rank int",
+    )
+    nothing = spark.createDataFrame([], "user_id string, leaf_category string")
+    no_transitions = spark.createDataFrame(
+        [], "user_id string, leaf_category string, category_transition double"
+    )
+    cc = CandidatesConf(bestseller_per_category=2, overall_bestsellers=3)
+    got = candidates.bestseller_channel(_users(spark, "new"), nothing, no_transitions, best, cc).collect()
+    # The three with most buyers, t1 before t2 (as many buyers, smaller id); c2 not among them.
+    assert [(r.item_id, r.channel_rank) for r in sorted(got, key=lambda r: r.channel_rank)] == [
+        ("c1", 1), ("t1", 2), ("t2", 3),
+    ]  # fmt: skip
+    assert [r.channel_score for r in sorted(got, key=lambda r: r.channel_rank)] == pytest.approx(
+        [1 / 3, 1 / 4, 1 / 5]
+    )
+
+
 def test_the_spark_normalised_title_is_the_python_one(spark):
     titles = ["Regular Garden 10 Oz", "SET OF 3 CAKE TINS", "Frozen Pizza, 4 pack", "12 oz", "Mug"]
     df = spark.createDataFrame([(t,) for t in titles], "title string")
