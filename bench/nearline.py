@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--commit", default="auto,spark", help="nearline.commit values to measure, in turn (default both)"
     )
+    parser.add_argument(
+        "--driver-memory", default=None, help="spark.driver.memory of the stream (default: the profile's)"
+    )
     args = parser.parse_args(argv)
 
     from core.config import load_config
@@ -181,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     server = ScriptedLLMServer(latency_s=args.llm_latency_ms / 1000.0, responder=answers.u2q).start()
-    spark = get_spark(load_config(overrides=["spark.shuffle_partitions=2", "tracking.enabled=false"]))
+    overrides = ["spark.shuffle_partitions=2", "tracking.enabled=false"]
+    if args.driver_memory:
+        overrides.append(f"spark.driver_memory={args.driver_memory}")
+    spark = get_spark(load_config(overrides=overrides))
     try:
         results = [measure(spark, args, source, server, c.strip()) for c in args.commit.split(",")]
     finally:
