@@ -366,3 +366,43 @@ def test_a_new_batch_run_is_picked_up_without_a_restart(spark, warehouse, tmp_pa
     rows = tables.read(spark, conf, nearline.RECOMMENDATIONS).collect()
     assert [(r["user_id"], r["trigger_event_id"]) for r in rows] == [(users[0], "r1")]
     assert handler.reloads == 1  # gold.recommendations did not change again
+
+
+def test_fresh_query_hits_take_their_items_from_the_catalog_and_unknown_vectors_are_left_out():
+    """The refresh's item lookups, built once per catalog (``ItemCatalog``): hits join their
+    items by vector id, a vector id the catalog lacks (an index newer than the batch run)
+    gives no row, and ``by_item`` holds every item column once per item."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from core.config import Q2IConf
+    from udfs.nearline import HIT_COLUMNS, ItemCatalog, fresh_query_candidates
+
+    items = pd.DataFrame(
+        {
+            "vector_id": [10, 11, 12],
+            "item_id": ["a", "b", "c"],
+            "leaf_category": ["tea", "cups", "tea"],
+            "price_band": ["mid", "budget", "premium"],
+            "factors": [["green"], [], ["black"]],
+            "log_buyers": [1.0, 2.0, 3.0],
+        }
+    ).set_index("vector_id")
+    catalog = ItemCatalog.from_items(items)
+    assert list(catalog.by_vector.columns) == HIT_COLUMNS
+    assert catalog.by_item.loc["c", "log_buyers"] == 3.0 and catalog.by_item.index.is_unique
+
+    queries = [{"kind": "personal", "query": "tea", "reason": "You buy tea"}]
+    history = {"prefs": {"tea": {"black": 0.5}}, "bands": ["tea|premium"]}
+    got = fresh_query_candidates(
+        queries, np.array([[0.9, 0.8, 0.7]], np.float32), np.array([[12, 99, 10]]), catalog.by_vector,
+        history, SimpleNamespace(q2i=Q2IConf()),
+    )  # fmt: skip
+    rows = {r["item_id"]: r for r in got.to_dict("records")}
+    assert set(rows) == {"a", "c"}  # vector 99 is not in the catalog
+    assert rows["c"]["leaf_category"] == "tea" and rows["c"]["relevance"] == pytest.approx(0.9)
+    assert rows["a"]["relevance"] == pytest.approx(0.7)
+    # c matches the buyer's CFV factor and price band in tea, a neither: c scores higher.
+    assert rows["c"]["channel_score"] > rows["a"]["channel_score"]

@@ -44,6 +44,7 @@ from core.config import Config
 from core.rundate import resolve_run_date
 from jobs import candidates, cfv, q2i, u2q
 from jobs.nearline.outputs import commit_engine
+from udfs.nearline import ItemCatalog
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +437,8 @@ def drop_older_features(spark: SparkSession, conf: Config, run_date: dt.date) ->
     tables.delete_where(spark, conf, USER_FEATURES, f"as_of < '{run_date}'")
 
 
-def load(spark: SparkSession, conf: Config) -> tuple[Features, pd.DataFrame]:
-    """(features, item table indexed by vector_id) of the batch run; writes the per-user
+def load(spark: SparkSession, conf: Config) -> tuple[Features, ItemCatalog]:
+    """(features, the item table as an ``ItemCatalog``) of the batch run; writes the per-user
     features of its run date (``gold.nearline_user_features``); logs progress."""
     events = tables.read(spark, conf, "bronze.events")
     # The batch run's date, not the last event's: fresh events are appended to the same table.
@@ -496,4 +497,4 @@ def load(spark: SparkSession, conf: Config) -> tuple[Features, pd.DataFrame]:
     )
     items["factors"] = [list(f) if f is not None else [] for f in items["factors"]]
     log.info(f"nearline: features of {n_users:,} users written, {len(items):,} items loaded")
-    return features, items
+    return features, ItemCatalog.from_items(items)
