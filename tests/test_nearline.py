@@ -406,3 +406,16 @@ def test_fresh_query_hits_take_their_items_from_the_catalog_and_unknown_vectors_
     assert rows["a"]["relevance"] == pytest.approx(0.7)
     # c matches the buyer's CFV factor and price band in tea, a neither: c scores higher.
     assert rows["c"]["channel_score"] > rows["a"]["channel_score"]
+
+
+def test_the_start_marker_reads_as_none_until_written_then_gives_the_record(spark, tmp_path):
+    """The stream's first start records the events table's version beside the checkpoint;
+    a missing marker is asked for first (no failed read, no stack trace in the log)."""
+    from jobs.nearline.stream import _read_marker, _spark_path_exists, _write_marker
+
+    marker = f"file://{tmp_path}/checkpoint/nearline_start.json"
+    assert not _spark_path_exists(spark, marker)
+    assert _read_marker(spark, marker) is None
+    _write_marker(spark, marker, {"latest_version_at_first_start": 7})
+    assert _spark_path_exists(spark, marker)
+    assert _read_marker(spark, marker) == {"latest_version_at_first_start": 7}

@@ -62,11 +62,24 @@ def starting_version(spark: SparkSession, conf: Config, checkpoint: str) -> str:
 def _read_marker(spark: SparkSession, path: str) -> dict | None:
     """The JSON record at ``path`` (next to the checkpoint, on any file system Spark
     reaches), or None when there is none yet."""
+    if not _spark_path_exists(spark, path):  # a read of a missing path logs a Java stack trace
+        return None
     try:
         rows = spark.read.json(path).collect()
     except AnalysisException:  # the path does not exist
         return None
     return rows[0].asDict() if rows else None
+
+
+def _spark_path_exists(spark: SparkSession, path: str) -> bool:
+    """Whether ``path`` exists as Spark's file system layer sees it (Hadoop ``FileSystem``);
+    True when that cannot be asked (no JVM at hand, as under Spark Connect): the read
+    then tells."""
+    try:
+        jvm_path = spark._jvm.org.apache.hadoop.fs.Path(path)
+        return bool(jvm_path.getFileSystem(spark._jsc.hadoopConfiguration()).exists(jvm_path))
+    except Exception:  # noqa: BLE001 - any failure to ask leaves the decision to the read
+        return True
 
 
 def _write_marker(spark: SparkSession, path: str, record: dict) -> None:
