@@ -12,6 +12,15 @@ text, trend and index tables whole. Each named stage then runs on each copy, as 
 log(seconds ratio) / log(buyers ratio) between two copies is the stage's growth with
 the buyers alone, on the same catalog and the same inputs of earlier stages.
 
+Shares above 1 (whole numbers) grow the buyers instead: every row of a per-buyer table
+is written ``share`` times, copy ``k`` with ``~k`` appended to its ``user_id`` and to the
+other keys that name one buyer's rows (``REPLICA_KEYS``: a query id is derived from its
+buyer, an event or order id belongs to one buyer), so each copy of a buyer is a new buyer
+with the same behaviour. That measures what grows with the rows (joins, per-buyer
+lookups, the lists written), not what grows with distinct behaviour: the replicas' query
+texts are the originals', so ``q2i`` (one search per distinct text) and the agents' work
+per distinct input are understated. Quote replicated sizes as such.
+
 What is measured
 ----------------
 Per stage and copy: seconds (``silver.stage_runs``), CPU seconds and peak RSS of the
@@ -28,6 +37,8 @@ Run
 ---
     .venv/bin/python bench/buyer_scale.py --warehouse /tmp/scale30k/users_30000/warehouse \\
         --shares 0.333,1 --stages candidates,q2i,u2q --out /tmp/buyer_scale
+    .venv/bin/python bench/buyer_scale.py --warehouse /tmp/scale10k/users_10000/warehouse \
+        --shares 1,3,10 --stages rank,u2q --out /tmp/buyer_replicas
 
 The table is printed as Markdown and written to ``<out>/results.md`` (and
 ``<out>/results.json``). A shared 2-core machine is noisy: quote the medians and ranges.
@@ -52,6 +63,9 @@ from pipeline_scale import ROOT, Sampler, exponent, jvm_part  # noqa: E402
 
 log = logging.getLogger("buyer_scale")
 LAYERS = ("bronze", "silver", "gold")
+# Besides user_id, the string columns whose values name one buyer's rows: a replica's are
+# suffixed too, so it joins to its own rows only (u2q's query id is a hash of its buyer).
+REPLICA_KEYS = ("user_id", "query_id", "event_id", "order_id")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -70,6 +84,19 @@ def delta_tables(warehouse: Path) -> list[Path]:
         p for layer in LAYERS if (warehouse / layer).is_dir() for p in (warehouse / layer).iterdir()
         if (p / "_delta_log").is_dir()
     )  # fmt: skip
+
+
+def replicas(df, n: int):
+    """Copies 1 .. n-1 of every row of ``df``, copy ``k`` with ``~k`` appended to each
+    ``REPLICA_KEYS`` string column (the original rows are not included)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    keys = [f.name for f in df.schema.fields if f.name in REPLICA_KEYS and isinstance(f.dataType, StringType)]
+    copies = df.withColumn("_replica", F.explode(F.sequence(F.lit(1), F.lit(n - 1))))
+    for key in keys:
+        copies = copies.withColumn(key, F.concat(F.col(key), F.lit("~"), F.col("_replica").cast("string")))
+    return copies.drop("_replica")
 
 
 def make_copies(source: Path, shares: list[float], out: Path, driver_memory: str) -> dict:
@@ -94,9 +121,14 @@ def make_copies(source: Path, shares: list[float], out: Path, driver_memory: str
         started = time.time()
         shutil.copytree(source, dest, copy_function=_link_or_copy)
         cut = F.pmod(F.xxhash64("user_id"), F.lit(1000)) >= F.lit(int(round(share * 1000)))
-        for path in delta_tables(dest) if share < 1 else []:
-            if "user_id" in spark.read.format("delta").load(str(path)).columns:
+        for path in delta_tables(dest) if share != 1 else []:
+            table = spark.read.format("delta").load(str(path))
+            if "user_id" not in table.columns:
+                continue
+            if share < 1:
                 DeltaTable.forPath(spark, str(path)).delete(cut)
+            else:  # the snapshot read above, appended as copies 1 .. share-1 in one commit
+                replicas(table, int(share)).write.format("delta").mode("append").save(str(path))
         kept = spark.read.format("delta").load(str(dest / "bronze" / "events"))
         buyers = kept.select("user_id").distinct().count()
         log.warning("share %g: %s buyers in %s (%.0f s)", share, f"{buyers:,}", dest, time.time() - started)
@@ -175,8 +207,9 @@ def main() -> None:
     )
     parser.add_argument("--warehouse", type=Path, required=True, help="a finished warehouse (storage.root)")
     parser.add_argument(
-        "--shares", default="0.333,1", help="shares of its buyers, comma-separated, in (0, 1]"
-    )
+        "--shares", default="0.333,1",
+        help="shares of its buyers, comma-separated: in (0, 1] a cut, a whole number above 1 replicas",
+    )  # fmt: skip
     parser.add_argument("--stages", default="candidates", help="stages to run, comma-separated")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", required=True, type=Path)
@@ -188,8 +221,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     shares = sorted({float(x) for x in args.shares.split(",")})
-    if not shares or shares[0] <= 0 or shares[-1] > 1:
-        parser.error(f"--shares must lie in (0, 1], got {args.shares}")
+    if not shares or shares[0] <= 0 or any(s > 1 and s != int(s) for s in shares):
+        parser.error(f"--shares must lie in (0, 1] or be whole numbers above 1, got {args.shares}")
     if not (args.warehouse / "bronze" / "events" / "_delta_log").is_dir():
         parser.error(
             f"{args.warehouse} has no bronze.events: run the pipeline (or pipeline_scale) on it first"
