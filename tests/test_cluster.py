@@ -11,20 +11,28 @@ Slow (about 10 minutes on 2 cores): run with ``pytest -m cluster``.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from jobs.stages import stage_names
+from testing.standalone import (
+    NO_UI,
+    SCORE_TOLERANCE,
+    StandaloneCluster,
+    assert_same_features,
+    assert_same_rows,
+    child_env,
+    get_json,
+    group_alive,
+    kill_group,
+    spark_class,
+    submit_command,
+    tail,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -37,85 +45,23 @@ SILVER_TABLES = [
 ]
 N_DAY_FILES = 4
 APP_NAME = "discovery-cluster-test"
-# No web UI for the applications (the master's and workers' stay): less work on 2 cores.
-NO_UI = ["--set", "spark.extra={spark.ui.enabled: 'false'}"]
 # The pipeline test: every stage after ingest up to candidates, then train and rank (evaluate
 # reruns them all as of a cut date, too slow here); these columns of gold.recommendations
 # must match ...
 _STAGE_NAMES = stage_names()
 CANDIDATE_STAGES = _STAGE_NAMES[_STAGE_NAMES.index("ingest") + 1 : _STAGE_NAMES.index("candidates") + 1]
 RECOMMENDATION_KEY = ["user_id", "position", "item_id", "leaf_category", "query_kind", "reason"]
-# ... and the scores within this (vectors embedded in other processes may differ in the last bits).
-SCORE_TOLERANCE = 1e-4
+# ... and the scores within SCORE_TOLERANCE.
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read().decode("utf-8"))
-
-
-def _tail(path: Path, n: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # The test process may host its own Spark JVM; children must not attach to it.
-    for k in ("PYSPARK_GATEWAY_PORT", "PYSPARK_GATEWAY_SECRET", "SPARK_CONF_DIR"):
-        env.pop(k, None)
-    env["SPARK_LOCAL_IP"] = "127.0.0.1"  # RPC, web UIs and the driver: loopback only
-    env.setdefault("PYSPARK_PYTHON", sys.executable)
-    return env
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group (daemon, executors, Python workers), then SIGKILL."""
-    pgid = proc.pid  # started with start_new_session=True: pid == pgid
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        if not _group_alive(pgid):
-            break
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if proc.poll() is not None and not _group_alive(pgid):
-                break
-            time.sleep(0.2)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _start(cmd: list[str], log: Path) -> subprocess.Popen:
     """Start a command in its own process group, output to ``log``."""
     with open(log, "w") as fh:
         return subprocess.Popen(
-            cmd, cwd=REPO, env=_child_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=REPO, env=child_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -128,13 +74,13 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float = 420) -> str:
     except subprocess.TimeoutExpired:
         rc = None
     finally:
-        if _group_alive(proc.pid):  # timed out, or left children behind
-            _kill_group(proc, grace=2)
+        if group_alive(proc.pid):  # timed out, or left children behind
+            kill_group(proc, grace=2)
     if rc is None:
-        pytest.fail(f"timed out after {timeout}s: {cmd}\n{_tail(log)}")
+        pytest.fail(f"timed out after {timeout}s: {cmd}\n{tail(log)}")
     print(f"{cmd[:100]}...: rc {rc}, finished {time.monotonic() - t0:.0f}s after waiting began (log {log})")
     if rc != 0:
-        pytest.fail(f"exit {rc}: {cmd}\n{_tail(log)}")
+        pytest.fail(f"exit {rc}: {cmd}\n{tail(log)}")
     return log.read_text(errors="replace")
 
 
@@ -159,72 +105,12 @@ def _day_files() -> Path:
 @pytest.fixture(scope="module")
 def standalone_cluster(tmp_path_factory):
     """Master + 2 workers (1 core, 1g each) as subprocesses; killed, group and all, at the end."""
-    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
-        pytest.skip("no Java runtime: a Spark standalone cluster needs java on PATH or JAVA_HOME")
-    import pyspark
-
-    spark_class = Path(pyspark.__file__).parent / "bin" / "spark-class"
-    if not os.access(spark_class, os.X_OK):
-        pytest.skip(f"pyspark ships no executable bin/spark-class at {spark_class}")
-
-    base = tmp_path_factory.mktemp("standalone")
-    env = _child_env()
-    procs: list[tuple[subprocess.Popen, Path]] = []
-
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        log = base / f"{name}.log"
-        fh = open(log, "w")
-        proc = subprocess.Popen(
-            [str(spark_class), *args], cwd=base, env=env, stdout=fh, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        fh.close()  # the child holds its own descriptor
-        procs.append((proc, log))
-        return proc
-
-    def logs() -> str:
-        return "\n".join(f"--- {log.name}\n{_tail(log, 30)}" for _, log in procs)
-
-    master_port, master_ui = _free_port(), _free_port()
-    master_url = f"spark://127.0.0.1:{master_port}"
-    worker_uis = [_free_port(), _free_port()]
-    work_dirs = [base / f"worker-{i}" for i in range(2)]
-    try:
-        start("master", ["org.apache.spark.deploy.master.Master",
-                         "--host", "127.0.0.1", "--port", str(master_port), "--webui-port", str(master_ui)])  # fmt: skip
-        for i, ui in enumerate(worker_uis):
-            work_dirs[i].mkdir()
-            start(f"worker-{i}", ["org.apache.spark.deploy.worker.Worker",
-                                  "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-                                  "--webui-port", str(ui), "--work-dir", str(work_dirs[i]), master_url])  # fmt: skip
-
-        status_url = f"http://127.0.0.1:{master_ui}/json/"
-        deadline, status = time.monotonic() + 90, {}
-        while time.monotonic() < deadline:
-            dead = [log.name for p, log in procs if p.poll() is not None]
-            if dead:
-                pytest.fail(f"cluster process(es) exited early: {dead}\n{logs()}")
-            try:
-                status = _get_json(status_url)
-            except OSError:
-                status = {}
-            if sum(w.get("state") == "ALIVE" for w in status.get("workers", [])) == 2:
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"master did not report 2 ALIVE workers in 90s: {status}\n{logs()}")
-
-        yield {
-            "master_url": master_url,
-            "status_url": status_url,
-            "worker_status_urls": [f"http://127.0.0.1:{ui}/json/" for ui in worker_uis],
-            "work_dirs": work_dirs,
-        }
-    finally:
-        for proc, _ in reversed(procs):  # workers (and their executors) first, then the master
-            _kill_group(proc)
-        left = [log.stem for p, log in procs if _group_alive(p.pid)]
-        assert not left, f"Spark processes left running: {left}"
+    if spark_class() is None:
+        pytest.skip(
+            "no Java runtime, or no executable pyspark bin/spark-class: a standalone cluster cannot start"
+        )
+    with StandaloneCluster(tmp_path_factory.mktemp("standalone"), workers=2, cores=1, memory="1g") as cluster:
+        yield cluster.info()
 
 
 @pytest.fixture(scope="module")
@@ -268,12 +154,9 @@ def _with_bronze(bronze: Path, root: Path) -> Path:
 
 def _cluster_cli(cluster: dict, cli: list[str], root: Path, app_name: str) -> list[str]:
     """The command that runs the CLI arguments ``cli`` through ``./spark-submit.sh`` on the
-    standalone cluster, on the storage root ``root``, as application ``app_name``."""
-    return [str(REPO / "spark-submit.sh"), "--master", cluster["master_url"],
-            # Tiny tables: as in the local session (core/session.py), not Delta's 50 tasks per snapshot.
-            "--spark-conf", "spark.databricks.delta.snapshotPartitions=2",
-            *cli, "--set", f"storage.root={root}", "--set", f"spark.app_name={app_name}",
-            "--set", "spark.shuffle_partitions=2", *NO_UI]  # fmt: skip
+    standalone cluster, on the storage root ``root``, as application ``app_name`` (tiny
+    tables: two Delta snapshot partitions, as in the local session of core/session.py)."""
+    return submit_command(cluster["master_url"], cli, root, app_name)
 
 
 def _local_and_cluster(
@@ -291,7 +174,7 @@ def _local_and_cluster(
         cluster_run = _start(_cluster_cli(cluster, cli, cluster_root, app_name), cluster_log)
         out = _finish(cluster_run, cluster_log, timeout)
     except BaseException:
-        _kill_group(local, grace=2)
+        kill_group(local, grace=2)
         raise
     _finish(local, local_log, timeout)
     # The cluster run went through spark-submit to the standalone master.
@@ -303,7 +186,7 @@ def _executor_logs(cluster: dict, app_name: str) -> dict[str, str]:
     """Worker name -> the stderr of its executor(s) of ``app_name``, after checking that the
     master finished exactly one application of that name and that each worker launched an
     executor of it: a JVM of its own, with its own log, that ran tasks of the job."""
-    status = _get_json(cluster["status_url"])
+    status = get_json(cluster["status_url"])
     apps = [a for a in status.get("completedapps", []) if a.get("name") == app_name]
     assert len(apps) == 1, (
         f"master lists no (or several) completed app {app_name}: {status.get('completedapps')}"
@@ -312,7 +195,7 @@ def _executor_logs(cluster: dict, app_name: str) -> dict[str, str]:
     assert apps[0].get("state") == "FINISHED", apps[0]
     logs = {}
     for url, work_dir in zip(cluster["worker_status_urls"], cluster["work_dirs"], strict=True):
-        worker = _get_json(url)
+        worker = get_json(url)
         executors = worker.get("finishedexecutors", []) + worker.get("executors", [])
         assert any(e.get("appid") == app_id for e in executors), f"worker {url} ran no executor of {app_id}"
         stderr_logs = list((work_dir / app_id).glob("*/stderr"))
@@ -334,60 +217,6 @@ def _tables(spark, local_root: Path, cluster_root: Path, name: str):
     conf_local = load_config(overrides=[f"storage.root={local_root}"])
     conf_cluster = load_config(overrides=[f"storage.root={cluster_root}"])
     return tables.read(spark, conf_local, name), tables.read(spark, conf_cluster, name)
-
-
-def _assert_same_rows(name: str, a, b) -> int:
-    """Both frames hold the same multiset of rows (and some); returns the row count."""
-    assert a.schema == b.schema, f"{name}: schemas differ\n{a.schema}\n{b.schema}"
-    n_a, n_b = a.count(), b.count()
-    assert n_a > 0, f"{name}: no rows (nothing to compare)"
-    assert n_a == n_b, f"{name}: {n_a} rows locally, {n_b} on the cluster"
-    only_local = a.exceptAll(b)
-    only_cluster = b.exceptAll(a)
-    assert only_local.count() == 0, f"{name}: rows only in the local run: {only_local.limit(5).collect()}"
-    assert only_cluster.count() == 0, (
-        f"{name}: rows only in the cluster run: {only_cluster.limit(5).collect()}"
-    )
-    return n_a
-
-
-def _assert_same_features(local, cluster) -> None:
-    """The same candidate rows both ways, every feature within SCORE_TOLERANCE, except that
-    two items whose channel scores tie within that tolerance may swap ranks: a channel rank
-    may differ by one place in at most 0.1 % of the rows."""
-    from pyspark.sql import functions as F
-
-    from udfs.features import FEATURE_COLUMNS
-
-    key = ["as_of", "user_id", "item_id"]
-    ranks = [c for c in FEATURE_COLUMNS if c.endswith("_rank")]
-    diff = {
-        c: F.abs(F.coalesce(F.col(f"l.{c}").cast("double"), F.lit(0.0)) - F.coalesce(F.col(f"c.{c}").cast("double"), F.lit(0.0)))
-        for c in FEATURE_COLUMNS
-    }  # fmt: skip
-    counts = (
-        local.alias("l")
-        .join(cluster.alias("c"), key, "full_outer")
-        .agg(
-            F.count("*").alias("rows"),
-            F.sum(F.col("c.n_channels").isNull().cast("int")).alias("only_local"),
-            F.sum(F.col("l.n_channels").isNull().cast("int")).alias("only_cluster"),
-            *(F.max(diff[c]).alias(c) for c in FEATURE_COLUMNS),
-            *(F.sum((diff[c] > 0).cast("int")).alias(f"{c}_rows") for c in ranks),
-        )
-        .first()
-    )  # fmt: skip
-    assert counts["rows"] > 0, "gold.candidate_features: no rows (nothing to compare)"
-    assert counts["only_local"] == 0 and counts["only_cluster"] == 0, (
-        f"gold.candidate_features: {counts['only_local']} candidates only in the local run, "
-        f"{counts['only_cluster']} only in the cluster run (of {counts['rows']})"
-    )
-    far = {c: counts[c] for c in FEATURE_COLUMNS if c not in ranks and (counts[c] or 0) > SCORE_TOLERANCE}
-    assert not far, f"gold.candidate_features: largest differences above {SCORE_TOLERANCE}: {far}"
-    swapped = {c: (counts[f"{c}_rows"], counts[c]) for c in ranks if counts[f"{c}_rows"]}
-    assert all(n <= 0.001 * counts["rows"] and d <= 1 for n, d in swapped.values()), (
-        f"gold.candidate_features: channel ranks differ (rows, largest difference) of {counts['rows']}: {swapped}"
-    )
 
 
 # --- the tests ----------------------------------------------------------------------------
@@ -413,13 +242,13 @@ def test_pipeline_on_standalone_cluster_matches_local(standalone_cluster, bronze
     # ways: a failure names the first table where the two runs part.
     spark = request.getfixturevalue("spark")
     for name in SILVER_TABLES:
-        _assert_same_rows(name, *_tables(spark, local_root, cluster_root, name))
+        assert_same_rows(name, *_tables(spark, local_root, cluster_root, name))
     cols = ["user_id", "query_id", "kind", "query"]
-    queries = _assert_same_rows(
+    queries = assert_same_rows(
         "gold.user_queries",
         *(t.select(cols) for t in _tables(spark, local_root, cluster_root, "gold.user_queries")),
     )
-    _assert_same_features(*_tables(spark, local_root, cluster_root, "gold.candidate_features"))
+    assert_same_features(*_tables(spark, local_root, cluster_root, "gold.candidate_features"))
 
     # The ranker. A tree ensemble fitted on 75 purchases turns a near-tie swapped in the last
     # bits of an embedding into other splits, so the two runs cannot be compared on
