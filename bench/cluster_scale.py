@@ -147,23 +147,46 @@ def main() -> int:
     parser.add_argument("--executor-memory", default="2g", help="spark.executor.memory (default 2g)")
     parser.add_argument("--shuffle-partitions", type=int, default=8, help="as the local run's (default 8)")
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds for the cluster run")
+    parser.add_argument(
+        "--stages", default=None,
+        help="stages to run, comma-separated (default items..candidates on a fresh copy of bronze; given, they "
+        "rerun on the cluster warehouse of an earlier run in <out> when there is one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compare-only", action="store_true", help="compare with the cluster run in <out>, do not rerun"
+    )
     parser.add_argument("--set", dest="sets", action="append", default=[], help="more pipeline settings, k=v")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     local_root = args.warehouse.resolve()
-    if not (local_root / "gold" / "candidate_features" / "_delta_log").is_dir():
-        parser.error(f"{local_root} has no gold.candidate_features: run the pipeline on it first")
     names = stage_names()
-    stages = names[names.index("items") : names.index("candidates") + 1]
+    stages = (
+        args.stages.split(",") if args.stages else names[names.index("items") : names.index("candidates") + 1]
+    )
+    if unknown := sorted(set(stages) - set(names)):
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; the stages: {', '.join(names)}")
     local_runs = stage_runs(local_root)
     local_runs = local_runs[local_runs.stage.isin(stages)].sort_values("finished_at")
+    missing = sorted(set(stages) - set(local_runs.stage))
+    if missing:
+        parser.error(
+            f"{local_root}: the local run has not finished {', '.join(missing)}: run the pipeline first"
+        )
     run_date = str(local_runs.run_date.iloc[-1])[:10]
-    if args.out.exists():
-        shutil.rmtree(args.out)
     cluster_root = args.out / "warehouse"
-    cluster_root.mkdir(parents=True)
-    shutil.copytree(local_root / "bronze", cluster_root / "bronze")
-    wall = run_on_cluster(args, cluster_root, run_date, stages)
+    if args.compare_only:
+        wall = float("nan")
+    else:
+        if (
+            args.stages and (cluster_root / "bronze").is_dir()
+        ):  # a rerun of some stages on the earlier cluster run
+            shutil.rmtree(args.out / "standalone", ignore_errors=True)
+        else:
+            if args.out.exists():
+                shutil.rmtree(args.out)
+            cluster_root.mkdir(parents=True)
+            shutil.copytree(local_root / "bronze", cluster_root / "bronze")
+        wall = run_on_cluster(args, cluster_root, run_date, stages)
     cluster_runs = stage_runs(cluster_root)
     seconds = {
         s: (float(local_runs[local_runs.stage == s].seconds.iloc[-1]),

@@ -281,6 +281,34 @@ def test_near_duplicate_queries_from_several_seeds_collapse_into_one_trend_query
     assert [c["growth"] for c in clusters] == [0.9, 0.3, None]
 
 
+def test_a_near_tie_for_the_representative_goes_to_the_first_query_whichever_side_the_noise_falls():
+    """Two queries the same distance from their cluster's centre but for float noise (a
+    local and a cluster run embed in different processes): the same trend query both ways."""
+    import numpy as np
+
+    from jobs.trends import normalise
+
+    base = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    side = np.array([0.0, 1.0, 0.0], dtype=np.float32)
+    rows = [gen_row("toy car", "toy toy car"), gen_row("toy car", "car toy car")]
+    names = []
+    for noise in (3e-6, -3e-6):  # "toy toy car" a hair closer, then a hair farther
+        a = base * 0.8 + side * (0.6 + noise)
+        b = base * 0.8 - side * 0.6
+        vectors = np.stack([a / np.linalg.norm(a), b / np.linalg.norm(b)]).astype(np.float32)
+        (cluster,) = normalise(rows, vectors, threshold=0.2, k=2)
+        assert cluster["cluster_size"] == 2
+        names.append(cluster["query"])
+    assert names == ["car toy car", "car toy car"]
+    # ... while a real difference in closeness still decides, whatever the texts: the
+    # middle one of three spread vectors is the representative though it sorts last.
+    spread = [np.array([1.0, t, 0.0], dtype=np.float32) for t in (-0.2, 0.0, 0.2)]
+    vectors = np.stack([v / np.linalg.norm(v) for v in spread])
+    three = [gen_row("toy car", q) for q in ("a toy car", "zz toy car", "b toy car")]
+    (cluster,) = normalise(three, vectors, threshold=0.5, k=3)
+    assert cluster["query"] == "zz toy car"
+
+
 def test_query_growth_is_the_growth_of_the_rising_factor_it_names():
     from jobs.trends import query_growth
 

@@ -213,6 +213,20 @@ def _mode(values: list) -> object:
     return counts.most_common(1)[0][0] if counts else None
 
 
+# Cosine similarities closer than this are a tie: the same texts embedded in another
+# process (an executor instead of the driver) may differ in the last float32 bits.
+TIE_TOLERANCE = 1e-5
+
+
+def representative(members: list[int], similarity: np.ndarray, queries: list[str]) -> int:
+    """The member closest to its cluster's centre; among members within ``TIE_TOLERANCE``
+    of the closest, the one with the first query text, so that the choice does not depend
+    on float noise (a cluster run and a local run name the trend query alike)."""
+    best = float(similarity.max())
+    near = [i for i, s in enumerate(similarity) if s >= best - TIE_TOLERANCE]
+    return members[min(near, key=lambda i: queries[i])]
+
+
 def normalise(rows: list[dict], vectors: np.ndarray, threshold: float, k: int) -> list[dict]:
     """Cluster the generated queries; one dict per cluster (the trend_queries columns
     except as_of, rank, trend_query_id and embedding_model), biggest growth first.
@@ -230,7 +244,7 @@ def normalise(rows: list[dict], vectors: np.ndarray, threshold: float, k: int) -
     out = []
     for members in clusters.values():
         centre = vectors[members].mean(axis=0)
-        rep = members[int(np.argmax(vectors[members] @ centre))]
+        rep = representative(members, vectors[members] @ centre, [rows[i]["query"] for i in members])
         group = [rows[i] for i in members]
         points = Counter(p for r in group for p in r["selling_points"])
         growths = [r["growth"] for r in group if r["growth"] is not None]
