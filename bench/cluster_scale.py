@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from jobs.stages import stage_names  # noqa: E402
 from testing.standalone import (  # noqa: E402
+    QUERY_COLUMNS,
+    SILVER_TABLES,
     StandaloneCluster,
     assert_same_features,
     assert_same_rows,
@@ -49,9 +51,6 @@ from testing.standalone import (  # noqa: E402
 )
 
 log = logging.getLogger("cluster_scale")
-SILVER_TABLES = ["silver.item_categories", "silver.user_week_category", "silver.user_windows",
-                 "silver.search_terms_weekly"]  # fmt: skip
-QUERY_COLUMNS = ["user_id", "query_id", "kind", "query"]
 # bench/pipeline_scale.py's settings (besides the storage root and the ingest source).
 PIPELINE_SCALE_SETS = ["trends.sources=[]", "tracking.enabled=false", "run.early_work=false",
                        "spark.driver_memory=2g"]  # fmt: skip

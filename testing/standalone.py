@@ -29,6 +29,11 @@ NO_UI = ["--set", "spark.extra={spark.ui.enabled: 'false'}"]
 # Two runs' features may differ by float noise: vectors embedded in other processes can
 # differ in the last bits.
 SCORE_TOLERANCE = 1e-4
+# What a cluster run and a local run of the stages up to candidates must share row for row
+# (besides the candidate features, compared within SCORE_TOLERANCE).
+SILVER_TABLES = ["silver.item_categories", "silver.user_week_category", "silver.user_windows",
+                 "silver.search_terms_weekly"]  # fmt: skip
+QUERY_COLUMNS = ["user_id", "query_id", "kind", "query"]  # of gold.user_queries
 
 
 class ClusterError(RuntimeError):

@@ -21,7 +21,9 @@ import pytest
 from jobs.stages import stage_names
 from testing.standalone import (
     NO_UI,
+    QUERY_COLUMNS,
     SCORE_TOLERANCE,
+    SILVER_TABLES,
     StandaloneCluster,
     assert_same_features,
     assert_same_rows,
@@ -37,12 +39,6 @@ from testing.standalone import (
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent
-SILVER_TABLES = [
-    "silver.item_categories",
-    "silver.user_week_category",
-    "silver.user_windows",
-    "silver.search_terms_weekly",
-]
 N_DAY_FILES = 4
 APP_NAME = "discovery-cluster-test"
 # The pipeline test: every stage after ingest up to candidates, then train and rank (evaluate
@@ -243,10 +239,9 @@ def test_pipeline_on_standalone_cluster_matches_local(standalone_cluster, bronze
     spark = request.getfixturevalue("spark")
     for name in SILVER_TABLES:
         assert_same_rows(name, *_tables(spark, local_root, cluster_root, name))
-    cols = ["user_id", "query_id", "kind", "query"]
     queries = assert_same_rows(
         "gold.user_queries",
-        *(t.select(cols) for t in _tables(spark, local_root, cluster_root, "gold.user_queries")),
+        *(t.select(QUERY_COLUMNS) for t in _tables(spark, local_root, cluster_root, "gold.user_queries")),
     )
     assert_same_features(*_tables(spark, local_root, cluster_root, "gold.candidate_features"))
 
