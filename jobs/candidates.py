@@ -156,10 +156,18 @@ def item_neighbours(events: DataFrame, neighbours: int, shrink: float, max_items
 # --- channels ---------------------------------------------------------------------------------
 
 
+# Channel scores that are sums (decayed events, summed similarities) depend in their last
+# bits on the order of addition, which follows the partitioning: rounded to this many
+# places before ranking, sums that are equal in exact arithmetic tie, and the tie goes to
+# the smaller item id however the rows were spread.
+RANK_DECIMALS = 9
+
+
 def _ranked(scored: DataFrame, channel: str, limit: int, reason: Column) -> DataFrame:
     per_user = Window.partitionBy("user_id").orderBy(F.desc("channel_score"), "item_id")
     return (
-        scored.withColumn("channel_rank", F.row_number().over(per_user))
+        scored.withColumn("channel_score", F.round("channel_score", RANK_DECIMALS))
+        .withColumn("channel_rank", F.row_number().over(per_user))
         .filter(F.col("channel_rank") <= limit)
         .select(
             "user_id", "item_id", F.lit(channel).alias("channel"), F.col("channel_score").cast("double"),

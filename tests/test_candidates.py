@@ -62,6 +62,18 @@ def test_collaborative_channel_leaves_own_items_out_and_names_the_strongest_sour
     assert got["b"].reason == "Shops that stock Tea Set also stock this"
 
 
+def test_channel_scores_equal_but_for_the_order_of_addition_tie_and_go_to_the_smaller_item_id(spark):
+    # 0.1 + 0.2 != 0.3 in floats: the same sum added in another order (another partitioning)
+    # must not reorder the items, whichever item gets the larger bits.
+    for noisy in ("a", "z"):
+        scored = spark.createDataFrame(
+            [("u", item, 0.1 + 0.2 if item == noisy else 0.3) for item in ("z", "a")],
+            "user_id string, item_id string, channel_score double",
+        )
+        got = candidates._ranked(scored, "collaborative", 1, F.lit("why")).collect()
+        assert [(r.item_id, r.channel_rank, r.channel_score) for r in got] == [("a", 1, 0.3)]
+
+
 def test_category_transitions_and_the_buyers_scores_for_categories_new_to_them(spark):
     uc = spark.createDataFrame(
         [("x", "tea"), ("x", "cups"), ("y", "tea"), ("y", "toys"), ("u", "tea")],

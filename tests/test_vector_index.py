@@ -132,6 +132,34 @@ def test_shard_smaller_than_k_is_padded_and_the_merge_drops_the_padding(corpus):
 # --- merge rules -------------------------------------------------------------------------
 
 
+def _with_cosine(c: float, dim: int = DIM) -> np.ndarray:
+    """A unit vector at cosine ``c`` to the first axis."""
+    v = np.zeros(dim, dtype=np.float64)
+    v[0], v[1] = c, np.sqrt(1.0 - c * c)
+    return v.astype(np.float32)
+
+
+def test_scores_within_float_noise_tie_and_go_to_the_smaller_id_whichever_side_the_noise_falls():
+    # Two items with one title, embedded by two processes: cosines 0.8 and 0.8 + 2e-6.
+    # Whichever of them the noise favours, the search keeps the smaller id at k = 1.
+    query = _with_cosine(1.0)[None, :]
+    for noisy_id in (7, 3):
+        ids = np.array([3, 7], dtype=np.int64)
+        items = np.stack([_with_cosine(0.8 + 2e-6) if i == noisy_id else _with_cosine(0.8) for i in ids])
+        scores, found = search(build_index(items, ids, "flat"), query, 1)
+        np.testing.assert_array_equal(found, [[3]])
+        np.testing.assert_allclose(scores, [[0.8]], atol=1e-7)
+
+
+def test_a_tie_at_the_kth_place_is_settled_by_id_even_past_the_index_visiting_order():
+    # Ten items at one cosine, the smallest ids added last: an index cut at k in the order
+    # it visits them keeps the large ids; the search keeps the smallest.
+    ids = np.arange(100, 90, -1, dtype=np.int64)
+    items = np.stack([_with_cosine(0.5)] * len(ids))
+    scores, found = search(build_index(items, ids, "flat"), _with_cosine(1.0)[None, :], 3)
+    np.testing.assert_array_equal(found, [[91, 92, 93]])
+
+
 def test_merge_breaks_ties_by_smaller_id():
     part_a = (np.array([[0.9, 0.5]], dtype=np.float32), np.array([[40, 7]]))
     part_b = (np.array([[0.9, 0.5]], dtype=np.float32), np.array([[12, 3]]))

@@ -82,6 +82,14 @@ MIN_POINTS_PER_CENTROID = 39
 # allows it: the fastest faiss code size and the usual accuracy/size trade-off.
 PQ_MAX_BITS = 8
 NORM_TOLERANCE = 1e-3
+# Scores are compared at this many decimals (the precision the Q2I tables keep). The same
+# text embedded by two processes (the driver in local mode, an executor on a cluster, in
+# other batches) differs by about 1e-7, so two items with the same title are ordered by
+# that noise; rounded, they tie and go to the smaller id in every process.
+SCORE_DECIMALS = 5
+# Extra results fetched per query, so that ties at the k-th place are settled by id and
+# not by the order in which the index happens to visit them.
+TIE_MARGIN = 8
 
 
 def choose_index_type(n: int, *, flat_below: int = 20_000, hnsw_below: int = 1_000_000) -> str:
@@ -373,7 +381,8 @@ def search(
     Returns
     -------
     scores : np.ndarray
-        (nq, k) float32 inner products, each row descending; ``-inf`` in empty slots.
+        (nq, k) float32 inner products rounded to ``SCORE_DECIMALS`` places, each row
+        descending, equal scores by the smaller id; ``-inf`` in empty slots.
     ids : np.ndarray
         (nq, k) int64 item ids; ``-1`` in empty slots (a shard with fewer than ``k``
         items, or an approximate search that found fewer).
@@ -387,11 +396,15 @@ def search(
     nq = len(q)
     if k == 0 or nq == 0 or index.ntotal == 0:
         return np.full((nq, k), -np.inf, dtype=np.float32), np.full((nq, k), -1, dtype=np.int64)
-    params = _search_parameters(index, k, nprobe, ef_search)
-    scores, ids = index.search(q, k, params=params)
+    fetched = k + TIE_MARGIN
+    params = _search_parameters(index, fetched, nprobe, ef_search)
+    scores, ids = index.search(q, fetched, params=params)
+    scores = np.round(scores, SCORE_DECIMALS)
     # faiss pads with -3.4e38 for inner product; -inf cannot be mistaken for a score.
     scores[ids < 0] = -np.inf
-    return scores, ids
+    # Score descending, then the smaller id; empty slots last.
+    order = np.lexsort((ids, np.where(ids < 0, np.inf, -scores)), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
