@@ -210,7 +210,10 @@ def main() -> None:
         "--shares", default="0.333,1",
         help="shares of its buyers, comma-separated: in (0, 1] a cut, a whole number above 1 replicas",
     )  # fmt: skip
-    parser.add_argument("--stages", default="candidates", help="stages to run, comma-separated")
+    parser.add_argument(
+        "--stages", default="candidates",
+        help="stages to run, comma-separated; empty: only make the copies (e.g. for bench/nearline.py)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--driver-memory", default="2g")
@@ -241,7 +244,7 @@ def main() -> None:
         "copies": made["copies"],
         "stages": {},
     }
-    for stage in args.stages.split(","):
+    for stage in [x for x in args.stages.split(",") if x.strip()]:
         per_share = results["stages"].setdefault(stage, {})
         for i in range(args.repeats):
             for s in sorted(made["copies"], key=float):
