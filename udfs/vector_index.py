@@ -402,9 +402,8 @@ def search(
     scores = np.round(scores, SCORE_DECIMALS)
     # faiss pads with -3.4e38 for inner product; -inf cannot be mistaken for a score.
     scores[ids < 0] = -np.inf
-    # Score descending, then the smaller id; empty slots last.
-    order = np.lexsort((ids, np.where(ids < 0, np.inf, -scores)), axis=1)[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+    # The merge's order (score descending, then the smaller id, empty slots last), cut to k.
+    return merge_topk([(scores, ids)], k)
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
