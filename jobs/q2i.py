@@ -7,9 +7,10 @@
    it); the pairs are partitioned by shard, so each task loads its shard file once (a
    Python worker keeps the newest build's shards) and searches its texts in one batch for
    the top ``q2i.k``. Per text the shards' results are merged to the global top ``q2i.k``
-   (score, then smaller id; scores at ``udfs.vector_index.SCORE_DECIMALS`` places, so
-   that items the embedding's float noise alone sets apart are ordered the same way by
-   every process).
+   (score, then smaller id; flat and HNSW shards score their hits in float64 from the
+   stored vectors, and scores are kept at ``udfs.vector_index.SCORE_DECIMALS`` places,
+   so that items the embedding's float noise alone sets apart are ordered the same way
+   by every process).
 3. Candidates, the source's two paths: *non-personalised high relevance* (cosine at
    least ``q2i.high_relevance``) and *personalised dynamic weighting*: ``score =
    relevance x kind weight + cfv_match x q2i.cfv_match + price_match x q2i.price_band``,

@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
+from udfs import vector_index
 from udfs.vector_index import build_index, choose_index_type, load_index, merge_topk, save_index, search
 
 DIM = 64
@@ -158,6 +159,50 @@ def test_a_tie_at_the_kth_place_is_settled_by_id_even_past_the_index_visiting_or
     items = np.stack([_with_cosine(0.5)] * len(ids))
     scores, found = search(build_index(items, ids, "flat"), _with_cosine(1.0)[None, :], 3)
     np.testing.assert_array_equal(found, [[91, 92, 93]])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_scores_are_the_float64_inner_products_of_the_stored_vectors_rounded(kind):
+    # faiss's float32 scores differ from the exact products in the last bits, and HNSW
+    # can give one stored vector two scores within one search; rounded to 5 places, some
+    # of them land on the other side of a boundary. The search must round exact products.
+    items = _random_unit(3_000, seed=11, dim=384)
+    ids = _item_ids(3_000, seed=12)
+    queries = _random_unit(200, seed=13, dim=384)
+    scores, found = search(build_index(items, ids, kind), queries, 50)
+    assert (found >= 0).all()
+    row_of = {item_id: row for row, item_id in enumerate(ids)}
+    rows = np.vectorize(row_of.get)(found)
+    exact = np.einsum("qkd,qd->qk", items[rows].astype(np.float64), queries.astype(np.float64))
+    np.testing.assert_array_equal(scores, np.round(exact, 5).astype(np.float32))
+
+
+def test_exact_rescoring_in_blocks_gives_the_same_scores(monkeypatch):
+    # The float64 copy of the hits' vectors is made a block of queries at a time.
+    items = _random_unit(500, seed=14, dim=384)
+    ids = _item_ids(500, seed=15)
+    queries = _random_unit(30, seed=16, dim=384)
+    index = build_index(items, ids, "hnsw")
+    whole = search(index, queries, 20)
+    monkeypatch.setattr(vector_index, "RESCORE_BLOCK_BYTES", 7 * 4 * 28 * 384)  # 7 queries a block
+    blocks = search(index, queries, 20)
+    np.testing.assert_array_equal(whole[0], blocks[0])
+    np.testing.assert_array_equal(whole[1], blocks[1])
+
+
+def test_ivf_scores_are_faiss_scores_rounded():
+    # IVF lists do not keep the vectors by row: their scores are faiss's, rounded.
+    items = _random_unit(2_000, seed=17, dim=DIM)
+    ids = _item_ids(2_000, seed=18)
+    queries = _random_unit(10, seed=19, dim=DIM)
+    index = build_index(items, ids, "ivf_flat", nlist=8)
+    scores, found = search(index, queries, 10, nprobe=8)
+    params = faiss.SearchParametersIVF(nprobe=8)
+    raw_scores, raw_ids = index.search(queries, 10 + vector_index.TIE_MARGIN, params=params)
+    for row in range(len(queries)):
+        rounded = np.round(raw_scores[row], 5).astype(np.float32)
+        raw = dict(zip(raw_ids[row].tolist(), rounded.tolist(), strict=True))
+        assert [raw[i] for i in found[row]] == scores[row].tolist()
 
 
 def test_merge_breaks_ties_by_smaller_id():

@@ -90,6 +90,9 @@ SCORE_DECIMALS = 5
 # Extra results fetched per query, so that ties at the k-th place are settled by id and
 # not by the order in which the index happens to visit them.
 TIE_MARGIN = 8
+# Hits rescored per block of queries (a block's copy of the hits' float32 vectors is
+# about this many bytes): bounds the memory of the exact rescoring whatever the batch.
+RESCORE_BLOCK_BYTES = 64 << 20
 
 
 def choose_index_type(n: int, *, flat_below: int = 20_000, hnsw_below: int = 1_000_000) -> str:
@@ -382,7 +385,9 @@ def search(
     -------
     scores : np.ndarray
         (nq, k) float32 inner products rounded to ``SCORE_DECIMALS`` places, each row
-        descending, equal scores by the smaller id; ``-inf`` in empty slots.
+        descending, equal scores by the smaller id; ``-inf`` in empty slots. Flat and
+        HNSW shards score their hits in float64 from the stored vectors (so one vector
+        has one score); IVF shards keep faiss's scores.
     ids : np.ndarray
         (nq, k) int64 item ids; ``-1`` in empty slots (a shard with fewer than ``k``
         items, or an approximate search that found fewer).
@@ -399,11 +404,54 @@ def search(
     fetched = k + TIE_MARGIN
     params = _search_parameters(index, fetched, nprobe, ef_search)
     scores, ids = index.search(q, fetched, params=params)
-    scores = np.round(scores, SCORE_DECIMALS)
+    scores = np.round(_exact_scores(index, q, scores, ids), SCORE_DECIMALS)
     # faiss pads with -3.4e38 for inner product; -inf cannot be mistaken for a score.
     scores[ids < 0] = -np.inf
     # The merge's order (score descending, then the smaller id, empty slots last), cut to k.
     return merge_topk([(scores, ids)], k)
+
+
+def _stored_vectors(index: faiss.Index) -> tuple[faiss.Index, np.ndarray] | None:
+    """The flat storage of an ``IndexIDMap`` over a flat or HNSW index, with the item id
+    of each of its rows; ``None`` for the other kinds (IVF lists, PQ codes)."""
+    if not isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index)
+    if not isinstance(index, faiss.IndexIDMap):
+        return None
+    inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSWFlat)):
+        return None
+    return inner, faiss.vector_to_array(index.id_map)
+
+
+def _exact_scores(index: faiss.Index, q: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The hits' inner products recomputed in float64 from the stored vectors, where the
+    index stores them whole (flat, HNSW); ``scores`` unchanged otherwise.
+
+    faiss's float32 scores of one stored vector can differ in the last bits between the
+    places it meets it in one search (HNSW scores graph neighbours on another code path
+    than the entry point), so two items with one vector could round to either side of a
+    ``SCORE_DECIMALS`` boundary. One float64 product per hit gives one vector one score.
+    """
+    stored = _stored_vectors(index)
+    if stored is None:
+        return scores
+    inner, row_ids = stored
+    order = np.argsort(row_ids, kind="stable")
+    sorted_ids = row_ids[order]
+    out = scores.astype(np.float64)
+    nq, fetched = ids.shape
+    dim = q.shape[1]
+    block = max(1, RESCORE_BLOCK_BYTES // (4 * max(1, fetched) * dim))
+    for start in range(0, nq, block):
+        hit_ids = ids[start : start + block]
+        found = hit_ids >= 0
+        # Empty slots (-1) read row 0 and are put back below.
+        rows = np.where(found, order[np.searchsorted(sorted_ids, np.where(found, hit_ids, sorted_ids[0]))], 0)
+        vectors = inner.reconstruct_batch(rows.ravel()).reshape(*hit_ids.shape, dim)
+        exact = np.einsum("qkd,qd->qk", vectors, q[start : start + block], dtype=np.float64)
+        out[start : start + block] = np.where(found, exact, out[start : start + block])
+    return out
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
