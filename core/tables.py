@@ -94,10 +94,15 @@ def overwrite(df: DataFrame, conf: Config, name: str, partition_by: list[str] | 
     _save(w, conf, name)
 
 
-def replace_where(df: DataFrame, conf: Config, name: str, condition: str) -> None:
+def replace_where(
+    df: DataFrame, conf: Config, name: str, condition: str, max_rows_per_file: int | None = None
+) -> None:
     """Replace the rows matching the SQL ``condition`` with ``df`` (all of whose rows must
-    match it), in one commit; the table must exist."""
+    match it), in one commit; the table must exist. ``max_rows_per_file``: each task's rows
+    are split into files of at most that many rows, in the task's order."""
     w = df.write.format("delta").mode("overwrite").option("replaceWhere", condition)
+    if max_rows_per_file:
+        w = w.option("maxRecordsPerFile", int(max_rows_per_file))
     _save(w, conf, name)
 
 

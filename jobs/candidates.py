@@ -52,6 +52,11 @@ FEATURES = "gold.candidate_features"
 # buyers (the nearline refresh) skips the other row groups by their user_id statistics:
 # 5 buyers in 0.05-0.09 s instead of 0.46-0.52 s on Online Retail.
 FEATURES_PROPERTIES = {"parquet.block.size": 1024 * 1024}
+# Rows per file at most (about 80 row groups of 1 MB): the lookup reads the footer of each
+# file that holds a wanted buyer and tests every row group in it, so with files of a fixed
+# number of partitions the lookup would grow with the buyers (5 buyers 0.1 s at 10,000
+# buyers, 2.2 s at 100,000); with capped files it does not (docs/benchmarks.md).
+FEATURES_MAX_ROWS_PER_FILE = 250_000
 # Weight of one event in the repeat and collaborative channels (and the ALS baseline's
 # confidence); other event types (search, cancel) count nothing.
 EVENT_WEIGHTS = {"purchase": 4.0, "cart": 3.0, "inquiry": 3.0, "favorite": 2.0, "click": 1.0, "view": 1.0}
@@ -625,7 +630,8 @@ def write_features(
     """Replace the ``as_of`` partition of ``gold.candidate_features``; ``prune``: drop the run
     dates more than ``candidates.keep_days`` before ``as_of``."""
     keep_from = as_of - dt.timedelta(days=conf.candidates.keep_days)
-    # Files by user range: a lookup of a few buyers (the nearline's) skips the others. The
+    # Files by user range, each of at most FEATURES_MAX_ROWS_PER_FILE rows: a lookup of a
+    # few buyers (the nearline's) skips the other files and row groups. The
     # range partitioner samples its input first: kept, the features are computed once, not
     # twice. Kept as rows on local disk (a local checkpoint): a cache builds column batches
     # in the heap, and at 30,000 buyers (21 M wide rows) that ran a 2 GB driver out of it.
@@ -633,6 +639,6 @@ def write_features(
     feats = kept.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
     tables.reset_if_other_columns(spark, conf, FEATURES, feats, ["as_of"])
     tables.set_properties(spark, conf, FEATURES, FEATURES_PROPERTIES)
-    tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'")
+    tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'", FEATURES_MAX_ROWS_PER_FILE)
     if prune:
         tables.delete_where(spark, conf, FEATURES, f"as_of < '{keep_from}'")

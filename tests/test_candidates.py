@@ -148,15 +148,23 @@ def test_the_features_are_stored_in_row_groups_by_user_so_a_lookup_skips_the_res
     conf = conf_factory(["tracking.enabled=false", "spark.shuffle_partitions=2"])
     # A tiny row group, so that 2,000 rows make several of them (the real size is 1 MB).
     monkeypatch.setattr(candidates, "FEATURES_PROPERTIES", {"parquet.block.size": 2048})
+    # Small files too (the real cap is 250,000 rows): two tasks of 1,000 rows each.
+    monkeypatch.setattr(candidates, "FEATURES_MAX_ROWS_PER_FILE", 300)
     users = [f"u{i:03d}" for i in range(100)]
     rows = [(u, f"i{j}", float(j), D) for j in range(20) for u in reversed(users)]
     feats = spark.createDataFrame(rows, "user_id string, item_id string, score double, as_of date")
     candidates.write_features(spark, conf, feats, D)
 
     path = tables.location(conf, candidates.FEATURES)
-    ranges = []
+    ranges, file_ranges = [], []
     for f in spark.read.format("delta").load(path).inputFiles():
         meta = pq.ParquetFile(f.removeprefix("file:")).metadata
+        assert meta.num_rows <= 300
+        first, last = (
+            meta.row_group(0).column(0).statistics,
+            meta.row_group(meta.num_row_groups - 1).column(0).statistics,
+        )
+        file_ranges.append((first.min, last.max))
         for g in range(meta.num_row_groups):
             stats = meta.row_group(g).column(0).statistics  # user_id
             ranges.append((stats.min, stats.max))
@@ -167,4 +175,7 @@ def test_the_features_are_stored_in_row_groups_by_user_so_a_lookup_skips_the_res
     assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
     hits = [r for r in ranges if r[0] <= "u042" <= r[1]]
     assert 1 <= len(hits) <= 2 and len(hits) < len(ranges) / 2
+    # And files of at most the cap, each a narrow user range: one buyer is in one or two.
+    assert len(file_ranges) >= 7
+    assert len([r for r in file_ranges if r[0] <= "u042" <= r[1]]) in (1, 2)
     assert spark.read.format("delta").load(path).count() == len(rows)
