@@ -31,7 +31,9 @@ and the median seconds is reported with the range.
 Copies: Parquet data and index shard files are hard links to the source's (neither is
 ever rewritten in place), every other file a copy; the deletes then write new files in
 the copy only. The share 1.0 copy is the source's contents, run on a copy so the source
-is not touched.
+is not touched. In a replicated copy ``gold.candidate_features`` is then written again
+through the candidates stage's writer, so its files are by user range as the stage
+writes them (the appended replicas would each span every buyer).
 
 Run
 ---
@@ -99,6 +101,25 @@ def replicas(df, n: int):
     return copies.drop("_replica")
 
 
+def _relayout_candidate_features(spark, warehouse: Path) -> None:
+    """Write each run date of the copy's ``gold.candidate_features`` again through the
+    stage's own writer (files by user range, capped in rows, 1 MB row groups), as the
+    stage would have written them for that many buyers: the appended replicas are files
+    that each span every buyer, which a few buyers' lookup (the nearline's) would read
+    whole, unlike any table the stage writes."""
+    from core.config import load_config
+    from jobs import candidates
+
+    path = warehouse / "gold" / "candidate_features"
+    if not (path / "_delta_log").is_dir():
+        return
+    copy_conf = load_config(overrides=[f"storage.root={warehouse}", "tracking.enabled=false"])
+    table = spark.read.format("delta").load(str(path))
+    for (as_of,) in table.select("as_of").distinct().orderBy("as_of").collect():
+        rows = table.filter(table.as_of == as_of)
+        candidates.write_features(spark, copy_conf, rows, as_of, prune=False)
+
+
 def make_copies(source: Path, shares: list[float], out: Path, driver_memory: str) -> dict:
     """One copy of ``source`` per share, its per-buyer tables cut to that share; returns
     ``{"run_date": ..., "copies": {share: {"path": ..., "buyers": n}}}``."""
@@ -129,6 +150,8 @@ def make_copies(source: Path, shares: list[float], out: Path, driver_memory: str
                 DeltaTable.forPath(spark, str(path)).delete(cut)
             else:  # the snapshot read above, appended as copies 1 .. share-1 in one commit
                 replicas(table, int(share)).write.format("delta").mode("append").save(str(path))
+        if share > 1:
+            _relayout_candidate_features(spark, dest)
         kept = spark.read.format("delta").load(str(dest / "bronze" / "events"))
         buyers = kept.select("user_id").distinct().count()
         log.warning("share %g: %s buyers in %s (%.0f s)", share, f"{buyers:,}", dest, time.time() - started)

@@ -201,17 +201,28 @@ def test_a_buyer_without_fresh_events_gets_the_batch_list_from_the_nearline_refr
 
 
 def test_a_triggered_buyers_state_is_read_from_delta_with_the_events_since_the_batch_run(
-    spark, warehouse, tmp_path
+    spark, warehouse, tmp_path, monkeypatch
 ):
     """No buyer's features stay on the driver: ``load`` keeps only what the catalog bounds,
     and the state of the buyers a micro-batch triggers is read from Delta, their events
     after the batch run folded in once (also when the micro-batch hands them in again)."""
+    import pyarrow.parquet as pq
+
     from core.categories import UNKNOWN_CATEGORY, load_rules
+    from jobs.nearline import state as nearline_state
     from jobs.nearline.state import USER_FEATURES, load
 
     rules = load_rules(warehouse.aggregate.category_rules)
     conf = _copy(warehouse, tmp_path / "warehouse")
+    # Files of at most 7 buyers here (10,000 for real), so that the cap is exercised.
+    monkeypatch.setattr(nearline_state, "USER_FEATURES_MAX_ROWS_PER_FILE", 7)
     features, _ = load(spark, conf)
+    files = tables.read(spark, conf, USER_FEATURES).inputFiles()
+    assert len(files) >= 3 and all(
+        pq.ParquetFile(f.removeprefix("file:")).metadata.num_rows <= 7 for f in files
+    )
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{tables.location(conf, USER_FEATURES)}`").collect()[0]
+    assert detail["properties"]["parquet.block.size"] == str(1024 * 1024)
     assert sorted(vars(features)) == ["conf", "item_band", "item_category", "item_factors", "run_date"]
     n_items = tables.read(spark, conf, "silver.item_categories").count()
     assert len(features.item_category) == n_items and len(features.item_factors) == n_items

@@ -49,6 +49,11 @@ from udfs.nearline import ItemCatalog
 log = logging.getLogger(__name__)
 
 USER_FEATURES = "gold.nearline_user_features"
+# One row per buyer, several KB wide: row groups of about 1 MB (a hundred-odd buyers) and
+# files of at most 10,000 buyers, so that a lookup of a few buyers reads a few row groups
+# whatever the number of buyers (as gold.candidate_features, jobs/candidates.py).
+USER_FEATURES_PROPERTIES = {"parquet.block.size": 1024 * 1024}
+USER_FEATURES_MAX_ROWS_PER_FILE = 10_000
 EVENT_FIELDS = ["event_id", "user_id", "item_id", "event_type", "ts", "query"]
 
 
@@ -427,8 +432,9 @@ def write_user_features(spark: SparkSession, conf: Config, run_date: dt.date) ->
     feats = user_features(spark, conf, run_date)
     feats = feats.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id")
     tables.reset_if_other_columns(spark, conf, USER_FEATURES, feats, ["as_of"])
+    tables.set_properties(spark, conf, USER_FEATURES, USER_FEATURES_PROPERTIES)
     before = tables.version(spark, conf, USER_FEATURES)
-    tables.replace_where(feats, conf, USER_FEATURES, f"as_of = '{run_date}'")
+    tables.replace_where(feats, conf, USER_FEATURES, f"as_of = '{run_date}'", USER_FEATURES_MAX_ROWS_PER_FILE)
     return tables.rows_written(spark, conf, USER_FEATURES, before)
 
 
