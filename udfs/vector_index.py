@@ -429,7 +429,7 @@ def _exact_scores(index: faiss.Index, q: np.ndarray, scores: np.ndarray, ids: np
     index stores them whole (flat, HNSW); ``scores`` unchanged otherwise.
 
     faiss's float32 scores of one stored vector can differ in the last bits between the
-    places it meets it in one search (HNSW scores graph neighbours on another code path
+    places it meets it in one search (likely: HNSW scores graph neighbours on another path
     than the entry point), so two items with one vector could round to either side of a
     ``SCORE_DECIMALS`` boundary. One float64 product per hit gives one vector one score.
     """
