@@ -271,13 +271,56 @@ def rs_merge_upsert(
     return _commit_of(DeltaTable(path))
 
 
-def rs_read(path: str, columns: list[str], where) -> pd.DataFrame:
-    """The rows of a local Delta table matching ``where`` (a ``pyarrow.compute`` expression)
-    as pandas, read on the driver by delta-rs: the files whose partition values and
-    statistics exclude ``where`` are skipped, and no Spark job runs."""
+# Filters of a lookup as (column, op, value): the one form both readers translate.
+Filter = tuple[str, str, object]
+_FILTER_OPS = ("=", ">", "in")
+
+
+def _check_filters(filters: list[Filter]) -> None:
+    for column, op, _ in filters:
+        if op not in _FILTER_OPS:
+            raise ValueError(f"filter op must be one of {_FILTER_OPS}: {op!r} (on {column!r})")
+
+
+def rs_read(path: str, columns: list[str], filters: list[Filter]) -> pd.DataFrame:
+    """The rows of a local Delta table where every ``(column, op, value)`` filter holds
+    (op "=", ">" or "in") as pandas, read on the driver by delta-rs; no Spark job runs.
+
+    The files are chosen from the log before any is opened: a file is kept when its
+    partition values, and its min/max statistics of the filtered columns, admit the
+    filters. Building the dataset over every file instead costs ~3 ms a file, which grew
+    with the buyers (0.45 s over 150 files for a lookup of 5 buyers that reads 5)."""
+    import pyarrow.compute as pc
     from deltalake import DeltaTable
 
-    return DeltaTable(path).to_pyarrow_dataset().to_table(columns=columns, filter=where).to_pandas()
+    _check_filters(filters)
+    terms = {
+        "in": lambda field, value: field.isin(list(value)),
+        "=": lambda field, value: field == value,
+        ">": lambda field, value: field > value,
+    }
+    where = pc.scalar(True)
+    for column, op, value in filters:
+        where = where & terms[op](pc.field(column), value)
+    prune = [(c, op, list(v) if op == "in" else v) for c, op, v in filters] or None
+    dataset = DeltaTable(path).to_pyarrow_dataset(file_pruning_predicate=prune)
+    return dataset.to_table(columns=columns, filter=where).to_pandas()
+
+
+def spark_condition(filters: list[Filter]):
+    """The same filters as a Spark ``Column`` (all must hold), for :func:`read` tables."""
+    from pyspark.sql import functions as F
+
+    _check_filters(filters)
+    terms = {
+        "in": lambda col, value: col.isin(list(value)),
+        "=": lambda col, value: col == F.lit(value),
+        ">": lambda col, value: col > F.lit(value),
+    }
+    cond = F.lit(True)
+    for column, op, value in filters:
+        cond = cond & terms[op](F.col(column), value)
+    return cond
 
 
 def rs_append_once(path: str, rows: list[dict], app_id: str, version: int) -> bool:

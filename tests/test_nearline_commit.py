@@ -1,9 +1,12 @@
 """The nearline's two commits, by either engine: the per-user MERGE with its batch guard,
-and the once-per-batch log append. delta-rs and Spark must leave the same tables."""
+and the once-per-batch log append. delta-rs and Spark must leave the same tables. And its
+lookups of a few buyers' rows, which either engine answers from the files that may hold
+them."""
 
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +101,52 @@ def test_batch_log_appends_once_per_batch_across_engines(spark, conf_factory, en
     nearline.log_batch(spark, conf, row(0), "nearline:other", 0, engine)  # another stream
     log = tables.read(spark, conf, nearline.BATCHES)
     assert sorted(r["batch_id"] for r in log.collect()) == [0, 0, 1]
+
+
+@pytest.mark.parametrize("engine", ["spark", "delta-rs"])
+def test_a_lookup_reads_only_the_files_that_may_hold_the_buyers(spark, conf_factory, engine):
+    """Files are chosen by their partition value and user_id range before any is opened:
+    with the files of other buyers and of the other run date deleted from disk, the lookup
+    still answers, and with exactly the rows of its filters."""
+    import pyarrow.parquet as pq
+
+    from jobs.nearline.state import lookup
+
+    conf = conf_factory(
+        ["tracking.enabled=false", f"nearline.commit={'auto' if engine == 'delta-rs' else engine}"]
+    )
+    assert nearline.commit_engine(conf) == engine
+    days = [dt.date(2026, 11, 1), dt.date(2026, 11, 8)]
+    rows = [(f"u{u}", f"i{u}-{k}", day) for day in days for u in range(9) for k in range(2)]
+    path = tables.location(conf, "gold.lookup_probe")
+    (
+        spark.createDataFrame(rows, "user_id string, item_id string, as_of date")
+        .repartitionByRange(3, "user_id")  # files of u0-u2, u3-u5, u6-u8 per run date
+        .sortWithinPartitions("as_of", "user_id")
+        .write.format("delta")
+        .partitionBy("as_of")
+        .save(path)
+    )
+    kept = [f for f in tables.read(spark, conf, "gold.lookup_probe").inputFiles() if "2026-11-08" in f]
+    holds = {
+        f: set(pq.read_table(f.removeprefix("file:"), columns=["user_id"])["user_id"].to_pylist())
+        for f in kept
+    }
+    wanted = next(f for f, users in holds.items() if "u4" in users)
+    assert holds[wanted] == {"u3", "u4", "u5"}  # the layout the probe relies on
+    for f in tables.read(spark, conf, "gold.lookup_probe").inputFiles():
+        if f != wanted:
+            Path(f.removeprefix("file:")).unlink()
+
+    got = lookup(
+        spark, conf, "gold.lookup_probe", ["user_id", "item_id"], ["u4", "u5"], equal=("as_of", days[1])
+    )
+    assert sorted(map(tuple, got.to_numpy().tolist())) == [
+        ("u4", "i4-0"),
+        ("u4", "i4-1"),
+        ("u5", "i5-0"),
+        ("u5", "i5-1"),
+    ]
+    later = lookup(spark, conf, "gold.lookup_probe", ["item_id"], ["u3"], after=("as_of", days[0]))
+    assert sorted(later["item_id"]) == ["i3-0", "i3-1"]
+    assert lookup(spark, conf, "gold.lookup_probe", ["item_id"], ["u3"], after=("as_of", days[1])).empty

@@ -34,7 +34,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pandas as pd
-import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -220,21 +219,15 @@ def lookup(
     Read by delta-rs on the driver when the nearline commits with delta-rs (a local
     warehouse: tens of milliseconds, no Spark job), else by a Spark job; both skip the
     files whose partition values or statistics exclude the filter."""
-    wanted = sorted(set(users))
+    filters: list[tables.Filter] = [("user_id", "in", sorted(set(users)))]
+    if equal:
+        filters.append((equal[0], "=", equal[1]))
+    if after:
+        filters.append((after[0], ">", after[1]))
     path = tables.local_path(conf, name) if commit_engine(conf) == "delta-rs" else None
     if path:
-        where = pc.field("user_id").isin(wanted)
-        if equal:
-            where = where & (pc.field(equal[0]) == equal[1])
-        if after:
-            where = where & (pc.field(after[0]) > after[1])
-        return tables.rs_read(path, columns, where)
-    cond: Column = F.col("user_id").isin(wanted)
-    if equal:
-        cond = cond & (F.col(equal[0]) == F.lit(equal[1]))
-    if after:
-        cond = cond & (F.col(after[0]) > F.lit(after[1]))
-    return tables.read(spark, conf, name).filter(cond).select(*columns).toPandas()
+        return tables.rs_read(path, columns, filters)
+    return tables.read(spark, conf, name).filter(tables.spark_condition(filters)).select(*columns).toPandas()
 
 
 def utc_naive(ts) -> dt.datetime:
