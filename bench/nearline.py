@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -170,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         "--driver-memory", default=None, help="spark.driver.memory of the stream (default: the profile's)"
     )
     args = parser.parse_args(argv)
+    # The stream's line per micro-batch (events, triggers, where the refresh went).
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("jobs.nearline").setLevel(logging.INFO)
 
     from core.config import load_config
     from core.session import get_spark

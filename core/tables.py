@@ -106,6 +106,37 @@ def replace_where(
     _save(w, conf, name)
 
 
+def replace_partition_by_key(
+    spark: SparkSession,
+    conf: Config,
+    name: str,
+    df: DataFrame,
+    partition: tuple[str, object],
+    key: str,
+    properties: dict[str, str],
+    max_rows_per_file: int,
+) -> int:
+    """Replace the partition ``partition = (column, value)`` of ``name`` (partitioned by that
+    column; created, or replaced when its columns differ) with ``df``, laid out for lookups
+    of a few keys: files by ``key`` range, sorted by key, of at most ``max_rows_per_file``
+    rows, with the table ``properties`` (e.g. the Parquet row group size) set first.
+
+    ``df`` is sorted by the partition column before the key: a write to a partitioned table
+    sorts each task by that column unless its input already is, and that sort, once it
+    spills (tens of millions of rows a task), interleaves its runs, so that every file
+    would span most keys of its task. ``df`` is read twice (the range partitioner samples
+    it first): pass it computed once (cached or checkpointed) when it is costly.
+
+    Returns the number of rows written."""
+    column, value = partition
+    laid_out = df.repartitionByRange(conf.spark.shuffle_partitions, key).sortWithinPartitions(column, key)
+    reset_if_other_columns(spark, conf, name, laid_out, [column])
+    set_properties(spark, conf, name, properties)
+    before = version(spark, conf, name)
+    replace_where(laid_out, conf, name, f"{column} = '{value}'", max_rows_per_file)
+    return rows_written(spark, conf, name, before)
+
+
 def delete_where(spark: SparkSession, conf: Config, name: str, condition: str) -> None:
     """Delete the rows matching the SQL ``condition`` (no commit when none match)."""
     _delta_table(spark, conf, name).delete(condition)

@@ -631,19 +631,13 @@ def write_features(
     dates more than ``candidates.keep_days`` before ``as_of``."""
     keep_from = as_of - dt.timedelta(days=conf.candidates.keep_days)
     # Files by user range, each of at most FEATURES_MAX_ROWS_PER_FILE rows: a lookup of a
-    # few buyers (the nearline's) skips the other files and row groups. The
-    # range partitioner samples its input first: kept, the features are computed once, not
+    # few buyers (the nearline's) skips the other files and row groups. The range
+    # partitioner samples its input first: kept, the features are computed once, not
     # twice. Kept as rows on local disk (a local checkpoint): a cache builds column batches
     # in the heap, and at 30,000 buyers (21 M wide rows) that ran a 2 GB driver out of it.
     kept = feats.localCheckpoint(storageLevel=StorageLevel.DISK_ONLY)
-    # Sorted by the partition column first: a write to a partitioned table sorts by it
-    # unless the input already is, and that sort, when it spills (tens of millions of
-    # rows), interleaves the runs, so files would each span most buyers of their task.
-    feats = kept.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions(
-        "as_of", "user_id"
-    )
-    tables.reset_if_other_columns(spark, conf, FEATURES, feats, ["as_of"])
-    tables.set_properties(spark, conf, FEATURES, FEATURES_PROPERTIES)
-    tables.replace_where(feats, conf, FEATURES, f"as_of = '{as_of}'", FEATURES_MAX_ROWS_PER_FILE)
+    tables.replace_partition_by_key(
+        spark, conf, FEATURES, kept, ("as_of", as_of), "user_id", FEATURES_PROPERTIES, FEATURES_MAX_ROWS_PER_FILE
+    )  # fmt: skip
     if prune:
         tables.delete_where(spark, conf, FEATURES, f"as_of < '{keep_from}'")

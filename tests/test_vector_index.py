@@ -190,6 +190,19 @@ def test_exact_rescoring_in_blocks_gives_the_same_scores(monkeypatch):
     np.testing.assert_array_equal(whole[1], blocks[1])
 
 
+def test_an_index_grown_after_a_search_scores_its_new_items_from_their_own_vectors():
+    # The ids' sort is kept per index between searches; items added since must not be
+    # looked up in the old sort (they would take another row's vector and score).
+    items = _random_unit(300, seed=20, dim=DIM)
+    ids = _item_ids(300, seed=21)
+    index = build_index(items[:200], ids[:200], "flat")
+    search(index, items[:5], 10)
+    index.add_with_ids(items[200:], ids[200:])
+    scores, found = search(index, items[200:210], 1)
+    assert found[:, 0].tolist() == ids[200:210].tolist()
+    np.testing.assert_array_equal(scores[:, 0], np.ones(10, dtype=np.float32))
+
+
 def test_ivf_scores_are_faiss_scores_rounded():
     # IVF lists do not keep the vectors by row: their scores are faiss's, rounded.
     items = _random_unit(2_000, seed=17, dim=DIM)

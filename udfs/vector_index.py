@@ -69,6 +69,7 @@ slower with 2 threads than with 1 (35 s against 11 s on a busy 2-core machine).
 from __future__ import annotations
 
 import math
+import weakref
 
 import faiss
 import numpy as np
@@ -411,9 +412,16 @@ def search(
     return merge_topk([(scores, ids)], k)
 
 
-def _stored_vectors(index: faiss.Index) -> tuple[faiss.Index, np.ndarray] | None:
-    """The flat storage of an ``IndexIDMap`` over a flat or HNSW index, with the item id
-    of each of its rows; ``None`` for the other kinds (IVF lists, PQ codes)."""
+# index -> (its item ids sorted, the row of each), while the index object lives.
+_SORTED_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stored_vectors(index: faiss.Index) -> tuple[faiss.Index, np.ndarray, np.ndarray] | None:
+    """The flat storage of an ``IndexIDMap`` over a flat or HNSW index, with its item ids
+    sorted and, for each, its row; ``None`` for the other kinds (IVF lists, PQ codes).
+
+    The sorted ids are kept per index object while it lives (a loaded shard is searched
+    every micro-batch; sorting 80k ids costs ~4 ms) and rebuilt when its size changed."""
     if not isinstance(index, faiss.IndexIDMap):
         index = faiss.downcast_index(index)
     if not isinstance(index, faiss.IndexIDMap):
@@ -421,7 +429,12 @@ def _stored_vectors(index: faiss.Index) -> tuple[faiss.Index, np.ndarray] | None
     inner = faiss.downcast_index(index.index)
     if not isinstance(inner, (faiss.IndexFlat, faiss.IndexHNSWFlat)):
         return None
-    return inner, faiss.vector_to_array(index.id_map)
+    kept = _SORTED_IDS.get(index)
+    if kept is None or len(kept[0]) != index.ntotal:
+        row_ids = faiss.vector_to_array(index.id_map)
+        order = np.argsort(row_ids, kind="stable")
+        kept = _SORTED_IDS[index] = (row_ids[order], order)
+    return inner, *kept
 
 
 def _exact_scores(index: faiss.Index, q: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -436,9 +449,7 @@ def _exact_scores(index: faiss.Index, q: np.ndarray, scores: np.ndarray, ids: np
     stored = _stored_vectors(index)
     if stored is None:
         return scores
-    inner, row_ids = stored
-    order = np.argsort(row_ids, kind="stable")
-    sorted_ids = row_ids[order]
+    inner, sorted_ids, order = stored
     out = scores.astype(np.float64)
     nq, fetched = ids.shape
     dim = q.shape[1]

@@ -124,8 +124,17 @@ class BatchHandler:
                     for t in triggers
                 ]  # fmt: skip
             )[list(INPUT_COLUMNS)]
+            lookup_s = time.perf_counter() - t1
             out = self._refresh(rows)
             refresh_s = time.perf_counter() - t1
+            # Where the refresh went: the driver's lookups, and of the Spark job the slowest
+            # buyer's refresh in a worker (its LLM call included) against the whole job.
+            detail = (
+                f" = lookups {lookup_s:.2f}s + Spark job {refresh_s - lookup_s:.2f}s (slowest buyer in a "
+                f"worker {out['refresh_ms'].max() / 1000:.2f}s, LLM {out['llm_latency_ms'].max() / 1000:.2f}s)"
+                if len(out)
+                else ""
+            )
             by_user = {t.user_id: t for t in triggers}
             records = []
             for r in out.to_dict("records"):
@@ -158,6 +167,7 @@ class BatchHandler:
             written = len(records)
         else:
             refresh_s = merge_s = 0.0
+            detail = ""
         ordered = events.sort_values(["ts", "event_id"])
         batch_row = [(int(batch_id), len(events), len(triggers), written, failed, fallbacks, ordered["event_id"].iloc[0],
                 ordered["event_id"].iloc[-1], started_at, committed_at, version, round(read_s, 3),
@@ -167,7 +177,7 @@ class BatchHandler:
         self.triggers += len(triggers)
         line = (
             f"nearline: batch {batch_id}: {len(events):,} events, {len(triggers):,} triggered users, "
-            f"{written:,} lists written (read {read_s:.2f}s, refresh {refresh_s:.2f}s, merge {merge_s:.2f}s)"
+            f"{written:,} lists written (read {read_s:.2f}s, refresh {refresh_s:.2f}s{detail}, merge {merge_s:.2f}s)"
         )
         log.info(line)
         if self.on_batch:

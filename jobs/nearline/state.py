@@ -423,15 +423,10 @@ def write_user_features(spark: SparkSession, conf: Config, run_date: dt.date) ->
     """Replace the ``run_date`` rows of ``gold.nearline_user_features``, files by user range
     (a lookup of a few users reads one file); returns the number of users."""
     feats = user_features(spark, conf, run_date)
-    # as_of first, as in jobs/candidates.py: write_features, or the write sorts again.
-    feats = feats.repartitionByRange(conf.spark.shuffle_partitions, "user_id").sortWithinPartitions(
-        "as_of", "user_id"
-    )
-    tables.reset_if_other_columns(spark, conf, USER_FEATURES, feats, ["as_of"])
-    tables.set_properties(spark, conf, USER_FEATURES, USER_FEATURES_PROPERTIES)
-    before = tables.version(spark, conf, USER_FEATURES)
-    tables.replace_where(feats, conf, USER_FEATURES, f"as_of = '{run_date}'", USER_FEATURES_MAX_ROWS_PER_FILE)
-    return tables.rows_written(spark, conf, USER_FEATURES, before)
+    return tables.replace_partition_by_key(
+        spark, conf, USER_FEATURES, feats, ("as_of", run_date), "user_id",
+        USER_FEATURES_PROPERTIES, USER_FEATURES_MAX_ROWS_PER_FILE,
+    )  # fmt: skip
 
 
 def drop_older_features(spark: SparkSession, conf: Config, run_date: dt.date) -> None:
