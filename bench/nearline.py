@@ -5,10 +5,11 @@ Copies the batch tables of a warehouse built by ``discovery pipeline`` (default
 the scripted OpenAI-compatible server (``--llm-latency-ms``, 300 by default), then, while
 the stream runs, appends waves of events that trigger ``--users`` distinct users (a
 purchase, a search, or five detail views, in turn), each event stamped with the wall
-clock just before its append. A user's latency is the commit time of the MERGE that wrote
-the list for that trigger (``silver.nearline_batches.committed_at``) minus the triggering
-event's timestamp: the producer's append, the stream's pick-up, the refresh and the MERGE
-all count. Prints p50 / p95 / max and the per-batch phase times, once per commit engine
+clock just before its append (``--producer``: by a Spark job in the stream's driver, the
+default, or by delta-rs from the bench's process, as a producer outside the stream). A
+user's latency is the commit time of the MERGE that wrote the list for that trigger
+(``silver.nearline_batches.committed_at``) minus the triggering event's timestamp: the
+producer's append, the stream's pick-up, the refresh and the MERGE all count. Prints p50 / p95 / max and the per-batch phase times, once per commit engine
 (``nearline.commit``: auto = delta-rs for a local warehouse, and spark), side by side in
 one run.
 
@@ -100,7 +101,13 @@ def measure(spark, args, source: Path, server, commit: str) -> dict:
                     rows.append(dict(base, event_id=f"bench-{user}-p", event_type="purchase", item_id=item, ts=now, query=None))  # fmt: skip
                     expected[user] = (f"bench-{user}-p", now)
             t0 = time.perf_counter()
-            tables.append(spark.createDataFrame(rows, schema), conf, "bronze.events")
+            if args.producer == "delta-rs":  # a producer outside the stream's driver JVM
+                names = schema.fieldNames()
+                tables.append_rows(
+                    spark, conf, "bronze.events", [tuple(r[n] for n in names) for r in rows], schema
+                )
+            else:
+                tables.append(spark.createDataFrame(rows, schema), conf, "bronze.events")
             append_s.append(time.perf_counter() - t0)
             n_events += len(rows)
             time.sleep(args.interval)
@@ -168,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         "--commit", default="auto,spark", help="nearline.commit values to measure, in turn (default both)"
     )
     parser.add_argument(
+        "--producer",
+        choices=("spark", "delta-rs"),
+        default="spark",
+        help="how the bench appends the events: a Spark job in the stream's own driver (default; "
+        "it waits for the cores the refresh holds), or delta-rs from this process, as a "
+        "producer outside the stream would",
+    )
+    parser.add_argument(
         "--driver-memory", default=None, help="spark.driver.memory of the stream (default: the profile's)"
     )
     args = parser.parse_args(argv)
@@ -197,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     print(f"\nnearline latency, event timestamp -> list committed ({args.users} users in waves of "
-          f"{args.wave} every {args.interval:g}s, LLM {args.llm_latency_ms:.0f} ms):")  # fmt: skip
+          f"{args.wave} every {args.interval:g}s, LLM {args.llm_latency_ms:.0f} ms, producer {args.producer}):")  # fmt: skip
     print(
         "| commit | users | micro-batches | p50 | p95 | max | event -> batch start p50 | batch start -> "
         "committed p50 | producer append p50 | read / refresh / merge (median per batch) |"
