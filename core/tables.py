@@ -325,6 +325,11 @@ def rs_read(path: str, columns: list[str], filters: list[Filter]) -> pd.DataFram
     from deltalake import DeltaTable
 
     _check_filters(filters)
+    table = DeltaTable(path)
+    if any(op == "in" and not list(value) for _, op, value in filters):  # no value can match
+        import pyarrow as pa
+
+        return pa.schema(table.schema().to_arrow()).empty_table().select(columns).to_pandas()
     terms = {
         "in": lambda field, value: field.isin(list(value)),
         "=": lambda field, value: field == value,
@@ -334,7 +339,7 @@ def rs_read(path: str, columns: list[str], filters: list[Filter]) -> pd.DataFram
     for column, op, value in filters:
         where = where & terms[op](pc.field(column), value)
     prune = [(c, op, list(v) if op == "in" else v) for c, op, v in filters] or None
-    dataset = DeltaTable(path).to_pyarrow_dataset(file_pruning_predicate=prune)
+    dataset = table.to_pyarrow_dataset(file_pruning_predicate=prune)
     return dataset.to_table(columns=columns, filter=where).to_pandas()
 
 

@@ -150,3 +150,5 @@ def test_a_lookup_reads_only_the_files_that_may_hold_the_buyers(spark, conf_fact
     later = lookup(spark, conf, "gold.lookup_probe", ["item_id"], ["u3"], after=("as_of", days[0]))
     assert sorted(later["item_id"]) == ["i3-0", "i3-1"]
     assert lookup(spark, conf, "gold.lookup_probe", ["item_id"], ["u3"], after=("as_of", days[1])).empty
+    none = lookup(spark, conf, "gold.lookup_probe", ["user_id", "item_id"], [], equal=("as_of", days[1]))
+    assert none.empty and list(none.columns) == ["user_id", "item_id"]
