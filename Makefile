@@ -25,7 +25,13 @@ $(STAMP): setup.py pyproject.toml
 # (llama-cpp-python compiles from source: about 6 minutes once).
 setup-local-llm: $(LLM_STAMP)
 
+# Built for any x86-64 with AVX2 rather than for every extension of the CPU at hand: a native
+# build (GGML_NATIVE) crashed with SIGSEGV on its first completion on a Xeon with AMX
+# (amx_int8), and a wheel built natively before is not reused (no pip wheel cache).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+
 $(LLM_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --no-cache-dir "llama-cpp-python[server]>=0.3,<0.4"
 	$(BIN)/python -m pip install -q -e ".[dev,local-llm]"
 	@touch $(LLM_STAMP)
 
