@@ -16,6 +16,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BUNDLED_ONLINE_RETAIL = REPO / "data" / "online_retail" / "by-day"
 
 
+# Spark evaluates expressions and plans by its interpreters instead of compiling a Java class
+# for each: no whole-stage code, and `spark.sql.codegen.factoryMode` (an internal setting,
+# documented for tests) set so that expressions compile nothing either (whole-stage off
+# alone still compiled as many classes). Production runs keep code generation.
+NO_CODEGEN = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+
+
 # `make test` runs two pytest processes (pytest-xdist, `-n 2`), a test file at a time each.
 # The files that take minutes go first, longest first, so that neither process is left
 # with one of them at the end while the other idles ...
@@ -78,11 +85,14 @@ def spark():
 
     # No web UI: tests never look at it, and it costs every job its bookkeeping. No
     # adaptive execution: on the tests' tiny frames its re-planning at every shuffle costs
-    # more than it saves (`bench/stage_overhead.py --compare`, docs/benchmarks.md).
+    # more than it saves (`bench/stage_overhead.py --compare`, docs/benchmarks.md). No
+    # generated code: compiling a class for each new plan costs the JVM more than running
+    # the plan does on these frames (a cold pipeline 0.75x the time, `bench/cold_start.py`).
     extra = {
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.adaptive.enabled": "false",
+        **NO_CODEGEN,
     }
     conf = load_config(
         overrides=[
@@ -95,6 +105,18 @@ def spark():
     session = get_spark(conf)
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="module")
+def codegen(spark):
+    """Spark's code generation back on for a module on real data (hundreds of thousands of
+    rows), where compiled code pays for itself: the Online Retail fixture and rerun test
+    took 254 s interpreted against 161 s compiled (one suite run each)."""
+    spark.conf.set("spark.sql.codegen.wholeStage", "true")
+    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK")
+    yield
+    for k, v in NO_CODEGEN.items():
+        spark.conf.set(k, v)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from core import tables
 from jobs import nearline
 from jobs.stages import run_stages
 from testing import answers
+from tests.conftest import NO_CODEGEN
 
 
 class Crash(RuntimeError):
@@ -297,6 +298,7 @@ def test_sigkill_of_the_whole_stream_mid_batch_loses_and_duplicates_nothing(spar
         f"storage.root={root}", "spark.shuffle_partitions=2", "tracking.enabled=false", "rank.top_k=5",
         "q2i.k=10", "nearline.tasks=1", f"llm.endpoints.t={json.dumps(endpoint)}",
         "llm.agents.u2q.backend=openai", "llm.agents.u2q.endpoint=t", "nearline.llm_timeout_s=120",
+        f"spark.extra={json.dumps({**NO_CODEGEN, 'spark.ui.enabled': 'false'})}",  # as the tests' session
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "jobs", "nearline", *[x for s in sets for x in ("--set", s)]]
 

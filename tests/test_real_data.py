@@ -21,7 +21,7 @@ from jobs.ingest import run as ingest
 from jobs.ingest.sources import ONLINE_RETAIL_NON_PRODUCT
 from tests.conftest import shared_dataset
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.usefixtures("codegen")]
 
 SILVER = [
     "silver.item_categories",
@@ -56,7 +56,7 @@ def online_retail_reference(folder) -> dict:
 
 
 @pytest.fixture(scope="module")
-def retail(spark, tmp_path_factory):
+def retail(spark, codegen, tmp_path_factory):
     folder = shared_dataset("online_retail") / "by-day"
     from core.config import load_config
 
