@@ -3,9 +3,10 @@ days), once per JVM or Spark setting, side by side: what a cold start costs and 
 settings cut it.
 
 Why: on data this small the first pipeline of a process costs several times a rerun
-(about 170 s against 50-70 s for the evaluation test's as-of pipelines), so the test
-suite pays mostly for the JVM warming up (the JIT compiling Spark's code paths, Janino
-compiling each new generated class). Each run is its own process with its own Spark
+(about 170 s against 50-70 s for the evaluation test's as-of pipelines), and the JVM
+does 90 % of the work. What it spends it on was the question: the JIT warming up (the
+``c1`` setting: slower), or Janino compiling a class for each new plan and expression
+(``interpreted``: 0.75x the time, docs/benchmarks.md). Each run is its own process with its own Spark
 session, so each starts cold; the settings take turns (``--repeats``), and the table
 gives each setting's median wall seconds and median CPU seconds of the process tree
 (driver, JVM, Python workers), with the ratio to the first setting.
@@ -13,7 +14,8 @@ gives each setting's median wall seconds and median CPU seconds of the process t
     python bench/cold_start.py                         # every named setting, once each
     python bench/cold_start.py --settings default c1 --repeats 2
 
-Settings (``SETTINGS``): ``default`` (the tests' session as in ``tests/conftest.py``),
+Settings (``SETTINGS``): ``default`` (the tests' session settings,
+``tests/conftest.py: session_settings``, with Spark's code generation on),
 ``c1`` (the JVM's JIT stops at its first tier: ``-XX:TieredStopAtLevel=1``),
 ``interpreted`` (no generated code: Spark evaluates expressions and plans by its
 interpreters), ``c1+interpreted``, ``interpreted+serial_gc`` (the JVM's single-threaded
@@ -36,8 +38,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.pipeline_scale import process_children  # noqa: E402
+from tests.conftest import NO_CODEGEN, session_settings, synthetic_warehouse  # noqa: E402
+
 C1 = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"}
-INTERPRETED = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+INTERPRETED = NO_CODEGEN
 SERIAL_GC = {"spark.driver.extraJavaOptions": "-XX:+UseSerialGC"}
 SETTINGS: dict[str, dict[str, str]] = {
     "default": {},
@@ -52,15 +57,7 @@ def _tree_cpu_s(root: int) -> dict[str, float]:
     """CPU seconds (user + system, with those of reaped children) of ``root`` and every
     live descendant (from /proc), by part: ``jvm``, ``python_workers`` (the UDF daemon and
     its workers), ``driver`` (this process and anything else)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
+    children = process_children()
     tick, todo = os.sysconf("SC_CLK_TCK"), [(root, "driver")]
     parts = {"jvm": 0.0, "python_workers": 0.0, "driver": 0.0}
     while todo:
@@ -89,27 +86,8 @@ def child(setting: str) -> dict:
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     root = Path(tempfile.mkdtemp(prefix="cold_start_"))
-    extra = {
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.adaptive.enabled": "false",
-        **SETTINGS[setting],
-    }
-    source = {"name": "syn", "format": "synthetic", "users": 24, "days": 60, "seed": 5}
     conf = load_config(
-        overrides=[
-            "spark.master=local[2]",
-            "spark.shuffle_partitions=2",
-            "spark.driver_memory=3g",
-            f"spark.extra={json.dumps(extra)}",
-            f"storage.root={root / 'warehouse'}",
-            f"ingest.sources=[{json.dumps(source)}]",
-            "trends.sources=[]",
-            "tracking.enabled=false",
-            "rank.top_k=5",
-            "q2i.k=10",
-            "nearline.tasks=1",
-        ]
+        overrides=session_settings(SETTINGS[setting]) + synthetic_warehouse(root / "warehouse")
     )
     started = time.perf_counter()
     spark = get_spark(conf)

@@ -70,6 +70,20 @@ class Sample:
     jvm_mib: float = 0.0  # the java process's share of rss_mib (the rest: the Python driver)
 
 
+def process_children() -> dict[int, list[int]]:
+    """Parent pid -> the pids of its live children, for every process (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
 @dataclass
 class Sampler:
     """Samples the RSS and CPU time of a process and its descendants, Python UDF workers
@@ -93,15 +107,7 @@ class Sampler:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def _tree(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                children.setdefault(ppid, []).append(int(entry))
+        children = process_children()
         out, todo = [], [(self.pid, "")]
         while todo:
             pid, parent_exe = todo.pop()

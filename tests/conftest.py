@@ -78,31 +78,35 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
+def session_settings(extra: dict[str, str]) -> list[str]:
+    """The tests' Spark session as config overrides, with ``extra`` Spark settings.
+
+    No web UI: tests never look at it, and it costs every job its bookkeeping. No adaptive
+    execution: on the tests' tiny frames its re-planning at every shuffle costs more than it
+    saves (`bench/stage_overhead.py --compare`, docs/benchmarks.md). The ``spark`` fixture
+    adds ``NO_CODEGEN``: compiling a class for each new plan costs the JVM more than running
+    the plan does on these frames (a cold pipeline 0.75x the time, `bench/cold_start.py`).
+    """
+    spark_extra = {
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.adaptive.enabled": "false",
+        **extra,
+    }
+    return [
+        "spark.master=local[2]",
+        "spark.shuffle_partitions=2",
+        "spark.driver_memory=3g",
+        f"spark.extra={json.dumps(spark_extra)}",
+    ]
+
+
 @pytest.fixture(scope="session")
 def spark():
     from core.config import load_config
     from core.session import get_spark
 
-    # No web UI: tests never look at it, and it costs every job its bookkeeping. No
-    # adaptive execution: on the tests' tiny frames its re-planning at every shuffle costs
-    # more than it saves (`bench/stage_overhead.py --compare`, docs/benchmarks.md). No
-    # generated code: compiling a class for each new plan costs the JVM more than running
-    # the plan does on these frames (a cold pipeline 0.75x the time, `bench/cold_start.py`).
-    extra = {
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.adaptive.enabled": "false",
-        **NO_CODEGEN,
-    }
-    conf = load_config(
-        overrides=[
-            "spark.master=local[2]",
-            "spark.shuffle_partitions=2",
-            "spark.driver_memory=3g",
-            f"spark.extra={json.dumps(extra)}",
-        ]
-    )
-    session = get_spark(conf)
+    session = get_spark(load_config(overrides=session_settings(NO_CODEGEN)))
     yield session
     session.stop()
 
@@ -145,19 +149,22 @@ def pipeline_warehouse(spark, tmp_path_factory):
     from core.config import load_config
     from jobs.stages import daily_stages, run_stages
 
-    tmp = tmp_path_factory.mktemp("pipeline")
-    source = {"name": "syn", "format": "synthetic", "users": 24, "days": 60, "seed": 5}
-    conf = load_config(
-        overrides=[
-            f"storage.root={tmp / 'warehouse'}",
-            "spark.shuffle_partitions=2",
-            f"ingest.sources=[{json.dumps(source)}]",
-            "trends.sources=[]",
-            "tracking.enabled=false",
-            "rank.top_k=5",
-            "q2i.k=10",
-            "nearline.tasks=1",
-        ]
-    )
+    conf = load_config(overrides=synthetic_warehouse(tmp_path_factory.mktemp("pipeline") / "warehouse"))
     run_stages(spark, conf, daily_stages())
     return conf
+
+
+def synthetic_warehouse(root) -> list[str]:
+    """The settings of the tests' small synthetic warehouse at ``root`` (24 buyers, 60
+    days, heuristic agents; also `bench/cold_start.py`'s)."""
+    source = {"name": "syn", "format": "synthetic", "users": 24, "days": 60, "seed": 5}
+    return [
+        f"storage.root={root}",
+        "spark.shuffle_partitions=2",
+        f"ingest.sources=[{json.dumps(source)}]",
+        "trends.sources=[]",
+        "tracking.enabled=false",
+        "rank.top_k=5",
+        "q2i.k=10",
+        "nearline.tasks=1",
+    ]
